@@ -1,0 +1,16 @@
+"""Errors a user can cause (bad file, bad config, bad model path).
+
+The CLI catches :class:`UserError` and prints its message without a traceback, exit code 2.
+Library code raises it for every input a user can get wrong, naming the file and line.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in user input: printed as one clear message by the CLI, no traceback."""
+
+
+def where(path: object, line: int | None = None) -> str:
+    """Format a `file:line` location for error messages."""
+    return f"{path}:{line}" if line is not None else str(path)
