@@ -1,0 +1,281 @@
+"""`DataSpec` (the data section of a training config) and `build_stream`, the loop's entry point.
+
+The loop calls ``build_stream(spec, batch_size, seed)`` on every process and gets the same
+deterministic stream of GLOBAL batches everywhere (it slices each batch across processes
+itself). All files are opened and checked here, before training starts: header names, column
+indices, the first rows, and, with ``scan: true`` (default), every row, which also yields the
+row counts behind `steps_per_epoch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from contrasent.data.data_config import load_data_config
+from contrasent.data.nli import read_nli_triplets
+from contrasent.data.readers import PairReader, ReadStats, detect_format, read_texts
+from contrasent.data.streams import BatchStream, EpochStream, MixtureStream, Row, RowSource
+from contrasent.errors import UserError
+
+__all__ = ["DataSpec", "build_stream"]
+
+
+@dataclass
+class DataSpec:
+    """Training data: what to read and how to shuffle and batch it."""
+
+    kind: Literal["text", "pairs", "nli", "mixture"] = "text"
+    """text: one text a line (.txt/.txt.gz) -> SentenceBatch. pairs: a TSV/CSV/JSONL file of
+    (anchor, positive[, negatives]) -> PairBatch. nli: SentEval SNLI-layout folder(s) ->
+    (premise, entailment, contradiction) PairBatch. mixture: the datasets of `data_config` mixed
+    by weight -> PairBatch."""
+
+    path: str | list[str] | None = None
+    """The file (text, pairs) or folder (nli); a list is read in order as one dataset."""
+
+    columns: dict[str, str | int | list[str | int]] | None = None
+    """Pairs: role -> column, e.g. {"anchor": "sentence1", "positive": "sentence2",
+    "negative": ["hard_neg"]}. Names need a header row; integers ("0") index headerless
+    TSV/CSV and JSON-list rows. None: positional (anchor, positive, negatives...)."""
+
+    format: Literal["auto", "txt", "tsv", "csv", "jsonl"] = "auto"
+    """File format; auto: from the suffix (.txt, .tsv, .csv, .jsonl, each optionally .gz)."""
+
+    header: bool | None = None
+    """Whether the first TSV/CSV line names the columns. None: yes iff `columns` uses names."""
+
+    split: str = "train"
+    """nli: which split's files to read (s1.<split>, s2.<split>, labels.<split>)."""
+
+    data_config: str | None = None
+    """mixture: a 1B-pairs style data_config.json (list of {name|path, weight, ...})."""
+
+    data_dir: str | None = None
+    """mixture: folder for the config's relative paths (default: the config file's folder)."""
+
+    batch_from_one_dataset: bool = True
+    """mixture: draw each batch from one dataset (in-domain negatives, batch.dataset set);
+    false: draw each row's dataset by weight (all datasets must have equal negatives)."""
+
+    shuffle_buffer: int = 100_000
+    """Rows held for shuffling, per dataset. A file no larger than this is shuffled uniformly;
+    0 or 1 keeps file order. nli is always fully shuffled (it is in memory) unless 0 or 1."""
+
+    epochs: int | None = 1
+    """Passes over the data; None: endless (the loop stops at its max_steps). For a mixture
+    an epoch is (total rows // batch_size) batches, which needs scan or `lines` entries."""
+
+    drop_last: bool = True
+    """Drop each epoch's last, short batch (keeps every batch the full global size)."""
+
+    dedup_in_batch: bool = False
+    """Drop (and count) a row sharing a text with a row already in its batch, as the 1B-pairs
+    project did: such a row would be a false in-batch negative. steps_per_epoch then counts
+    rows before the drops."""
+
+    on_error: Literal["raise", "skip"] = "raise"
+    """Malformed rows and invalid UTF-8: raise (UserError naming file:line) or count and skip."""
+
+    scan: bool = True
+    """Read every file once before training: checks every row up front and counts rows for
+    steps_per_epoch. Turn off for very large inputs: only headers and first rows are checked
+    and steps_per_epoch is None (a mixture can still use its `lines` entries)."""
+
+    def check(self) -> None:
+        """Raise UserError for inconsistent settings (before any file is opened)."""
+        need = {"text": "path", "pairs": "path", "nli": "path", "mixture": "data_config"}
+        if getattr(self, need[self.kind]) in (None, "", []):
+            raise UserError(f"data.{need[self.kind]} is required for data.kind={self.kind!r}")
+        if self.kind == "mixture" and self.path:
+            raise UserError("data.path is unused for a mixture: list the files in data.data_config")
+        if self.kind != "mixture" and self.data_config:
+            raise UserError(f"data.data_config is only for kind 'mixture', not {self.kind!r}")
+        if self.columns is not None and self.kind in ("text", "nli"):
+            raise UserError(f"data.columns does not apply to data.kind={self.kind!r}")
+        if self.shuffle_buffer < 0:
+            raise UserError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"data.epochs must be >= 1 or null (endless), got {self.epochs}")
+
+    @property
+    def paths(self) -> list[str]:
+        if self.path is None:
+            return []
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+def build_stream(spec: DataSpec, batch_size: int, seed: int) -> BatchStream:
+    """Open, check and (with spec.scan) count the data; return its global-batch stream.
+
+    The stream is deterministic given (spec, batch_size, seed, file contents) and resumes
+    exactly through ``state_dict()`` / ``load_state_dict()``.
+    """
+    spec.check()
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    fingerprint: dict[str, Any] = {
+        "kind": spec.kind,
+        "path": spec.paths,
+        "columns": spec.columns,
+        "format": spec.format,
+        "split": spec.split if spec.kind == "nli" else None,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shuffle_buffer": spec.shuffle_buffer,
+        "drop_last": spec.drop_last,
+        "dedup_in_batch": spec.dedup_in_batch,
+    }
+    build = {"text": _text_stream, "pairs": _pair_stream, "nli": _nli_stream}
+    if spec.kind == "mixture":
+        return _mixture_stream(spec, batch_size, seed, fingerprint)
+    source, rows, stats = build[spec.kind](spec, seed)
+    source.scanned = bool(stats)
+    stream = EpochStream(
+        source, batch_size, spec.epochs, spec.drop_last, spec.dedup_in_batch, fingerprint, rows
+    )
+    stream.stats = stats
+    return stream
+
+
+def _dataset_name(paths: list[str]) -> str:
+    return paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+
+
+def _scan(label: str, read: Any) -> ReadStats:
+    """One full pass over a dataset, `read(stats)` giving its rows: validation + counting."""
+    stats = ReadStats(label)
+    for _ in read(stats):
+        pass
+    stats.report()
+    if stats.rows == 0:
+        raise UserError(f"{label}: no usable rows ({stats.summary()})")
+    return stats
+
+
+def _counted(stats: list[ReadStats], scan: bool) -> int | None:
+    return sum(s.rows for s in stats) if scan else None
+
+
+def _text_stream(spec: DataSpec, seed: int) -> tuple[RowSource, int | None, list[ReadStats]]:
+    paths, on_error = spec.paths, spec.on_error
+    for p in paths:
+        if detect_format(p, spec.format) != "txt":
+            raise UserError(f"{p}: data.kind 'text' reads one text a line (.txt or .txt.gz)")
+        first = read_texts(p, on_error)
+        next(first, None)  # opens the file and decodes up to the first text: early errors
+        first.close()
+
+    def read(stats: ReadStats) -> Iterator[Row]:
+        for p in paths:
+            yield from read_texts(p, on_error, stats)
+
+    def reader(p: str):
+        return lambda stats: read_texts(p, on_error, stats)
+
+    stats = [_scan(p, reader(p)) for p in paths] if spec.scan else []
+    source = RowSource(_dataset_name(paths), read, spec.shuffle_buffer, seed, 0)
+    return source, _counted(stats, spec.scan), stats
+
+
+def _checked_readers(
+    paths: list[str], columns: dict | None, fmt: Any, header: bool | None, on_error: Any
+) -> list[PairReader]:
+    """Pair readers whose header and first rows are checked, all with the same negatives."""
+    readers = [PairReader(p, columns, fmt, header, on_error) for p in paths]
+    for r in readers:
+        r.check()
+    widths = {r.path: r.num_negatives for r in readers if r.num_negatives is not None}
+    if len(set(widths.values())) > 1:
+        raise UserError(f"files of one dataset differ in their number of negatives: {widths}")
+    return readers
+
+
+def _pair_stream(spec: DataSpec, seed: int) -> tuple[RowSource, int | None, list[ReadStats]]:
+    readers = _checked_readers(spec.paths, spec.columns, spec.format, spec.header, spec.on_error)
+
+    def read(stats: ReadStats) -> Iterator[Row]:
+        for r in readers:
+            yield from r.rows(stats)
+
+    stats = [_scan(r.path, r.rows) for r in readers] if spec.scan else []
+    source = RowSource(_dataset_name(spec.paths), read, spec.shuffle_buffer, seed, 0)
+    return source, _counted(stats, spec.scan), stats
+
+
+def _nli_stream(spec: DataSpec, seed: int) -> tuple[RowSource, int | None, list[ReadStats]]:
+    triplets: list[Row] = []
+    stats = []
+    for folder in spec.paths:
+        found, s = read_nli_triplets(folder, spec.split, spec.on_error)
+        s.report()
+        triplets.extend(found)
+        stats.append(s)
+
+    def read(stats: ReadStats) -> Iterator[Row]:
+        stats.rows = stats.lines = len(triplets)
+        return iter(triplets)
+
+    buffer = len(triplets) if spec.shuffle_buffer > 1 else 0  # in memory: shuffle it all
+    return RowSource(_dataset_name(spec.paths), read, buffer, seed, 0), len(triplets), stats
+
+
+def _mixture_stream(
+    spec: DataSpec, batch_size: int, seed: int, fingerprint: dict[str, Any]
+) -> MixtureStream:
+    assert spec.data_config is not None
+    defaults = {"columns": spec.columns, "format": spec.format, "header": spec.header}
+    entries = load_data_config(spec.data_config, spec.data_dir, **defaults)
+    readers = []
+    for e in entries:
+        try:
+            checked = _checked_readers([str(e.path)], e.columns, e.format, e.header, spec.on_error)
+        except UserError as err:
+            raise UserError(f"{spec.data_config}: dataset {e.name!r}: {err}") from None
+        readers.append(checked[0])
+    if not spec.batch_from_one_dataset:
+        widths = {e.name: r.num_negatives for e, r in zip(entries, readers, strict=True)}
+        if len(set(widths.values())) > 1:
+            raise UserError(
+                f"{spec.data_config}: mixed batches need the same number of negatives in every "
+                f"dataset, found {widths}; set batch_from_one_dataset: true"
+            )
+    counts: list[int] | None = None
+    stats: list[ReadStats] = []
+    if spec.scan:
+        stats = [_scan(e.name, r.rows) for e, r in zip(entries, readers, strict=True)]
+        counts = [s.rows for s in stats]
+    elif all(e.lines is not None for e in entries):
+        counts = [e.lines for e in entries]  # type: ignore[misc]
+    steps = None if counts is None else max(1, sum(counts) // batch_size)
+    if spec.epochs is not None and steps is None:
+        raise UserError(
+            f"{spec.data_config}: data.epochs needs row counts (scan: true or a 'lines' entry "
+            "per dataset); or set data.epochs: null and stop by max_steps"
+        )
+    sources = [
+        RowSource(e.name, r.rows, spec.shuffle_buffer, seed, i)
+        for i, (e, r) in enumerate(zip(entries, readers, strict=True))
+    ]
+    for source in sources:
+        source.scanned = spec.scan
+    fingerprint = {
+        **fingerprint,
+        "data_config": [[e.name, e.weight] for e in entries],
+        "batch_from_one_dataset": spec.batch_from_one_dataset,
+    }
+    max_steps = None if spec.epochs is None or steps is None else spec.epochs * steps
+    stream = MixtureStream(
+        sources,
+        [e.weight for e in entries],
+        batch_size,
+        spec.batch_from_one_dataset,
+        spec.dedup_in_batch,
+        seed,
+        fingerprint,
+        max_steps,
+    )
+    stream.steps_per_epoch = steps
+    stream.stats = stats
+    return stream
