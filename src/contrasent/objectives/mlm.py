@@ -1,0 +1,253 @@
+"""Masked-language-modelling auxiliary loss (SimCSE's ``--do_mlm``; reusable by DeCLUTR).
+
+SimCSE (Gao, Yao & Chen, 2021, Appendix / ``cl_forward``) adds ``mlm_weight * MLM`` (default 0.1,
+masking rate 0.15) to the contrastive loss; DeCLUTR (Giorgi et al., 2021) always trains with MLM.
+This module holds the pieces:
+
+* :func:`mask_tokens`: BERT's 80/10/10 masking as a pure function of ids and a ``torch.Generator``;
+* :class:`MLMHead`: the checkpoint's pretrained LM head when it has one (loaded through
+  ``AutoModelForMaskedLM``), else a fresh BERT-style head (with a logged warning); its decoder is
+  tied to the encoder's input embeddings *at call time*, so the head registers no encoder
+  parameter (no duplicates in the optimizer, no encoder weights in the objective's state);
+* :class:`MLMAuxiliary`: ``setup(encoder)`` then ``mlm(encoder, texts) -> loss``;
+* :func:`with_mlm`: ``{"loss": contrastive + w * mlm, "contrastive", "mlm", ...}``.
+
+The head is a training-only module of the objective: it is never saved with the encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrasent.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def maskable_positions(input_ids: Tensor, attention_mask: Tensor, special_ids: list[int]) -> Tensor:
+    """Bool mask of tokens that may be masked: real (attention 1) and not special ([CLS], ...)."""
+    special = torch.isin(
+        input_ids, torch.tensor(special_ids, dtype=input_ids.dtype, device=input_ids.device)
+    )
+    return attention_mask.bool() & ~special
+
+
+def mask_tokens(
+    input_ids: Tensor,
+    maskable: Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    probability: float = 0.15,
+) -> tuple[Tensor, Tensor]:
+    """BERT masking (Devlin et al., 2019), as HF's ``DataCollatorForLanguageModeling``.
+
+    Each maskable token is selected with ``probability``; a selected token becomes ``[MASK]``
+    (80%), a uniformly random id (10%) or stays (10%). Returns ``(inputs, labels)``, labels being
+    the original id at selected positions and -100 elsewhere. Draws on the CPU ``generator``.
+    """
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"masking probability must be in (0, 1), got {probability}")
+    ids = input_ids.detach().cpu()
+    ok = maskable.detach().cpu().bool()
+    shape = ids.shape
+    selected = torch.bernoulli(torch.full(shape, probability), generator=generator).bool() & ok
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    to_mask = torch.bernoulli(torch.full(shape, 0.8), generator=generator).bool() & selected
+    to_random = (
+        torch.bernoulli(torch.full(shape, 0.5), generator=generator).bool() & selected & ~to_mask
+    )
+    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=ids.dtype)
+    inputs = ids.masked_fill(to_mask, mask_token_id)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs.to(input_ids.device), labels.to(input_ids.device)
+
+
+class TiedDecoder(nn.Module):
+    """Vocabulary logits ``h @ E.T + bias``, ``E`` the encoder's input embeddings.
+
+    ``E`` is held as a plain (unregistered) reference set by :meth:`tie`, so it is neither a
+    parameter nor a state-dict entry of the objective: the encoder alone owns it.
+    """
+
+    def __init__(self, bias: nn.Parameter) -> None:
+        super().__init__()
+        self.bias = bias
+        object.__setattr__(self, "_embeddings", None)
+
+    def tie(self, embeddings: nn.Module) -> None:
+        object.__setattr__(self, "_embeddings", embeddings)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        if self._embeddings is None:
+            raise RuntimeError("MLM decoder not tied: call MLMHead.tie(encoder) first")
+        return F.linear(hidden, self._embeddings.weight, self.bias)
+
+
+class _FreshHead(nn.Module):
+    """BERT's ``BertLMPredictionHead``: dense, GELU, LayerNorm, tied decoder (fresh weights)."""
+
+    def __init__(self, hidden: int, emb_dim: int, vocab: int, eps: float, std: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, emb_dim)
+        self.layer_norm = nn.LayerNorm(emb_dim, eps=eps)
+        self.decoder = TiedDecoder(nn.Parameter(torch.zeros(vocab)))
+        nn.init.normal_(self.dense.weight, std=std)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(hidden))))
+
+
+def _load_pretrained_head(encoder: Any) -> tuple[nn.Module, TiedDecoder] | None:
+    """The LM head of the encoder's checkpoint with its decoder swapped for a TiedDecoder."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    path = getattr(encoder.model, "name_or_path", None)
+    if not path:
+        return None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report of a head-less checkpoint is expected noise
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as err:
+        log.info("no masked-LM class for %s (%s)", path, err)
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    heads = [(n, m) for n, m in mlm.named_children() if n != mlm.base_model_prefix]
+    out = mlm.get_output_embeddings()
+    if len(heads) != 1 or out is None:  # e.g. DistilBERT: several top-level head modules
+        return None
+    name, head = heads[0]
+    dec_name = next((n for n, m in head.named_modules() if m is out), None)
+    if dec_name is None:
+        return None
+    tied = {f"{name}.{dec_name}.weight", f"{name}.{dec_name}.bias"}  # tied: not in checkpoints
+    if {k for k in info["missing_keys"] if k.startswith(name + ".")} - tied:
+        return None  # the checkpoint has no (complete) LM head, e.g. a bare BertModel
+    parent = head.get_submodule(dec_name.rpartition(".")[0]) if "." in dec_name else head
+    bias = out.bias if out.bias is not None else nn.Parameter(torch.zeros(out.out_features))
+    decoder = TiedDecoder(bias)
+    setattr(parent, dec_name.rpartition(".")[2], decoder)
+    return head, decoder
+
+
+class MLMHead(nn.Module):
+    """Training-only LM head over the encoder's token states, decoder tied to its embeddings."""
+
+    def __init__(self, head: nn.Module, decoder: TiedDecoder, pretrained: bool) -> None:
+        super().__init__()
+        self.head = head
+        object.__setattr__(self, "_decoder", decoder)  # reached through self.head already
+        self.pretrained = pretrained
+
+    @classmethod
+    def from_encoder(cls, encoder: Any, pretrained: bool = True) -> MLMHead:
+        loaded = _load_pretrained_head(encoder) if pretrained else None
+        if loaded is not None:
+            head, decoder = loaded
+        else:
+            cfg = encoder.model.config
+            emb = encoder.model.get_input_embeddings().weight
+            if pretrained:
+                log.warning(
+                    "%s has no pretrained masked-LM head: training the MLM loss with a fresh head",
+                    getattr(encoder.model, "name_or_path", "the encoder"),
+                )
+            head = _FreshHead(
+                hidden=cfg.hidden_size,  # token states, not a Dense head's output
+                emb_dim=emb.shape[1],
+                vocab=emb.shape[0],
+                eps=getattr(cfg, "layer_norm_eps", 1e-12),
+                std=getattr(cfg, "initializer_range", 0.02),
+            )
+            decoder = head.decoder
+        mlm = cls(head, decoder, pretrained=loaded is not None)
+        mlm.tie(encoder)
+        return mlm.to(device=encoder.device, dtype=encoder.model.dtype)
+
+    def tie(self, encoder: Any) -> None:
+        self._decoder.tie(encoder.model.get_input_embeddings())
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden)
+
+
+class MLMAuxiliary(nn.Module):
+    """MLM loss on (re-tokenized, masked) texts through the encoder's transformer and an LM head.
+
+    Like SimCSE's ``mlm_input_ids``, the masked copies go through a separate encoder pass. The
+    loss is the mean cross-entropy over the selected tokens of the local batch.
+    """
+
+    def __init__(
+        self, probability: float = 0.15, seed: int = 0, pretrained_head: bool = True
+    ) -> None:
+        super().__init__()
+        if not 0.0 < probability < 1.0:
+            raise UserError(f"mlm_probability must be in (0, 1), got {probability}")
+        self.probability = probability
+        self.seed = seed
+        self.pretrained_head = pretrained_head
+        self.head: MLMHead | None = None
+        self.generator = torch.Generator()
+
+    def setup(self, encoder: Any) -> None:
+        from contrasent.train.distributed import rank
+
+        if encoder.tokenizer.mask_token_id is None:
+            raise UserError("the MLM auxiliary loss needs a tokenizer with a mask token")
+        self.head = MLMHead.from_encoder(encoder, pretrained=self.pretrained_head)
+        self.generator.manual_seed(self.seed + rank())  # different masks on different processes
+
+    def forward(self, encoder: Any, texts: list[str]) -> Tensor:
+        if self.head is None:
+            raise RuntimeError("MLMAuxiliary.setup(encoder) must run before the optimizer is built")
+        tok = encoder.tokenizer
+        features = encoder.tokenize(texts)
+        ids = features["input_ids"]
+        maskable = maskable_positions(ids, features["attention_mask"], tok.all_special_ids)
+        inputs, labels = mask_tokens(
+            ids,
+            maskable,
+            mask_token_id=tok.mask_token_id,
+            vocab_size=encoder.model.get_input_embeddings().weight.shape[0],
+            generator=self.generator,
+            probability=self.probability,
+        )
+        hidden = encoder.model(**{**features, "input_ids": inputs}).last_hidden_state
+        selected = labels != IGNORE_INDEX
+        self.head.tie(encoder)
+        logits = self.head(hidden[selected])  # only the selected tokens: [M, V]
+        if logits.shape[0] == 0:  # nothing drawn (tiny batch): a zero that keeps the graph
+            return hidden.sum() * 0.0
+        return F.cross_entropy(logits, labels[selected])
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The masking generator's state, so a resumed run draws the same masks."""
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"mlm_probability": self.probability, "mlm_seed": self.seed}
+
+
+def with_mlm(parts: dict[str, Tensor], mlm_loss: Tensor, weight: float) -> dict[str, Tensor]:
+    """Combine: ``loss = contrastive + weight * mlm``; logged parts are detached."""
+    out = {k: v.detach() for k, v in parts.items() if k != "loss"}
+    out["contrastive"] = parts["loss"].detach()
+    out["mlm"] = mlm_loss.detach()
+    out["loss"] = parts["loss"] + weight * mlm_loss
+    return out

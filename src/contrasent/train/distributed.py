@@ -1,0 +1,89 @@
+"""Cross-process gathering of embeddings for in-batch negatives.
+
+Every process embeds its own slice of the global batch; the objective gathers the embeddings of
+all slices so each row sees every other row of the global batch as a negative.
+
+Gradient bookkeeping (why the objectives return the mean over *local* rows):
+
+* ``all_gather_with_grad`` is ``torch.distributed.nn.functional.all_gather``: its backward sums the
+  gradients that every process computed for a slice and hands the sum to the slice's owner
+  (reduce-scatter, emulated with all-to-all on gloo).
+* Process ``p`` returns ``L_p`` = mean over its ``b`` local rows. The owner of slice ``q`` thus
+  receives ``d(sum_p L_p)/d z_q`` and ``sum_p L_p = W * L`` where ``L`` is the one-process loss
+  over all ``W * b`` rows.
+* DDP (or accelerate) averages parameter gradients over the ``W`` processes, dividing by ``W``:
+  the result is exactly ``dL/dtheta``, the gradient of one process holding the whole batch, and
+  the mean of the logged per-process losses is ``L``.
+
+Slices must have equal sizes (the loop hands out equal per-process slices; padding would need
+masking of fake rows everywhere), so the gather checks sizes and raises a clear error.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather(t: Tensor) -> list[Tensor]:
+    out = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def _check_equal_rows(t: Tensor) -> None:
+    sizes = _gather(torch.tensor([t.shape[0]], device=t.device, dtype=torch.long))
+    sizes = [int(s.item()) for s in sizes]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"all_gather needs equal per-process batch slices, got rows {sizes} "
+            "(drop the last incomplete batch or give every process the same slice size)"
+        )
+
+
+def all_gather_with_grad(t: Tensor) -> Tensor:
+    """Concatenate ``t`` from every process in rank order; gradients flow back to the owners.
+
+    Identity when not distributed (or world size 1).
+    """
+    if not is_distributed():
+        return t
+    _check_equal_rows(t)
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():
+        # torch >= 2.x marks it deprecated in favour of the private _functional_collectives;
+        # it remains the public autograd-aware gather (backward = reduce-scatter of the sums)
+        warnings.filterwarnings(
+            "ignore", message=".*all_gather is deprecated", category=FutureWarning
+        )
+        return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def all_gather_no_grad(t: Tensor) -> Tensor:
+    """Concatenate ``t`` (e.g. integer text ids) from every process in rank order, no gradient."""
+    if not is_distributed():
+        return t
+    _check_equal_rows(t)
+    return torch.cat(_gather(t.detach()), dim=0)
+
+
+def row_offset(local_rows: int) -> int:
+    """Index of this process's first row in the gathered batch (equal slices)."""
+    return rank() * local_rows
