@@ -31,6 +31,9 @@ class Objective(nn.Module):
     #: the batch dataclass the objective consumes (``SentenceBatch`` or ``PairBatch``)
     batch_type: type = object
 
+    def setup(self, encoder: nn.Module) -> None:
+        """Build training-only heads that need the encoder's sizes; called before the optimizer."""
+
     def forward(self, encoder: nn.Module, batch: Any) -> dict[str, torch.Tensor]:  # noqa: D401
         raise NotImplementedError
 
@@ -47,6 +50,10 @@ class InBatchObjective(Objective):
     def embed(self, encoder: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Embed one tokenized (mini-)batch; default: the encoder's pooled output."""
         return encoder(features)
+
+    def auxiliary(self, encoder: nn.Module, batch: Any) -> torch.Tensor | None:
+        """A per-example auxiliary loss (e.g. MLM) the gradient cache can run chunk-wise; none."""
+        return None
 
     def loss(self, embeddings: list[torch.Tensor], batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
