@@ -101,10 +101,10 @@ def tiny_sts13(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def minilm_encode(minilm_dir: Path):
-    """ST model's encode with a per-module memo so no sentence is embedded twice."""
-    from sentence_transformers import SentenceTransformer
+    """Our Encoder's encode (the ST directory of MiniLM) with a per-module memo."""
+    from contrasent.encoder import Encoder
 
-    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    model = Encoder.from_pretrained(str(minilm_dir), device="cpu")
     cache: dict[str, np.ndarray] = {}
 
     def encode(texts: list[str]) -> np.ndarray:
