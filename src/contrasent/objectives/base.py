@@ -55,6 +55,12 @@ class InBatchObjective(Objective):
         """A per-example auxiliary loss (e.g. MLM) the gradient cache can run chunk-wise; none."""
         return None
 
+    def combine(self, parts: dict[str, torch.Tensor], aux: torch.Tensor | None) -> dict:
+        """Add the auxiliary loss to the contrastive parts (objectives with one override this)."""
+        if aux is not None:
+            raise NotImplementedError(f"{type(self).__name__} must define combine()")
+        return parts
+
     def loss(self, embeddings: list[torch.Tensor], batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -107,10 +107,12 @@ class _SimCSEBase(InBatchObjective):
             return None
         return self.mlm(encoder, [t for view in self.views(batch) for t in view])
 
+    def combine(self, parts: dict[str, Tensor], aux: Tensor | None) -> dict[str, Tensor]:
+        """Contrastive parts + ``mlm_weight`` x the MLM loss (SimCSE's ``do_mlm``)."""
+        return parts if aux is None else with_mlm(parts, aux, self.mlm_weight)
+
     def forward(self, encoder: nn.Module, batch: Any) -> dict[str, Tensor]:
-        parts = super().forward(encoder, batch)
-        mlm = self.auxiliary(encoder, batch)
-        return parts if mlm is None else with_mlm(parts, mlm, self.mlm_weight)
+        return self.combine(super().forward(encoder, batch), self.auxiliary(encoder, batch))
 
     def config_dict(self) -> dict[str, Any]:
         cfg = {

@@ -1,0 +1,228 @@
+"""Training checkpoints: exact resume, atomic writes, last-K rotation.
+
+A checkpoint is the folder ``<output_dir>/checkpoints/step-00001234/`` holding
+
+* ``trainable.pt``: state dict of encoder + objective heads (the whole trainable module);
+* ``optimizer.pt``, ``scheduler.pt`` and, with fp16, ``scaler.pt``;
+* ``stream.pt``: the data stream's ``state_dict()`` (position and shuffling state);
+* ``rng-<rank>.pt``: python, numpy, torch CPU and CUDA generator states of each process, and
+  the private ``torch.Generator`` s of the objective (MLM masking);
+* ``trainer_state.json``: step, best metric, ... Written last: it marks the checkpoint complete.
+
+Everything is first written to ``checkpoints/.tmp-step-...`` and moved in place with one
+``os.replace``, so a process killed mid-write leaves at worst a ``.tmp-`` folder that is never
+read (and is deleted by the next save), and the previous checkpoints intact.
+
+Multi-node runs must write ``output_dir`` to a filesystem every node sees (each rank writes its
+RNG file; rank 0 writes the rest and renames).
+These ``.pt`` files are unpickled on resume: only resume from checkpoints you wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrasent.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
+    """``torch.Generator`` attributes of ``module`` and its submodules (e.g. the MLM masking
+    generator of an objective), by dotted name: module state dicts do not hold them."""
+    found = {}
+    for prefix, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            if isinstance(value, torch.Generator):
+                found[f"{prefix}.{name}" if prefix else name] = value
+    return found
+
+
+def rng_state(module: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Every generator training draws from: python, numpy, torch CPU, all CUDA devices, and the
+    private generators of ``module``."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if module is not None:
+        state["modules"] = {k: g.get_state() for k, g in module_generators(module).items()}
+    return state
+
+
+def set_rng_state(state: dict[str, Any], module: torch.nn.Module | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if module is not None:
+        generators = module_generators(module)
+        for name, gen_state in state.get("modules", {}).items():
+            if name in generators:
+                generators[name].set_state(gen_state)
+
+
+# ----------------------------------------------------------------------------- finding
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and _NAME.match(path.name) is not None and (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first. Temp and half-written folders are left out."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if is_complete(p)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """``None`` -> fresh start; ``"latest"`` -> newest complete checkpoint of ``output_dir`` (or a
+    fresh start when there is none yet, so a restarted job script needs no edit); a path -> that
+    checkpoint, which must be complete."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            log.warning(
+                "resume_from: latest, but %s has no checkpoint yet: fresh start", output_dir
+            )
+            return None
+        return found[-1]
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise UserError(f"resume_from: {path} is not a directory")
+    if not (path / STATE_FILE).is_file():
+        raise UserError(
+            f"resume_from: {path} is not a complete checkpoint (no {STATE_FILE}); "
+            "a run killed while saving leaves such folders; use an older checkpoint"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    *,
+    rank: int,
+    is_main: bool,
+    barrier: Callable[[], None],
+    trainable: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    stream: Any,
+    trainer_state: dict[str, Any],
+    scaler: Any = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically and delete all but the ``keep_last`` newest.
+
+    Called on every process (each writes its RNG state); ``barrier`` is
+    ``accelerator.wait_for_everyone``.
+    """
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / checkpoint_name(step)
+    tmp = root / f"{_TMP_PREFIX}{final.name}"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a run killed mid-save
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    torch.save(rng_state(trainable), tmp / f"rng-{rank}.pt")
+    if is_main:
+        torch.save(trainable.state_dict(), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(stream.state_dict(), tmp / "stream.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    barrier()
+    if is_main:
+        _write_json(tmp / STATE_FILE, {**trainer_state, "step": step})
+        if final.exists():  # the same step saved twice (e.g. a resumed run's end)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    rank: int,
+    trainable: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    stream: Any,
+    scaler: Any = None,
+) -> dict[str, Any]:
+    """Restore everything :func:`save_checkpoint` wrote into the live objects (every process);
+    returns the trainer state. RNG states are restored last: call right before the next step."""
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    try:
+        trainable.load_state_dict(_load(path / "trainable.pt"))
+    except RuntimeError as exc:
+        raise UserError(
+            f"checkpoint {path} does not fit this model/objective configuration: {exc}"
+        ) from exc
+    optimizer.load_state_dict(_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load(path / "scheduler.pt"))
+    stream.load_state_dict(_load(path / "stream.pt"))
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(_load(path / "scaler.pt"))
+    rng_file = path / f"rng-{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(_load(rng_file), trainable)
+    else:  # resumed on more processes than saved: deterministic, but not the original stream
+        log.warning("%s has no RNG state for rank %d: dropout masks will differ", path, rank)
+    return state
+
+
+def _load(path: Path) -> Any:
+    # Our own files (RNG states hold numpy arrays and python tuples): full unpickling.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,275 @@
+"""Training configuration: nested dataclasses, one section per concern.
+
+The CLI is generated from these classes (jsonargparse reads the field types and the docstrings),
+so a YAML recipe mirrors them::
+
+    model: {name_or_path: bert-base-uncased, pooling: cls, max_seq_length: 32}
+    objective: {name: simcse_unsup, temperature: 0.05, mlp_only_train: true}
+    data: {kind: text, path: wiki1m_for_simcse.txt, epochs: 1}   # contrasent.data.DataSpec
+    train: {batch_size: 64, lr: 3.0e-5, seed: 42}
+    eval: {every_steps: 125, metric: stsb}
+    output_dir: runs/unsup-simcse-bert
+
+and any field can be overridden: ``--train.lr 1e-5``, ``--objective.temperature 0.1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal
+
+from contrasent.data.sources import DataSpec
+from contrasent.errors import UserError
+
+Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+
+
+@dataclass
+class ModelConfig:
+    """The encoder to start from.
+
+    Attributes:
+        name_or_path: Hugging Face hub id, local model folder or sentence-transformers
+            folder.
+        pooling: Pooling over token states; default: the folder's own
+            (sentence-transformers) or mean.
+        normalize: L2-normalise the saved model's embeddings; default: the folder's own or
+            off.
+        max_seq_length: Truncate inputs to this many tokens (SimCSE: 32); default: the
+            model's limit.
+    """
+
+    name_or_path: str = ""
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Batching, optimisation and precision.
+
+    Attributes:
+        batch_size: GLOBAL batch: rows per optimizer (micro-)step over all processes, i.e.
+            the number of in-batch candidates each row is contrasted with. Must divide by
+            the number of processes; each process takes its contiguous equal slice.
+        max_steps: Optimizer steps to run; 0: ``data.epochs`` passes over the data (needs
+            their length: ``data.scan``). The run also ends when the data runs out.
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay; never applied to biases and normalisation weights.
+        warmup_steps: Linear warm-up steps (exclusive with ``warmup_ratio``).
+        warmup_ratio: Warm-up as a fraction of the total steps (exclusive with
+            ``warmup_steps``).
+        lr_schedule: After warm-up: ``linear`` decay to 0 at the last step, or ``constant``.
+        grad_clip: Clip the global gradient norm to this value; 0: off.
+        grad_accum: Batches whose gradients are summed per optimizer step. This does NOT add
+            negatives: each batch is still contrasted only within itself. Use
+            ``mini_batch_size`` for a larger batch of negatives under a memory limit.
+        mini_batch_size: Gradient cache (Gao et al. 2021): texts per encoder forward on each
+            process while the loss sees the whole batch; 0: off (one forward for the whole
+            batch).
+        mixed_precision: Autocast precision: ``fp16`` (CUDA, with loss scaling), ``bf16``
+            (CUDA Ampere+ or CPU).
+        seed: Seed of model-head initialisation, data order and dropout.
+    """
+
+    batch_size: int = 64
+    max_steps: int = 0
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mini_batch_size: int = 0
+    mixed_precision: MixedPrecision = "no"
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """Periodic STS evaluation and best-model selection.
+
+    Attributes:
+        every_steps: Evaluate every this many optimizer steps (SimCSE: 125); 0: only at the
+            end.
+        at_end: Evaluate after the last step.
+        mode: ``dev``: STS-B dev + SICK-R trial (model selection); ``test``: every STS task.
+        data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
+        metric: Selection metric: ``stsb`` (STS-B dev Spearman, SimCSE's), ``sickr``,
+            ``avg``, or a dotted path into the results, e.g.
+            ``tasks.STSBenchmark.pearson.dev``. Higher is better.
+        keep_best: Save the best model by ``metric`` to ``output_dir/best``.
+        batch_size: Sentences per forward while evaluating.
+    """
+
+    every_steps: int = 0
+    at_end: bool = True
+    mode: Literal["dev", "test"] = "dev"
+    data_dir: str | None = None
+    metric: str = "stsb"
+    keep_best: bool = True
+    batch_size: int = 128
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable training checkpoints (``output_dir/checkpoints/step-N``).
+
+    Attributes:
+        every_steps: Save every this many optimizer steps, and after the last one; 0: never.
+        keep_last: Keep only the newest this many checkpoints; 0: keep all.
+    """
+
+    every_steps: int = 1000
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    """Progress bar, metrics file and TensorBoard.
+
+    Attributes:
+        log_every: Write averaged training metrics to ``metrics.jsonl`` every this many
+            steps.
+        tensorboard: Also write TensorBoard events to ``output_dir/tensorboard`` (when it is
+            installed).
+        progress_bar: Show a tqdm bar (loss, lr, sentences/s, ETA) on the main process.
+    """
+
+    log_every: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One training run: every method goes through the same loop.
+
+    Attributes:
+        model: The encoder to start from.
+        objective: ``name`` of the objective plus its options, e.g. ``{name: simcse_unsup,
+            temperature: 0.05}``; the options are the objective's constructor arguments (see
+            its docstring).
+        data: Training data (``contrasent.data.sources.DataSpec``): what to read, epochs,
+            shuffling, batching.
+        train: Batching, optimisation and precision.
+        eval: Periodic STS evaluation and best-model selection.
+        checkpoint: Resumable checkpoints.
+        logging: Progress bar, metrics file and TensorBoard.
+        output_dir: Run folder: ``final/`` and ``best/`` (sentence-transformers models),
+            ``checkpoints/``, ``metrics.jsonl``, ``config.json``, ``tensorboard/``.
+        resume_from: Resume from a checkpoint folder, or ``latest`` (newest in
+            ``output_dir``; fresh start when there is none).
+        overwrite_output_dir: Allow a fresh run in an ``output_dir`` that already holds
+            checkpoints (they are deleted).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "simcse_unsup"})
+    data: DataSpec = field(default_factory=DataSpec)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output_dir: str = "runs/contrasent"
+    resume_from: str | None = None
+    overwrite_output_dir: bool = False
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def objective_name(self) -> str:
+        return str(self.objective.get("name", ""))
+
+    @property
+    def objective_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.objective.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from nested mappings (a parsed YAML file, a jsonargparse Namespace's dict)."""
+        return _build(cls, data, "")
+
+    def validate(self, world_size: int = 1) -> None:
+        """Raise :class:`UserError` for every inconsistent setting."""
+        t = self.train
+        if not self.model.name_or_path:
+            raise UserError("model.name_or_path is required")
+        if not self.objective_name:
+            raise UserError("objective.name is required (e.g. simcse_unsup, simcse_sup, pairs)")
+        if t.batch_size < 1:
+            raise UserError(f"train.batch_size must be >= 1, got {t.batch_size}")
+        if t.batch_size % world_size:
+            raise UserError(
+                f"train.batch_size={t.batch_size} (the global batch) does not divide by the "
+                f"{world_size} processes; use a multiple of {world_size}"
+            )
+        for name in ("grad_accum",):
+            if getattr(t, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        for name in ("max_steps", "mini_batch_size", "warmup_steps"):
+            if getattr(t, name) < 0:
+                raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.max_steps == 0 and self.data.epochs is None:
+            raise UserError("endless data (data.epochs: null) needs train.max_steps > 0")
+        if not 0.0 <= t.warmup_ratio < 1.0:
+            raise UserError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.warmup_steps and t.warmup_ratio:
+            raise UserError("set train.warmup_steps or train.warmup_ratio, not both")
+        if t.lr <= 0 or t.weight_decay < 0 or t.grad_clip < 0:
+            raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
+        if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
+            raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
+        if self.logging.log_every < 1:
+            raise UserError(f"logging.log_every must be >= 1, got {self.logging.log_every}")
+        if not self.output_dir:
+            raise UserError("output_dir is required")
+
+
+def as_train_config(config: Any) -> TrainConfig:
+    """Accept a :class:`TrainConfig`, a mapping, or a jsonargparse ``Namespace``."""
+    if isinstance(config, TrainConfig):
+        return config
+    if hasattr(config, "as_dict"):  # jsonargparse Namespace (nested dataclasses left as objects)
+        config = config.as_dict()
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(config)
+    raise TypeError(f"expected TrainConfig or a mapping, got {type(config).__name__}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if is_dataclass(data):
+        data = asdict(data)
+    if not isinstance(data, Mapping):
+        raise UserError(f"config section {prefix or '<root>'} must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get((cls, name))
+        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub is not None else value
+    return cls(**kwargs)
+
+
+_SECTIONS: dict[tuple[type, str], type] = {
+    (TrainConfig, "model"): ModelConfig,
+    (TrainConfig, "data"): DataSpec,
+    (TrainConfig, "train"): OptimConfig,
+    (TrainConfig, "eval"): EvalConfig,
+    (TrainConfig, "checkpoint"): CheckpointConfig,
+    (TrainConfig, "logging"): LoggingConfig,
+}

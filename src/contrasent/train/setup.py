@@ -1,0 +1,104 @@
+"""Setting a run up: the accelerator, the objective, the step count, the output folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrasent.errors import UserError
+from contrasent.objectives.base import Objective
+from contrasent.train import checkpoint as ckpt
+from contrasent.train.config import TrainConfig
+
+
+def make_accelerator(mixed_precision: str):
+    """The run's ``Accelerator``: DDP with unused-parameter detection, our own scheduler
+    stepping, CPU multi-process support, and precision checked against the device."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState
+
+    # Launched as several processes (torchrun / accelerate launch) on a machine without CUDA:
+    # accelerate only sets up gloo for CPU when asked, and would otherwise run every process as
+    # a lone "main" process (all writing the same files) beside an initialised process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = launched > 1 and not torch.cuda.is_available()
+    # BERT's pooler (and any head unused by an objective) gets no gradient: DDP must look for it.
+    kwargs = dict(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        step_scheduler_with_optimizer=False,  # our schedule counts global optimizer steps
+    )
+    try:
+        accelerator = Accelerator(**kwargs)
+    except ValueError as err:
+        # accelerate keeps one precision per process; a second in-process run (notebook, tests)
+        # with another precision must reset that state. Not possible under a launcher.
+        if "already been initialized" not in str(err) or AcceleratorState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        accelerator = Accelerator(**kwargs)
+    if "WORLD_SIZE" in os.environ and accelerator.num_processes != launched:
+        raise UserError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate runs "
+            f"{accelerator.num_processes}: check the launcher and its accelerate config"
+        )
+    device = accelerator.device
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"train.mixed_precision: fp16 needs a CUDA device (running on {device}); use bf16 or no"
+        )
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.mixed_precision: this GPU has no bf16 support; use fp16 or no")
+    return accelerator
+
+
+def build_objective_from(cfg: TrainConfig, encoder: nn.Module) -> Objective:
+    """``config.objective`` through the objective registry (its heads set up on ``encoder``)."""
+    from contrasent.objectives import build_objective
+
+    return build_objective(cfg.objective_name, encoder, **cfg.objective_options)
+
+
+def total_steps(cfg: TrainConfig, stream: Any) -> int:
+    """Optimizer steps of the run: ``train.max_steps``, else ``data.epochs`` over the stream."""
+    t = cfg.train
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = getattr(stream, "steps_per_epoch", None)
+    if not per_epoch:
+        raise UserError(
+            "the number of batches per epoch is unknown (data.scan: false, or a mixture "
+            "without lines): set train.max_steps"
+        )
+    return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
+
+
+RUN_OUTPUTS = (ckpt.CHECKPOINTS, "best", "final", "tensorboard")
+
+
+def prepare_output_dir(cfg: TrainConfig, out: Path, resume: Path | None, is_main: bool) -> None:
+    """A fresh run never mixes with an earlier one: it refuses a folder holding a run's outputs
+    unless ``overwrite_output_dir`` (then they are deleted, so no stale ``best/`` survives).
+    Every process checks (they all raise together); only the main one writes."""
+    previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if resume is None and previous and not cfg.overwrite_output_dir:
+        raise UserError(
+            f"output_dir {out} already holds checkpoints or models of a run "
+            f"({', '.join(previous)}); set resume_from: latest to continue it, "
+            "overwrite_output_dir: true to start over, or choose another folder"
+        )
+    if not is_main:
+        return
+    if resume is None:
+        for name in previous:
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
