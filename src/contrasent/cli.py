@@ -42,11 +42,9 @@ class ModelArgs:
     batch_size: int = 64
 
     def load(self):
-        from transformers.utils import logging as hf_logging
-
         from contrasent.encoder import Encoder
 
-        hf_logging.disable_progress_bar()  # the per-weight loading bar is noise on a CLI
+        _quiet_transformers()
 
         return Encoder.from_pretrained(
             self.model,
@@ -124,10 +122,30 @@ def _run_embed(args: EmbedArgs) -> None:
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-weight load/save bars are noise on a CLI
+
+
 def _run_train(cfg) -> None:
+    from contrasent.eval.sts import format_table
     from contrasent.train.loop import train
 
-    train(cfg)
+    _quiet_transformers()
+    result = train(cfg)
+    for label, record in (("before training", result.first_eval), ("after", result.last_eval)):
+        if record:
+            step = record["step"]
+            print(
+                f"\nSTS ({cfg.eval.mode}) {label} (step {step}):\n{format_table(record['results'])}"
+            )
+    if result.best_metric is not None:
+        print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
+    print(
+        f"final model: {result.final_dir}"
+        + (f"  best: {result.best_dir}" if result.best_dir else "")
+    )
 
 
 def build_parser() -> ArgumentParser:
@@ -159,6 +177,21 @@ def _train_parser() -> ArgumentParser:
     p.add_argument("--config", action="config", help="YAML recipe (also accepted positionally).")
     p.add_class_arguments(TrainConfig, None, as_group=False)
     return p
+
+
+def parse_train_config(argv: list[str]):
+    """`contrasent train` arguments (recipe path first, then overrides) -> a validated TrainConfig."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    from contrasent.train.config import TrainConfig
+
+    parser = build_parser()
+    args = [_underscore_option(a) for a in argv]
+    if args and not args[0].startswith("-"):
+        args[0:1] = ["--config", args[0]]
+    init = parser.instantiate(parser.parse_args(["train", *args]))
+    cfg = _build(TrainConfig, init.train)
+    cfg.validate()
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

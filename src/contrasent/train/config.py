@@ -96,6 +96,8 @@ class EvalConfig:
     Attributes:
         every_steps: Evaluate every this many optimizer steps (SimCSE: 125); 0: only at the
             end.
+        at_start: Evaluate the starting model before the first step (a "before" number for
+            the run; it also competes for ``best/``).
         at_end: Evaluate after the last step.
         mode: ``dev``: STS-B dev + SICK-R trial (model selection); ``test``: every STS task.
         data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
@@ -107,6 +109,7 @@ class EvalConfig:
     """
 
     every_steps: int = 0
+    at_start: bool = False
     at_end: bool = True
     mode: Literal["dev", "test"] = "dev"
     data_dir: str | None = None

@@ -90,6 +90,7 @@ class TrainResult:
     steps: int
     best_metric: float | None = None
     best_step: int | None = None
+    first_eval: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None
     last_train: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: Path | None = None
@@ -130,7 +131,9 @@ class _Trainer:
         resume = ckpt.resolve_resume(cfg.resume_from, self.out)
         prepare_output_dir(cfg, self.out, resume, self.is_main)
         acc.wait_for_everyone()
-        if cfg.eval.every_steps or cfg.eval.at_end:  # a missing STS folder fails now, not later
+        if (
+            cfg.eval.every_steps or cfg.eval.at_end or cfg.eval.at_start
+        ):  # a missing STS folder fails now, not later
             from contrasent.eval.sts import resolve_data_dir
 
             resolve_data_dir(cfg.eval.data_dir)
@@ -317,6 +320,10 @@ class _Trainer:
         n_window, rows_window, t_window = 0, 0, time.perf_counter()
         self.model.train()
         try:
+            if cfg.eval.at_start and self.state.step == 0:
+                self.evaluate(0)
+                self.first_eval = self.last_eval
+                self.model.train()
             while self.state.step < self.total:
                 step = self.state.step + 1
                 t0 = time.perf_counter()
@@ -394,6 +401,7 @@ class _Trainer:
             steps=step,
             best_metric=self.state.best_metric,
             best_step=self.state.best_step,
+            first_eval=getattr(self, "first_eval", None),
             last_eval=self.last_eval,
             last_train=self.last_train,
             last_checkpoint=Path(self.state.last_checkpoint)

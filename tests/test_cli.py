@@ -1,0 +1,109 @@
+"""CLI: user mistakes give one clear line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contrasent.cli import main
+
+
+def run_main(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # jsonargparse rejects bad option values this way
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_missing_model_path(capsys, tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "eval", "--model", str(tmp_path / "nope"))
+    assert code == 2
+    assert "does not exist" in err and str(tmp_path / "nope") in err
+    assert "Traceback" not in err
+
+
+def test_unknown_pooling(capsys, tiny_bert_dir: Path) -> None:
+    code, _, err = run_main(capsys, "eval", "--model", str(tiny_bert_dir), "--pooling", "bogus")
+    assert code == 2 and "bogus" in err and "Traceback" not in err
+
+
+def test_missing_sts_data(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    code, _, err = run_main(
+        capsys, "eval", "--model", str(tiny_bert_dir), "--data-dir", str(tmp_path / "none")
+    )
+    assert code == 2 and str(tmp_path / "none") in err
+
+
+def test_embed_missing_input(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.npy"
+    code, _, err = run_main(
+        capsys, "embed", "--model", str(tiny_bert_dir), "--input", str(tmp_path / "in.txt"),
+        "--output", str(out),
+    )  # fmt: skip
+    assert code == 2 and "in.txt" in err and not out.exists()
+
+
+def test_embed_bad_utf8_names_line_and_leaves_no_output(
+    capsys, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"fine\n\nalso fine\nbad \xff byte\n")
+    out = tmp_path / "e.npy"
+    args = ["embed", "--model", str(tiny_bert_dir), "--input", str(src), "--output", str(out)]
+    code, _, err = run_main(capsys, *args)
+    assert code == 2 and "in.txt:4" in err and not out.exists()
+    assert list(tmp_path.iterdir()) == [src]  # no temp file left behind
+    code, stdout, _ = run_main(capsys, *args, "--errors", "replace")
+    assert code == 0 and "replaced_lines=1" in stdout
+    emb = np.load(out)
+    assert emb.shape[0] == 4  # the empty line keeps its row
+
+
+def test_embed_matches_encode(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from contrasent.encoder import Encoder
+
+    lines = ["a cat sat", "", "émigré naïve café", "x " * 300]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "e.npy"
+    args = ["--model", str(tiny_bert_dir), "--input", str(src), "--output", str(out)]
+    code, _, _ = run_main(capsys, "embed", *args, "--batch_size", "3")
+    assert code == 0
+    expected = Encoder.from_pretrained(str(tiny_bert_dir), device="cpu").encode(lines)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_train_missing_recipe(capsys, tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "train", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err
+
+
+def test_train_bad_data_path(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {{name_or_path: {tiny_bert_dir}}}\n"
+        "objective: {name: simcse_unsup}\n"
+        f"data: {{kind: text, path: {tmp_path / 'corpus.txt'}}}\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+        "eval: {at_end: false}\n"
+    )
+    code, _, err = run_main(capsys, "train", str(recipe))
+    assert code == 2 and "corpus.txt" in err and "Traceback" not in err
+
+
+def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "contrasent.cli", "eval", "--model", str(tmp_path / "nope")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0  # one line

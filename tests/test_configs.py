@@ -1,0 +1,77 @@
+"""Every recipe in configs/ parses through the CLI parser, validates, and names a real objective.
+
+The CPU recipes must also point at data that exists in ../shared/data (they run here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contrasent.cli import parse_train_config
+from contrasent.errors import UserError
+from contrasent.objectives import OBJECTIVES, build_objective
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_there_are_recipes() -> None:
+    names = {p.name for p in RECIPES}
+    for required in (
+        "simcse-unsup-bert-base.yaml",
+        "simcse-sup-bert-base.yaml",
+        "pairs-1b.yaml",
+        "quickstart-cpu.yaml",
+    ):
+        assert required in names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    cfg = parse_train_config([str(recipe)])
+    assert cfg.objective_name in OBJECTIVES
+    # unknown or ill-typed objective options raise UserError here
+    objective = build_objective(cfg.objective_name, **cfg.objective_options)
+    for key, value in cfg.objective_options.items():
+        assert objective.config_dict().get(key, value) == value, key
+    cfg.data.check()
+    if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
+        for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
+            for path in p if isinstance(p, list) else [p]:
+                if path:
+                    assert (REPO / path).exists(), f"{recipe.name}: {path} missing"
+
+
+def test_paper_settings() -> None:
+    unsup = parse_train_config([str(REPO / "configs/simcse-unsup-bert-base.yaml")])
+    assert (unsup.train.batch_size, unsup.train.lr, unsup.model.max_seq_length) == (64, 3e-5, 32)
+    assert unsup.objective["temperature"] == 0.05 and unsup.eval.every_steps == 125
+    sup = parse_train_config([str(REPO / "configs/simcse-sup-bert-base.yaml")])
+    assert (sup.train.batch_size, sup.train.lr, sup.data.epochs) == (512, 5e-5, 3)
+    pairs = parse_train_config([str(REPO / "configs/pairs-1b.yaml")])
+    assert (pairs.train.batch_size, pairs.train.lr, pairs.train.warmup_steps) == (1024, 2e-5, 500)
+    assert pairs.model.max_seq_length == 128 and pairs.objective["scale"] == 20.0
+
+
+def test_overrides_apply() -> None:
+    recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
+    cfg = parse_train_config([recipe, "--train.lr", "1e-4", "--objective.temperature", "0.1"])
+    assert cfg.train.lr == 1e-4
+    assert cfg.objective["temperature"] == 0.1 and cfg.objective["name"] == "simcse_unsup"
+
+
+def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name_or_path: x}\ntrian: {lr: 1}\n")
+    with pytest.raises((UserError, SystemExit)):
+        parse_train_config([str(bad)])
+
+
+def test_unknown_objective_option_is_a_clear_error() -> None:
+    recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
+    cfg = parse_train_config([recipe, "--objective.temprature", "0.1"])
+    with pytest.raises(UserError, match="temprature"):
+        build_objective(cfg.objective_name, **cfg.objective_options)
