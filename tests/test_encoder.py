@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+import contrasent.encoder
 from conftest import build_tiny_bert
 from contrasent.encoder import Encoder, pool
 from contrasent.errors import UserError
+from contrasent.st_layout import write_st
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -248,18 +250,17 @@ def test_unsupported_st_modules_raise(tiny_bert_dir: Path, tmp_path: Path) -> No
 
 def test_save_is_atomic_and_safe(tiny_bert_dir: Path, tmp_path: Path, monkeypatch) -> None:
     enc = Encoder.from_pretrained(tiny_bert_dir, device="cpu")
-    # A crash while writing leaves neither the target nor temp directories behind.
-    orig = Encoder._write_st
 
-    def crash(self, out, modules):
-        orig(self, out, modules)
+    # A crash while writing leaves neither the target nor temp directories behind.
+    def crash(encoder, out, modules):
+        write_st(encoder, out, modules)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Encoder, "_write_st", crash)
+    monkeypatch.setattr(contrasent.encoder, "write_st", crash)
     with pytest.raises(RuntimeError):
         enc.save(tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(Encoder, "_write_st", orig)
+    monkeypatch.undo()
     # Overwriting a model directory works; a foreign non-empty directory is refused.
     enc.save(tmp_path / "m")
     Encoder.from_pretrained(tiny_bert_dir, pooling="max").save(tmp_path / "m")
