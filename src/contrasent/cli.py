@@ -60,13 +60,13 @@ class EvalArgs(ModelArgs):
     """Evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman x100, cosine similarity).
 
     Args:
-        tasks: Task names or aliases: sts (all seven), sts12..sts16, stsb, sickr.
+        tasks: Comma-separated task names or aliases: sts (all seven), sts12..sts16, stsb, sickr.
         mode: "test": every task; "dev": STS-B dev + SICK-R trial only (model selection).
         data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA.
         output: Write every number to this JSON file.
     """
 
-    tasks: list[str] | None = None
+    tasks: str | None = None
     mode: Literal["dev", "test"] = "test"
     data_dir: str | None = None
     output: str | None = None
