@@ -134,6 +134,8 @@ def _run_train(cfg) -> None:
 
     _quiet_transformers()
     result = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: one summary only
+        return
     for label, record in (("before training", result.first_eval), ("after", result.last_eval)):
         if record:
             step = record["step"]
