@@ -356,6 +356,8 @@ def evaluate_sts(
         scorer = score_year if task in STS_YEARS else score_splits
         results[task] = scorer(data, preds)
         log.info("%s: %d sentences in %.1fs", task, len(index), time.perf_counter() - start)
+        if results[task].get("n_skipped"):
+            log.info("%s: skipped %d pairs with no gold score", task, results[task]["n_skipped"])
     column = {t: ("dev" if mode == "dev" else SUMMARY[t]) for t in results}
     avg = _mean([results[t]["spearman"][column[t]] for t in results])
     return {"mode": mode, "tasks": results, "avg": avg}
