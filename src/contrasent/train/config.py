@@ -155,8 +155,12 @@ class TrainConfig:
     Attributes:
         model: The encoder to start from.
         objective: ``name`` of the objective plus its options, e.g. ``{name: simcse_unsup,
-            temperature: 0.05}``; the options are the objective's constructor arguments (see
-            its docstring).
+            temperature: 0.05}`` (override one with ``--objective.temperature 0.1``).
+            ``simcse_unsup``: temperature=0.05, mlp=true (training-only MLP over the pooled
+            output), dedup=none|mask, do_mlm=false, mlm_weight=0.1, mlm_probability=0.15,
+            mlm_seed=0. ``simcse_sup``: the same plus hard_negative_weight=0.0 (log-weight).
+            ``pairs``: scale=20 (or temperature), symmetric=false|true|auto, dedup=mask|none,
+            hard_negative_weight=0.0. Details in each objective's docstring.
         data: Training data (``contrasent.data.sources.DataSpec``): what to read, epochs,
             shuffling, batching.
         train: Batching, optimisation and precision.
