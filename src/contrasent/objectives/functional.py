@@ -138,6 +138,36 @@ def info_nce(
     logits (set to -inf), e.g. false negatives from duplicated texts; a row's positive must not
     be masked.
     """
+    return info_nce_with_logits(
+        anchors,
+        candidates,
+        temperature=temperature,
+        scale=scale,
+        hard_negatives=hard_negatives,
+        hard_negative_weight=hard_negative_weight,
+        symmetric=symmetric,
+        labels=labels,
+        mask=mask,
+        anchor_pool=anchor_pool,
+        reverse_mask=reverse_mask,
+    )[0]
+
+
+def info_nce_with_logits(
+    anchors: Tensor,
+    candidates: Tensor,
+    temperature: float | None = None,
+    scale: float | None = None,
+    hard_negatives: Tensor | Sequence[Tensor] | None = None,
+    hard_negative_weight: float = 0.0,
+    symmetric: bool = False,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    anchor_pool: Tensor | None = None,
+    reverse_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`info_nce`, also returning the anchor->candidates logits and labels it used (so a
+    caller reporting accuracy does not compute the similarity matrix a second time)."""
     s = logit_scale(temperature, scale)
     logits, labels = info_nce_logits(
         anchors,
@@ -150,13 +180,13 @@ def info_nce(
     )
     loss = F.cross_entropy(logits, labels)
     if not symmetric:
-        return loss
+        return loss, logits, labels
     pool = anchors if anchor_pool is None else anchor_pool
     rev_labels = (
         torch.arange(len(anchors), device=anchors.device) if anchor_pool is None else labels
     )
     rev = _apply_mask(cosine_logits(candidates[labels], pool, s), reverse_mask, rev_labels)
-    return (loss + F.cross_entropy(rev, rev_labels)) / 2
+    return (loss + F.cross_entropy(rev, rev_labels)) / 2, logits, labels
 
 
 def in_batch_accuracy(logits: Tensor, labels: Tensor) -> Tensor:

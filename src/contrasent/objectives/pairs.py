@@ -17,8 +17,7 @@ from contrasent.objectives.base import InBatchObjective
 from contrasent.objectives.functional import (
     duplicate_mask,
     in_batch_accuracy,
-    info_nce,
-    info_nce_logits,
+    info_nce_with_logits,
     logit_scale,
     text_ids,
 )
@@ -88,7 +87,7 @@ def gathered_info_nce(
     mask = rev_mask = None
     if ids is not None:
         mask, rev_mask = _false_negative_masks(ids, labels, reverse=symmetric)
-    loss = info_nce(
+    loss, logits, labels = info_nce_with_logits(
         anchors,
         cands,
         temperature=temperature,
@@ -101,17 +100,24 @@ def gathered_info_nce(
         anchor_pool=pool,
         reverse_mask=rev_mask,
     )
-    with torch.no_grad():
-        logits, _ = info_nce_logits(
-            anchors,
-            cands,
-            scale=logit_scale(temperature, scale),
-            hard_negatives=negs or None,
-            hard_negative_weight=hard_negative_weight,
-            labels=labels,
-            mask=mask,
-        )
     return {"loss": loss, "accuracy": in_batch_accuracy(logits, labels)}
+
+
+def in_batch_loss(
+    embeddings: list[Tensor],
+    anchors: list[str],
+    positives: list[str],
+    negatives: list[list[str]],
+    *,
+    dedup: str,
+    **info_nce_options: Any,
+) -> dict[str, Tensor]:
+    """:func:`gathered_info_nce` on ``[anchor, positive, *negative]`` embeddings, masking false
+    negatives by text when ``dedup == "mask"`` (the texts are the rows the embeddings came from).
+    The ``loss`` of every in-batch objective here (SimCSE unsup/sup, pairs)."""
+    a, p, *n = embeddings
+    ids = RowTextIds.of(anchors, positives, negatives, a.device) if dedup == "mask" else None
+    return gathered_info_nce(a, p, n, ids=ids, **info_nce_options)
 
 
 class PairsInBatch(InBatchObjective):
@@ -162,20 +168,17 @@ class PairsInBatch(InBatchObjective):
         return [batch.anchors, batch.positives, *batch.negatives]
 
     def loss(self, embeddings: list[Tensor], batch: PairBatch) -> dict[str, Tensor]:
-        anchors, positives, *negatives = embeddings
         symmetric = not batch.negatives if self.symmetric == "auto" else bool(self.symmetric)
-        ids = None
-        if self.dedup == "mask":
-            ids = RowTextIds.of(batch.anchors, batch.positives, batch.negatives, anchors.device)
-        return gathered_info_nce(
-            anchors,
-            positives,
-            negatives,
+        return in_batch_loss(
+            embeddings,
+            batch.anchors,
+            batch.positives,
+            batch.negatives,
+            dedup=self.dedup,
             temperature=self.temperature,
             scale=self.scale,
             hard_negative_weight=self.hard_negative_weight,
             symmetric=symmetric,
-            ids=ids,
         )
 
     def config_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from contrasent.errors import UserError
 from contrasent.objectives.base import InBatchObjective
 from contrasent.objectives.functional import logit_scale
 from contrasent.objectives.mlm import MLMAuxiliary, with_mlm
-from contrasent.objectives.pairs import DEDUP, RowTextIds, gathered_info_nce
+from contrasent.objectives.pairs import DEDUP, in_batch_loss
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,9 @@ class SimCSEUnsup(_SimCSEBase):
         return [batch.texts, batch.texts]
 
     def loss(self, embeddings: list[Tensor], batch: SentenceBatch) -> dict[str, Tensor]:
-        z1, z2 = embeddings
-        ids = None
-        if self.dedup == "mask":
-            ids = RowTextIds.of(batch.texts, batch.texts, [], z1.device)
-        return gathered_info_nce(z1, z2, temperature=self.temperature, ids=ids)
+        return in_batch_loss(
+            embeddings, batch.texts, batch.texts, [], dedup=self.dedup, temperature=self.temperature
+        )
 
 
 class SimCSESup(_SimCSEBase):
@@ -166,17 +164,14 @@ class SimCSESup(_SimCSEBase):
         return [batch.anchors, batch.positives, *batch.negatives]
 
     def loss(self, embeddings: list[Tensor], batch: PairBatch) -> dict[str, Tensor]:
-        z1, z2, *z3 = embeddings
-        ids = None
-        if self.dedup == "mask":
-            ids = RowTextIds.of(batch.anchors, batch.positives, batch.negatives, z1.device)
-        return gathered_info_nce(
-            z1,
-            z2,
-            z3,
+        return in_batch_loss(
+            embeddings,
+            batch.anchors,
+            batch.positives,
+            batch.negatives,
+            dedup=self.dedup,
             temperature=self.temperature,
             hard_negative_weight=self.hard_negative_weight,
-            ids=ids,
         )
 
     def config_dict(self) -> dict[str, Any]:
