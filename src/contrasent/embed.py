@@ -8,7 +8,6 @@ only when complete and is deleted on any error, so a crash leaves no partial out
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import sys
@@ -16,45 +15,29 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from contrasent.errors import UserError, where
+from contrasent.data.readers import REPLACED, ReadStats, iter_lines
+from contrasent.errors import UserError
 
 log = logging.getLogger(__name__)
 ERRORS = ("strict", "replace")
 PROGRESS_MIN_LINES = 5000
 
 
-def _open(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+def _lines(path: Path, errors: str, stats: ReadStats) -> Iterator[str]:
+    """Every line of the file (empty ones too), through the data layer's streaming reader."""
+    on_error = "raise" if errors == "strict" else "replace"
+    hint = "use errors='replace' (--errors replace)"
+    for _, text in iter_lines(path, stats, on_error, hint=hint):
+        yield text
 
 
-def _lines(path: Path, errors: str) -> Iterator[tuple[str, bool]]:
-    """Yield (text, had_bad_utf8) per line; line endings (\\n, \\r\\n) and a leading BOM removed."""
-    try:
-        with _open(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                raw = raw.rstrip(b"\n").removesuffix(b"\r")
-                if lineno == 1:
-                    raw = raw.removeprefix(b"\xef\xbb\xbf")
-                try:
-                    yield raw.decode("utf-8"), False
-                except UnicodeDecodeError as e:
-                    if errors == "strict":
-                        raise UserError(
-                            f"{where(path, lineno)}: invalid UTF-8 ({e.reason} at byte {e.start} of "
-                            "the line); fix the file or use errors='replace'"
-                        ) from None
-                    yield raw.decode("utf-8", errors="replace"), True
-    except (OSError, EOFError) as e:  # unreadable file, corrupt or truncated gzip
-        raise UserError(f"{where(path)}: cannot read: {e}") from e
-
-
-def _chunks(lines: Iterator[tuple[str, bool]], size: int) -> Iterator[list[str]]:
+def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
-    for text, _ in lines:
+    for text in lines:
         chunk.append(text)
         if len(chunk) >= size:
             yield chunk
@@ -65,11 +48,10 @@ def _chunks(lines: Iterator[tuple[str, bool]], size: int) -> Iterator[list[str]]
 
 def _count(path: Path, errors: str) -> tuple[int, int]:
     """First streaming pass: line count and bad-UTF-8 line count (strict mode fails here, early)."""
-    rows = replaced = 0
-    for _, bad in _lines(path, errors):
-        rows += 1
-        replaced += bad
-    return rows, replaced
+    stats = ReadStats(str(path))
+    for _ in _lines(path, errors, stats):
+        pass
+    return stats.lines, stats.info.get(REPLACED, 0)
 
 
 def embed_file(
@@ -148,7 +130,7 @@ def _fill(
     bar = tqdm(total=rows, unit="line", desc=f"embed {src.name}", disable=not show_progress)
     done = empty = 0
     with bar:
-        for chunk in _chunks(_lines(src, errors), chunk_lines):
+        for chunk in _chunks(_lines(src, errors, ReadStats(str(src))), chunk_lines):
             if done + len(chunk) > rows:
                 raise UserError(f"{src}: changed while being embedded (more than {rows} lines)")
             mat[done : done + len(chunk)] = encoder.encode(

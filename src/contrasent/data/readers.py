@@ -46,6 +46,7 @@ EMPTY_LINE = "empty line"
 BAD_UTF8 = "invalid UTF-8"
 BAD_ROW = "malformed row"
 EMPTY_FIELD = "empty anchor/positive/negative"
+REPLACED = "replaced lines"  # ReadStats.info key of on_error="replace"
 
 
 @dataclass
@@ -107,12 +108,18 @@ def open_binary(path: str | Path):
 
 
 def iter_lines(
-    path: str | Path, stats: ReadStats, on_error: OnError = "raise", keepends: bool = False
+    path: str | Path,
+    stats: ReadStats,
+    on_error: OnError | Literal["replace"] = "raise",
+    keepends: bool = False,
+    hint: str = "set on_error: skip to count and skip such lines",
 ) -> Iterator[tuple[int, str]]:
     """Yield `(line_number, decoded_line)` (1-based), streaming; .gz is decompressed on the fly.
 
-    Invalid UTF-8 raises a UserError naming file:line, or is a counted skip with
-    ``on_error="skip"``. A corrupt gzip stream always raises.
+    Invalid UTF-8 raises a UserError naming file:line (ending with ``hint``), is a counted skip
+    with ``on_error="skip"``, or with ``on_error="replace"`` is decoded with U+FFFD and counted in
+    ``stats.info["replaced lines"]`` (callers that must keep every line, e.g. bulk embedding).
+    A corrupt gzip stream always raises.
     """
     lineno = 0
     with open_binary(path) as fh:
@@ -132,11 +139,13 @@ def iter_lines(
                 if on_error == "skip":
                     stats.skip(BAD_UTF8)
                     continue
-                raise UserError(
-                    f"{where(path, lineno)}: invalid UTF-8 (byte {e.start} of the line: "
-                    f"{raw[e.start : e.start + 4]!r}); fix the file or set on_error: skip "
-                    "to count and skip such lines"
-                ) from None
+                if on_error != "replace":
+                    raise UserError(
+                        f"{where(path, lineno)}: invalid UTF-8 (byte {e.start} of the line: "
+                        f"{raw[e.start : e.start + 4]!r}); fix the file or {hint}"
+                    ) from None
+                text = raw.decode("utf-8", errors="replace")
+                stats.info[REPLACED] = stats.info.get(REPLACED, 0) + 1
             if lineno == 1:
                 text = text.removeprefix("\ufeff")  # a BOM is not part of the first text
             yield lineno, (text if keepends else text.rstrip("\r\n"))
