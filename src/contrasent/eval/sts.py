@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from contrasent.errors import UserError, where
+from contrasent.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -392,17 +392,5 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``results`` as JSON atomically: temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``results`` as JSON atomically (invalid JSON, e.g. NaN, raises before writing)."""
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")

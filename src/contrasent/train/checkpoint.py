@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from contrasent.errors import UserError
+from contrasent.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,4 @@ def _load(path: Path) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from contrasent.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ def truncate_metrics(path: Path, after_step: int | None) -> None:
             continue
         if step <= after_step:
             kept.append(line)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(f"{x}\n" for x in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{x}\n" for x in kept))
 
 
 class MetricsWriter:
