@@ -17,17 +17,26 @@ METRIC_PATHS = {
 }
 
 
-def metric_value(results: dict[str, Any], metric: str, mode: str) -> float | None:
-    """The selection number in an ``evaluate_sts`` result (None: undefined, e.g. collapse)."""
+def _lookup(results: dict[str, Any], metric: str, mode: str) -> tuple[Any, str | None, str]:
+    """Walk ``metric`` (a name of METRIC_PATHS or a dotted path) into the results:
+    (value, first missing key or None, the dotted path)."""
     path = METRIC_PATHS.get(metric, metric).format(split="dev" if mode == "dev" else "test")
     value: Any = results
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
-            raise UserError(
-                f"eval.metric {metric!r}: no {key!r} in the STS results (path {path}); "
-                f"use one of {', '.join(METRIC_PATHS)} or a dotted path"
-            )
+            return None, key, path
         value = value[key]
+    return value, None, path
+
+
+def metric_value(results: dict[str, Any], metric: str, mode: str) -> float | None:
+    """The selection number in an ``evaluate_sts`` result (None: undefined, e.g. collapse)."""
+    value, missing, path = _lookup(results, metric, mode)
+    if missing is not None:
+        raise UserError(
+            f"eval.metric {metric!r}: no {missing!r} in the STS results (path {path}); "
+            f"use one of {', '.join(METRIC_PATHS)} or a dotted path"
+        )
     return None if value is None else float(value)
 
 
@@ -65,20 +74,11 @@ def eval_record(
         "metric": value,
         "best": best,
         "best_step": best_step,
-        "stsb": _get(results, METRIC_PATHS["stsb"], cfg.mode),
-        "sickr": _get(results, METRIC_PATHS["sickr"], cfg.mode),
+        "stsb": _lookup(results, "stsb", cfg.mode)[0],
+        "sickr": _lookup(results, "sickr", cfg.mode)[0],
         "avg": results.get("avg"),
         "results": results,
     }
-
-
-def _get(results: dict[str, Any], path: str, mode: str) -> Any:
-    value: Any = results
-    for key in path.format(split="dev" if mode == "dev" else "test").split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
 
 
 def fmt(value: float | None) -> str:
