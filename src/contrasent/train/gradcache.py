@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from contrasent.errors import UserError
 from contrasent.objectives.base import InBatchObjective
 from contrasent.train.batching import slice_batch
 
@@ -172,27 +171,20 @@ def _auxiliary(
 ) -> LossDict:
     """A per-example auxiliary loss (``objective.auxiliary(encoder, batch)``, e.g. SimCSE's MLM),
     run on row chunks of about ``mini_batch_size`` texts, each weighted by its share of the rows;
-    ``objective.combine(parts, aux)`` adds it to the contrastive parts as its ``forward`` does.
+    ``objective.combine(parts, aux)`` adds it to the contrastive parts as its ``forward`` does
+    (both are part of the InBatchObjective contract: no auxiliary by default, and a combine that
+    refuses an auxiliary loss it was not taught to weight).
     Its gradients reach the parameters directly (it does not depend on the embeddings)."""
-    aux_fn = getattr(objective, "auxiliary", None)
-    if aux_fn is None:
-        return losses
     n = len(batch)
     rows = max(1, mini_batch_size // max(n_views, 1))
     total = None
     for start in range(0, n, rows):
         sub = slice_batch(batch, start, min(start + rows, n))
-        aux = aux_fn(encoder, sub)
-        if aux is None:
+        aux = objective.auxiliary(encoder, sub)
+        if aux is None:  # the objective has no auxiliary loss
             return losses
-        combine = getattr(objective, "combine", None)
-        if combine is None:
-            raise UserError(
-                f"{type(objective).__name__} has an auxiliary loss but no combine(parts, aux): "
-                "the gradient cache cannot weight it; set train.mini_batch_size: 0"
-            )
         share = len(sub) / n
-        weighted = combine({"loss": aux.new_zeros(())}, aux)["loss"]  # weight * aux
+        weighted = objective.combine({"loss": aux.new_zeros(())}, aux)["loss"]  # weight * aux
         backward(weighted * share * loss_scale)
         total = aux.detach() * share if total is None else total + aux.detach() * share
     combined = objective.combine(dict(losses), total)

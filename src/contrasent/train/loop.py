@@ -184,8 +184,9 @@ class _Trainer:
         self.metrics = MetricsWriter(
             self.out, self.is_main, cfg.logging.tensorboard, self.state.step if resume else None
         )
-        self.bar = ProgressBar(self.total, self.state.step, enabled=False)
+        self.bar = ProgressBar(self.total, self.state.step, enabled=False)  # replaced in run()
         self.dropped_rows = 0
+        self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.last_train: dict[str, Any] = {}
 
@@ -401,7 +402,7 @@ class _Trainer:
             steps=step,
             best_metric=self.state.best_metric,
             best_step=self.state.best_step,
-            first_eval=getattr(self, "first_eval", None),
+            first_eval=self.first_eval,
             last_eval=self.last_eval,
             last_train=self.last_train,
             last_checkpoint=Path(self.state.last_checkpoint)
