@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
@@ -98,7 +98,7 @@ def _run_eval(args: EvalArgs) -> None:
 
     results = evaluate_sts(encode, data_dir=args.data_dir, mode=args.mode, tasks=args.tasks)
     results["model"] = args.model
-    results["encoder"] = encoder.config_dict() if hasattr(encoder, "config_dict") else {}
+    results["encoder"] = encoder.config_dict()
     print(format_table(results))
     if args.output:
         write_results(results, args.output)
@@ -181,31 +181,29 @@ def _train_parser() -> ArgumentParser:
     return p
 
 
+def _parse(argv: list[str]) -> Any:
+    """Parse a whole command line (``--data-dir`` spellings accepted, ``train RECIPE`` turned
+    into ``train --config RECIPE``) and instantiate its dataclass sections."""
+    argv = [_underscore_option(a) for a in argv]
+    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
+        argv[1:2] = ["--config", argv[1]]
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = build_parser()
+    return parser.instantiate(parser.parse_args(argv))
+
+
 def parse_train_config(argv: list[str]):
     """`contrasent train` arguments (recipe path first, then overrides) -> a validated TrainConfig."""
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     from contrasent.train.config import TrainConfig
 
-    parser = build_parser()
-    args = [_underscore_option(a) for a in argv]
-    if args and not args[0].startswith("-"):
-        args[0:1] = ["--config", args[0]]
-    init = parser.instantiate(parser.parse_args(["train", *args]))
-    cfg = _build(TrainConfig, init.train)
+    cfg = _build(TrainConfig, _parse(["train", *argv]).train)
     cfg.validate()
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [_underscore_option(a) for a in argv]
-    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
-        argv[1:2] = ["--config", argv[1]]
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    init = parser.instantiate(ns)
+    init = _parse(list(sys.argv[1:] if argv is None else argv))
     command = init.command
     try:
         if command == "eval":

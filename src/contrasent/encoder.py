@@ -163,6 +163,14 @@ class Encoder(nn.Module):
             )
         return cls(model, tokenizer, **kw).to(_pick_device(device))
 
+    def config_dict(self) -> dict[str, Any]:
+        """How this encoder embeds (saved beside the model; recorded with STS results)."""
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+        }
+
     # ---------------------------------------------------------------- properties
     @property
     def hidden_size(self) -> int:

@@ -159,15 +159,7 @@ def write_st(encoder: Encoder, out: Path, modules: list[STModule]) -> None:
             "similarity_fn_name": "cosine",
         },
     )
-    _write_json(
-        out / META_FILE,
-        {
-            "pooling": encoder.pooling,
-            "normalize": encoder.normalize,
-            "max_seq_length": encoder.max_seq_length,
-            "contrasent": __version__,
-        },
-    )
+    _write_json(out / META_FILE, {**encoder.config_dict(), "contrasent": __version__})
 
 
 def swap_into_place(tmp: Path, path: Path) -> None:
