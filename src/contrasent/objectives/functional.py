@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,45 +113,9 @@ def info_nce_logits(
     return _apply_mask(logits, mask, labels), labels
 
 
-def info_nce(
-    anchors: Tensor,
-    candidates: Tensor,
-    temperature: float | None = None,
-    scale: float | None = None,
-    hard_negatives: Tensor | Sequence[Tensor] | None = None,
-    hard_negative_weight: float = 0.0,
-    symmetric: bool = False,
-    labels: Tensor | None = None,
-    mask: Tensor | None = None,
-    anchor_pool: Tensor | None = None,
-    reverse_mask: Tensor | None = None,
-) -> Tensor:
-    """InfoNCE over cosine similarities with in-batch (and optional hard) negatives.
-
-    Returns the mean cross-entropy over the ``anchors`` rows. With ``symmetric`` the result is
-    ``(loss_a + loss_b) / 2`` as in the 1B-pairs trainer ("Symmetric loss as in CLIP", same scale),
-    where ``loss_b`` scores each row's positive ``candidates[labels[i]]`` against the anchors: the
-    given ``anchor_pool`` (the gathered anchors, laid out like the candidates so that row ``i``'s
-    anchor is ``anchor_pool[labels[i]]``) or, without it, ``anchors`` themselves (label ``i``).
-    Hard negatives take no part in ``loss_b`` (they are not anchors).
-
-    ``mask`` (bool, [B, N] or [B, N + K*N]) and ``reverse_mask`` ([B, len(anchor_pool)]) remove
-    logits (set to -inf), e.g. false negatives from duplicated texts; a row's positive must not
-    be masked.
-    """
-    return info_nce_with_logits(
-        anchors,
-        candidates,
-        temperature=temperature,
-        scale=scale,
-        hard_negatives=hard_negatives,
-        hard_negative_weight=hard_negative_weight,
-        symmetric=symmetric,
-        labels=labels,
-        mask=mask,
-        anchor_pool=anchor_pool,
-        reverse_mask=reverse_mask,
-    )[0]
+def info_nce(anchors: Tensor, candidates: Tensor, **options: Any) -> Tensor:
+    """The mean InfoNCE loss: :func:`info_nce_with_logits` (same options) without the logits."""
+    return info_nce_with_logits(anchors, candidates, **options)[0]
 
 
 def info_nce_with_logits(
@@ -166,8 +131,21 @@ def info_nce_with_logits(
     anchor_pool: Tensor | None = None,
     reverse_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`info_nce`, also returning the anchor->candidates logits and labels it used (so a
-    caller reporting accuracy does not compute the similarity matrix a second time)."""
+    """InfoNCE over cosine similarities with in-batch (and optional hard) negatives.
+
+    Returns ``(loss, logits, labels)``: the mean cross-entropy over the ``anchors`` rows, and the
+    anchor->candidates logits and labels it used (a caller reporting accuracy need not compute
+    the similarity matrix again). With ``symmetric`` the result is
+    ``(loss_a + loss_b) / 2`` as in the 1B-pairs trainer ("Symmetric loss as in CLIP", same scale),
+    where ``loss_b`` scores each row's positive ``candidates[labels[i]]`` against the anchors: the
+    given ``anchor_pool`` (the gathered anchors, laid out like the candidates so that row ``i``'s
+    anchor is ``anchor_pool[labels[i]]``) or, without it, ``anchors`` themselves (label ``i``).
+    Hard negatives take no part in ``loss_b`` (they are not anchors).
+
+    ``mask`` (bool, [B, N] or [B, N + K*N]) and ``reverse_mask`` ([B, len(anchor_pool)]) remove
+    logits (set to -inf), e.g. false negatives from duplicated texts; a row's positive must not
+    be masked.
+    """
     s = logit_scale(temperature, scale)
     logits, labels = info_nce_logits(
         anchors,
