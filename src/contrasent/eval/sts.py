@@ -330,6 +330,7 @@ def evaluate_sts(
     mode: str = "test",
     tasks: str | Iterable[str] | None = None,
     batch_size: int = 128,
+    diagnostics: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``encode`` (list of sentences -> [n, dim] array) on the STS tasks.
 
@@ -338,8 +339,22 @@ def evaluate_sts(
     ``batch_size``: sentences per ``encode`` call. Returns a JSON-ready dict (see module doc);
     ``avg`` is the mean of the summary Spearman column ("all" for STS12-16, "test" for STS-B and
     SICK-R; the dev numbers in dev mode). An undefined correlation (e.g. a collapsed model giving
-    constant scores) is None, and so is ``avg`` then.
+    constant scores) is None, and so is ``avg`` then. ``diagnostics``: when STS-B is evaluated,
+    add ``diagnostics`` (alignment, uniformity, similarity by gold score on STS-B dev; see
+    ``contrasent.eval.diagnostics``) from the embeddings already computed.
     """
+    return score_sts(encode, data_dir, mode, tasks, batch_size, diagnostics)[0]
+
+
+def score_sts(
+    encode: Encode,
+    data_dir: str | os.PathLike | None = None,
+    mode: str = "test",
+    tasks: str | Iterable[str] | None = None,
+    batch_size: int = 128,
+    diagnostics: bool = False,
+) -> tuple[dict[str, Any], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """``evaluate_sts`` plus the scores behind it: task -> subset/split -> (gold, cosine)."""
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     selected = resolve_tasks(tasks, mode)
@@ -347,6 +362,8 @@ def evaluate_sts(
     # Read everything first so a missing or malformed file fails before any encoding time.
     loaded = {task: load_task(root, task, mode) for task in selected}
     results: dict[str, Any] = {}
+    scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    diag = None
     for task, data in loaded.items():
         start = time.perf_counter()
         index, emb = embed_unique(
@@ -355,12 +372,21 @@ def evaluate_sts(
         preds = {name: cosine_scores(pairs, index, emb) for name, pairs in data.items()}
         scorer = score_year if task in STS_YEARS else score_splits
         results[task] = scorer(data, preds)
+        scores[task] = {name: (data[name].gold, preds[name]) for name in data}
+        if diagnostics and task == "STSBenchmark":
+            from contrasent.eval.diagnostics import sts_diagnostics
+
+            dev = data["dev"]
+            diag = sts_diagnostics(dev.s1, dev.s2, dev.gold, preds["dev"], index, emb, "dev")
         log.info("%s: %d sentences in %.1fs", task, len(index), time.perf_counter() - start)
         if results[task].get("n_skipped"):
             log.info("%s: skipped %d pairs with no gold score", task, results[task]["n_skipped"])
     column = {t: ("dev" if mode == "dev" else SUMMARY[t]) for t in results}
     avg = _mean([results[t]["spearman"][column[t]] for t in results])
-    return {"mode": mode, "tasks": results, "avg": avg}
+    out = {"mode": mode, "tasks": results, "avg": avg}
+    if diag is not None:
+        out["diagnostics"] = diag
+    return out, scores
 
 
 # ----------------------------------------------------------------------------- output
@@ -381,7 +407,12 @@ def format_table(results: dict[str, Any]) -> str:
     """The SimCSE README table: one column per task (table order) + Avg., Spearman x100."""
     row = summary_row(results)
     names = [t for t in TASKS if t in row] + ["Avg."]
-    cells = ["-" if row[n] is None else f"{row[n]:.2f}" for n in names]
+    return render_table(names, [row[n] for n in names])
+
+
+def render_table(names: Sequence[str], values: Sequence[float | None]) -> str:
+    """One-row ASCII table in SimCSE's layout (PrettyTable style), numbers with 2 decimals."""
+    cells = ["-" if v is None else f"{v:.2f}" for v in values]
     widths = [max(len(n), len(c)) + 2 for n, c in zip(names, cells, strict=True)]
     rule = "+" + "+".join("-" * w for w in widths) + "+"
 

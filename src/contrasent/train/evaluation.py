@@ -54,6 +54,7 @@ def run_sts(module: nn.Module, cfg: EvalConfig) -> dict[str, Any]:
                 data_dir=cfg.data_dir,
                 mode=cfg.mode,
                 batch_size=cfg.batch_size,
+                diagnostics=True,  # alignment / uniformity on STS-B dev, from the same embeddings
             )
     finally:
         module.train(was_training)
@@ -67,7 +68,9 @@ def eval_record(
     best: float | None,
     best_step: int | None,
 ) -> dict[str, Any]:
-    """The ``metrics.jsonl`` line of one evaluation."""
+    """The ``metrics.jsonl`` line of one evaluation (``alignment`` / ``uniformity``: STS-B dev,
+    Wang & Isola 2020, None when STS-B was not evaluated)."""
+    diag = results.get("diagnostics") or {}
     return {
         "step": step,
         "kind": "eval",
@@ -77,6 +80,8 @@ def eval_record(
         "stsb": _lookup(results, "stsb", cfg.mode)[0],
         "sickr": _lookup(results, "sickr", cfg.mode)[0],
         "avg": results.get("avg"),
+        "alignment": diag.get("alignment"),
+        "uniformity": diag.get("uniformity"),
         "results": results,
     }
 

@@ -6,7 +6,8 @@
   line and over processes), ``lr``, ``grad_norm``, ``sentences_per_s`` (training rows of the
   global batch per second), ``epoch`` (fractional, when the epoch length is known);
 * ``"eval"``: ``metric`` (the selection number), ``best``, and the STS numbers (``stsb``,
-  ``sickr``, ``avg``; ``results`` holds the full evaluate_sts dict);
+  ``sickr``, ``avg``; ``results`` holds the full evaluate_sts dict), ``alignment`` and
+  ``uniformity`` (STS-B dev, ``contrasent.eval.diagnostics``);
 * ``"diverged"``: the step whose loss was not finite.
 """
 
