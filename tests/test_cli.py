@@ -107,3 +107,61 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0  # one line
+
+
+# ----------------------------------------------------------------------------- eval: task sets
+
+
+def test_eval_task_sets_parse() -> None:
+    from contrasent.cli import EvalArgs, _build, _parse
+    from contrasent.eval.suite import split_tasks
+
+    init = _parse(["eval", "--model", "m", "--tasks", "transfer", "--mode", "fasttest"])
+    args = _build(EvalArgs, init.eval)
+    assert (args.tasks, args.mode) == ("transfer", "fasttest")
+    assert split_tasks("transfer") == (None, ["transfer"])
+    assert split_tasks("full") == (["sts"], ["transfer"])
+    assert split_tasks(None) == (["sts"], None)
+    assert split_tasks("MR, stsb,sst,sick-e") == (["stsb"], ["MR", "sst", "sick-e"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--tasks", "MR,bogus"], "unknown task 'bogus'"),
+        (["--tasks", "STS12", "--mode", "dev"], "STS12 has no dev split"),
+    ],
+)
+def test_eval_bad_tasks_one_line(capsys, tmp_path: Path, argv, needle) -> None:
+    code, _, err = run_main(capsys, "eval", "--model", str(tmp_path / "never-loaded"), *argv)
+    assert code == 2 and needle in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_eval_bad_mode_rejected(capsys, tiny_bert_dir: Path) -> None:
+    code, _, err = run_main(capsys, "eval", "--model", str(tiny_bert_dir), "--mode", "quick")
+    assert code == 2 and "quick" in err
+
+
+def test_eval_sts_and_transfer_json_and_plots(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    out, plots = tmp_path / "r.json", tmp_path / "plots"
+    code, stdout, _ = run_main(
+        capsys, "eval", "--model", str(tiny_bert_dir), "--tasks", "stsb,TREC", "--mode",
+        "fasttest", "--output", str(out), "--plots", str(plots),
+    )  # fmt: skip
+    assert code == 0
+    res = json.loads(out.read_text())
+    trec = res["transfer"]["tasks"]["TREC"]
+    assert res["mode"] == "fasttest" and res["sts_mode"] == "test"
+    assert res["tasks"]["STSBenchmark"]["spearman"]["test"] is not None
+    assert trec["kfold"] == 5 and res["transfer"]["classifier"]["optim"] == "rmsprop"
+    assert {"acc", "devacc", "grid", "l2", "time_s", "ndev", "ntest"} <= set(trec)
+    assert res["diagnostics"]["n_positive_pairs"] > 0
+    assert "Transfer (fasttest" in stdout and f"{trec['acc']:.2f}" in stdout
+    assert "alignment" in stdout and "uniformity" in stdout
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "similarity-distribution.png",
+        "sts-STSBenchmark.png",
+    ]

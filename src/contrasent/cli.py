@@ -57,19 +57,40 @@ class ModelArgs:
 
 @dataclass
 class EvalArgs(ModelArgs):
-    """Evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman x100, cosine similarity).
+    """Evaluate an encoder on STS (Spearman x100) and SentEval transfer tasks (accuracy x100).
 
     Args:
-        tasks: Comma-separated task names or aliases: sts (all seven), sts12..sts16, stsb, sickr.
-        mode: "test": every task; "dev": STS-B dev + SICK-R trial only (model selection).
+        tasks: "sts" (default: STS12-16, STS-B, SICK-R), "transfer" (MR, CR, SUBJ, MPQA, SST2,
+            TREC, MRPC), "full" (both), or comma-separated names: sts12..sts16, stsb, sickr, MR,
+            CR, SUBJ, MPQA, SST2, TREC, MRPC, SICKEntailment.
+        mode: STS: "test" every task, "dev" STS-B dev + SICK-R trial only ("fasttest" = test).
+            Transfer (SimCSE's settings): "test" 10-fold Adam classifier; "fasttest" 5-fold
+            RMSprop classifier, test accuracy; "dev" the fasttest classifier, dev accuracy.
         data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA.
         output: Write every number to this JSON file.
+        plots: Write PNG figures to this folder: gold vs cosine per STS task and the similarity
+            distribution by gold score on STS-B.
     """
 
     tasks: str | None = None
-    mode: Literal["dev", "test"] = "test"
+    mode: Literal["dev", "test", "fasttest"] = "test"
     data_dir: str | None = None
     output: str | None = None
+    plots: str | None = None
+
+
+@dataclass
+class ReportArgs:
+    """Build RUN_DIR/report/report.html (+ PNGs) from a training run folder.
+
+    Args:
+        run_dir: The run's output_dir (config.json, metrics.jsonl, checkpoints/, final/).
+        checkpoints: Embed STS-B dev with every checkpoint's encoder for the alignment /
+            uniformity trajectory, instead of reading the numbers logged in metrics.jsonl.
+    """
+
+    run_dir: str = ""
+    checkpoints: bool = False
 
 
 @dataclass
@@ -89,20 +110,40 @@ class EmbedArgs(ModelArgs):
 
 
 def _run_eval(args: EvalArgs) -> None:
-    from contrasent.eval.sts import evaluate_sts, format_table, write_results
+    import time
 
+    from contrasent.eval.sts import write_results
+    from contrasent.eval.suite import check_tasks, evaluate, format_tables
+
+    check_tasks(args.tasks, args.mode)  # a wrong task name fails before the model loads
     encoder = args.load()
 
     def encode(texts: list[str]):
         return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
 
-    results = evaluate_sts(encode, data_dir=args.data_dir, mode=args.mode, tasks=args.tasks)
+    start = time.perf_counter()
+    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir)
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
-    print(format_table(results))
+    results["time_s"] = round(time.perf_counter() - start, 2)
+    print(format_tables(results))
+    print(f"evaluated in {results['time_s']:.1f}s")
     if args.output:
         write_results(results, args.output)
         print(f"results written to {args.output}")
+    if args.plots:
+        from contrasent.eval.plots import eval_plots
+
+        written = eval_plots(results, scores, args.plots)
+        print(f"{len(written)} plots written to {args.plots}")
+
+
+def _run_report(args: ReportArgs) -> None:
+    from contrasent.report import build_report
+
+    if not args.run_dir:
+        raise UserError("report needs a run folder: contrasent report RUN_DIR")
+    print(f"report written to {build_report(args.run_dir, from_checkpoints=args.checkpoints)}")
 
 
 def _run_embed(args: EmbedArgs) -> None:
@@ -159,8 +200,9 @@ def build_parser() -> ArgumentParser:
     )
     sub = parser.add_subcommands(dest="command")
     for name, cls, help_ in (
-        ("eval", EvalArgs, "Evaluate on STS (prints the table, writes JSON)."),
+        ("eval", EvalArgs, "Evaluate on STS / transfer tasks (prints tables, writes JSON)."),
         ("embed", EmbedArgs, "Embed a text file into a .npy matrix."),
+        ("report", ReportArgs, "Build report.html from a training run folder."),
     ):
         p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
         p.add_argument("--config", action="config", help="YAML file with these options.")
@@ -187,6 +229,8 @@ def _parse(argv: list[str]) -> Any:
     argv = [_underscore_option(a) for a in argv]
     if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
         argv[1:2] = ["--config", argv[1]]
+    if len(argv) >= 2 and argv[0] == "report" and not argv[1].startswith("-"):
+        argv[1:2] = ["--run_dir", argv[1]]  # `contrasent report RUN_DIR`
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = build_parser()
     return parser.instantiate(parser.parse_args(argv))
@@ -210,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_eval(_build(EvalArgs, init.eval))
         elif command == "embed":
             _run_embed(_build(EmbedArgs, init.embed))
+        elif command == "report":
+            _run_report(_build(ReportArgs, init.report))
         elif command == "train":
             from contrasent.train.config import TrainConfig
 
