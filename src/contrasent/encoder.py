@@ -118,6 +118,7 @@ class Encoder(nn.Module):
         self.normalize = bool(normalize)
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
+        self.base_model: str | None = None  # set by from_pretrained; named by the model card
         limit = _position_limit(model)
         self.max_seq_length = int(max_seq_length or _default_max_len(model, tokenizer))
         if limit is not None and self.max_seq_length > limit:
@@ -161,7 +162,11 @@ class Encoder(nn.Module):
             log.warning(
                 "%s has no pooler weights: pooling 'cls' starts from a random pooler", source
             )
-        return cls(model, tokenizer, **kw).to(_pick_device(device))
+        encoder = cls(model, tokenizer, **kw).to(_pick_device(device))
+        # The model a saved folder descends from (its model card names it): carried through
+        # contrasent's own folders, else the name this encoder was loaded by.
+        encoder.base_model = (st or {}).get("base_model") or os.fspath(name_or_path)
+        return encoder
 
     def config_dict(self) -> dict[str, Any]:
         """How this encoder embeds (saved beside the model; recorded with STS results)."""
@@ -304,13 +309,23 @@ class Encoder(nn.Module):
             self.train(was_training)
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike) -> None:
+    def card_info(self) -> dict[str, Any]:
+        """What a model card says about this encoder by itself (see ``contrasent.model_card``)."""
+        return {
+            "base_model": self.base_model,
+            "encoder": {**self.config_dict(), "dimension": self.hidden_size},
+        }
+
+    def save(self, path: str | os.PathLike, card: dict[str, Any] | None = None) -> None:
         """Write a sentence-transformers directory atomically (temp dir, then rename).
 
         An existing target is replaced only if it is empty or a model directory (has config.json
-        or modules.json); anything else is refused rather than deleted.
+        or modules.json); anything else is refused rather than deleted. The folder gets a
+        ``README.md`` model card: base model, pooling and usage by default; ``card`` adds the
+        run's information (keys: ``contrasent.model_card.write_model_card``).
         """
-        path = Path(os.fspath(path)).expanduser().absolute()
+        name = os.fspath(path)  # as the user wrote it: the id in the card's usage snippets
+        path = Path(name).expanduser().absolute()
         if path.exists():
             if not path.is_dir():
                 raise UserError(f"cannot save model to {path}: it exists and is not a directory")
@@ -326,6 +341,9 @@ class Encoder(nn.Module):
         os.mkdir(tmp)
         try:
             write_st(self, tmp, modules)
+            from contrasent.model_card import write_model_card
+
+            write_model_card(tmp, {"model_name": name, **self.card_info(), **(card or {})})
             swap_into_place(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -159,7 +159,10 @@ def write_st(encoder: Encoder, out: Path, modules: list[STModule]) -> None:
             "similarity_fn_name": "cosine",
         },
     )
-    _write_json(out / META_FILE, {**encoder.config_dict(), "contrasent": __version__})
+    meta = {**encoder.config_dict(), "contrasent": __version__}
+    if getattr(encoder, "base_model", None):
+        meta["base_model"] = encoder.base_model
+    _write_json(out / META_FILE, meta)
 
 
 def swap_into_place(tmp: Path, path: Path) -> None:
@@ -264,7 +267,9 @@ def read_st_dir(path: Path) -> dict[str, Any]:
     if st["layers"] is not None and st["mode"] != "mean":
         raise UserError(f"{path}: WeightedLayerPooling is only supported before mean pooling")
     meta = path / META_FILE
-    st["hint"] = _read_json(meta).get("pooling") if meta.is_file() else None
+    hints = _read_json(meta) if meta.is_file() else {}
+    st["hint"] = hints.get("pooling")
+    st["base_model"] = hints.get("base_model")  # what the model card names as its origin
     return st
 
 
