@@ -1,0 +1,258 @@
+"""``contrasent report RUN_DIR``: one shareable ``report.html`` (plus its PNGs) for a training run.
+
+Reads only files (it never imports the training code): ``config.json`` (the recipe),
+``metrics.jsonl`` (train and eval records, see ``contrasent.train.metrics``), the optional
+``eval/*.json`` written by ``contrasent eval --output RUN_DIR/eval/NAME.json`` (full STS +
+transfer tables), and, with ``from_checkpoints``, ``checkpoints/step-*/trainable.pt``.
+
+The alignment-uniformity trajectory (SimCSE's figure 2) comes from the ``alignment`` /
+``uniformity`` each eval record carries (STS-B dev, measured on the embeddings the STS
+evaluation computed anyway), so the report costs no encoding. Runs without those numbers (older
+runs), or ``from_checkpoints=True``, embed STS-B dev once per checkpoint instead: the encoder of
+``final/`` (or ``best/``) gets each checkpoint's ``encoder.*`` weights.
+
+Output: ``RUN_DIR/report/report.html`` with the PNGs embedded (one file to share) and the same
+PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from contrasent.errors import UserError, where
+from contrasent.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+REPORT_DIR = "report"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl``; a line cut by a kill (the last one) is skipped."""
+    records = []
+    if not path.is_file():
+        return records
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                log.warning("%s: last line is incomplete (run killed?); skipped", where(path, i))
+                continue
+            raise UserError(f"{where(path, i)}: not valid JSON") from None
+    return records
+
+
+def _trajectory_from_metrics(evals: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    return [
+        (r["step"], float(r["alignment"]), float(r["uniformity"]))
+        for r in evals
+        if isinstance(r.get("alignment"), (int, float))
+        and isinstance(r.get("uniformity"), (int, float))
+    ]
+
+
+def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int, float, float]]:
+    """(step, alignment, uniformity) on STS-B dev for every checkpoint of the run."""
+    import re
+
+    import torch
+
+    from contrasent.encoder import Encoder
+    from contrasent.eval.diagnostics import alignment_uniformity
+    from contrasent.eval.sts import embed_unique, read_stsb, resolve_data_dir
+
+    base = next(
+        (run_dir / n for n in ("final", "best") if (run_dir / n / "modules.json").is_file()), None
+    )
+    ckpts = sorted(
+        p for p in (run_dir / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name)
+    )
+    if base is None or not ckpts:
+        return []
+    encoder = Encoder.from_pretrained(str(base), device="cpu")
+    pairs = read_stsb(resolve_data_dir(data_dir), "dev")
+    points = []
+    for ckpt in ckpts:
+        state = torch.load(ckpt / "trainable.pt", map_location="cpu", weights_only=True)
+        weights = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        try:
+            encoder.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(
+                f"{ckpt / 'trainable.pt'}: does not fit the encoder of {base}: {first}"
+            ) from e
+        index, emb = embed_unique(
+            lambda t: encoder.encode(t, batch_size=128), pairs.s1 + pairs.s2, 128
+        )
+        a, b = emb[[index[s] for s in pairs.s1]], emb[[index[s] for s in pairs.s2]]
+        diag = alignment_uniformity(a, b, pairs.gold, emb)
+        points.append((int(ckpt.name.split("-")[1]), diag["alignment"], diag["uniformity"]))
+        log.info("%s: alignment %.4f uniformity %.4f", ckpt.name, *points[-1][1:])
+    return points
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _html_table(names: list[str], values: list[Any]) -> str:
+    head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+    cells = "".join("<td>-</td>" if v is None else f"<td>{v:.2f}</td>" for v in values)
+    return f"<table><tr>{head}</tr><tr>{cells}</tr></table>"
+
+
+def _sts_html(results: dict[str, Any]) -> str:
+    from contrasent.eval.sts import summary_row
+
+    row = summary_row(results)
+    return _html_table(list(row), list(row.values()))
+
+
+def _transfer_html(results: dict[str, Any]) -> str:
+    from contrasent.eval.transfer import summary_row
+
+    row = summary_row(results)
+    return _html_table(list(row), list(row.values()))
+
+
+def _eval_files(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        try:
+            out.append((path.stem, json.loads(path.read_text(encoding="utf-8"))))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from None
+    return out
+
+
+def _results_section(label: str, results: dict[str, Any]) -> list[str]:
+    parts = [f"<h3>{html.escape(label)}</h3>"]
+    if "tasks" in results:
+        parts += [
+            f"<p>STS ({html.escape(str(results.get('mode')))} mode, Spearman x100)</p>",
+            _sts_html(results),
+        ]
+    if "transfer" in results:
+        tr = results["transfer"]
+        parts += [
+            f"<p>Transfer ({html.escape(tr['mode'])} mode, accuracy x100)</p>",
+            _transfer_html(tr),
+        ]
+    diag = results.get("diagnostics")
+    if diag and diag.get("alignment") is not None:
+        parts.append(
+            f"<p>alignment {diag['alignment']:.4f}, uniformity {diag['uniformity']:.4f} (STS-B {diag['split']})</p>"
+        )
+    return parts
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:center}
+th{background:#f0f0f0}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"""
+
+
+def build_report(
+    run_dir: str | os.PathLike, from_checkpoints: bool = False, data_dir: str | None = None
+) -> Path:
+    """Write ``run_dir/report/report.html`` and its PNGs; returns the HTML path.
+
+    ``from_checkpoints``: compute the alignment-uniformity trajectory by embedding STS-B dev with
+    every checkpoint (needs ``final/`` or ``best/`` and the STS data) instead of reading it from
+    metrics.jsonl; it is also the fallback when metrics.jsonl has no such numbers. ``data_dir``:
+    the STS data for that (default: the recipe's ``eval.data_dir``, else ``$CONTRASENT_DATA``).
+    """
+    import yaml
+
+    from contrasent.eval import plots
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist")
+    cfg_path, metrics_path = run / "config.json", run / "metrics.jsonl"
+    if not cfg_path.is_file() and not metrics_path.is_file():
+        raise UserError(f"{run} is not a training run folder (no config.json, no metrics.jsonl)")
+    config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    out = run / REPORT_DIR
+    figures: list[tuple[Path, str]] = []
+    if train or evals:
+        figures.append(
+            (
+                plots.training_curves(train, evals, out / "curves.png"),
+                "loss, learning rate and STS dev during training",
+            )
+        )
+    points = [] if from_checkpoints else _trajectory_from_metrics(evals)
+    if not points:
+        points = checkpoint_trajectory(run, data_dir or (config.get("eval") or {}).get("data_dir"))
+    if points:
+        figures.append(
+            (
+                plots.alignment_uniformity(points, out / "alignment-uniformity.png"),
+                "alignment vs uniformity (STS-B dev), one point per evaluation",
+            )
+        )
+    sims = {}
+    for label, rec in (
+        ("before", evals[0] if evals else None),
+        ("after", evals[-1] if evals else None),
+    ):
+        diag = ((rec or {}).get("results") or {}).get("diagnostics")
+        if diag and diag.get("similarity") and (label == "before" or len(evals) > 1):
+            sims[f"{label} (step {rec['step']})"] = diag["similarity"]
+    if sims:
+        figures.append(
+            (
+                plots.similarity_distribution(sims, out / "similarity-distribution.png"),
+                "cosine similarity of STS-B dev pairs by gold score",
+            )
+        )
+
+    title = f"contrasent run {run.resolve().name}"
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if config:
+        model = (config.get("model") or {}).get("name_or_path")
+        objective = (config.get("objective") or {}).get("name")
+        body.append(
+            f"<p>model <code>{html.escape(str(model))}</code>, objective <code>{html.escape(str(objective))}</code>, {len(train)} train records, {len(evals)} evaluations</p>"
+        )
+    if evals:
+        best = evals[-1].get("best")
+        body.append("<h2>STS during training</h2>")
+        if best is not None:
+            body.append(
+                f"<p>best selection metric {best:.2f} at step {evals[-1].get('best_step')}</p>"
+            )
+        body += _results_section(f"before (step {evals[0]['step']})", evals[0]["results"])
+        if len(evals) > 1:
+            body += _results_section(f"after (step {evals[-1]['step']})", evals[-1]["results"])
+    extra = _eval_files(run)
+    if extra:
+        body.append("<h2>Evaluations</h2>")
+        for name, results in extra:
+            body += _results_section(name, results)
+    body.append("<h2>Plots</h2>")
+    body += [_img(p, alt) for p, alt in figures] or ["<p>no training records to plot</p>"]
+    if config:
+        body += [
+            "<h2>Recipe</h2>",
+            f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+        ]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path
