@@ -207,19 +207,16 @@ def _gather(X: Tensor, rows: Tensor) -> Tensor:
     return torch.index_select(X, 0, rows.reshape(-1)).view(*rows.shape, X.shape[1])
 
 
-def count_correct(
-    X: Tensor, y: Tensor, rows: Tensor, lengths: Tensor, weight: Tensor, bias: Tensor
-) -> Tensor:
-    """Correct argmax predictions per fit over its rows (padded [G, L] with ``lengths``)."""
+def count_correct(X: Tensor, y: Tensor, rows: Tensor, lengths: Tensor, weight: Tensor) -> Tensor:
+    """Correct argmax predictions per fit over its rows (padded [G, L] with ``lengths``);
+    ``X`` [N, D + 1] ends with the constant-1 column that ``weight`` [G, C, D + 1] biases."""
     width = rows.shape[1]
     chunk = max(1, GATHER_BUDGET // max(1, width * X.shape[1]))
     out = []
     valid = torch.arange(width) < lengths[:, None]
     for s in range(0, rows.shape[0], chunk):
         r = rows[s : s + chunk]
-        logits = torch.baddbmm(
-            bias[s : s + chunk, None, :], _gather(X, r), weight[s : s + chunk].mT
-        )
+        logits = torch.bmm(_gather(X, r), weight[s : s + chunk].mT)
         hit = (logits.argmax(-1) == y[r]) & valid[s : s + chunk]
         out.append(hit.sum(1))
     return torch.cat(out)
@@ -254,10 +251,13 @@ def _train_logreg(
     carved = [_carve(f, rs, cfg.validation_split) for f, rs in zip(fits, rngs, strict=True)]
     train_sizes = np.array([len(t) for t, _ in carved])
     dev_rows, dev_len = _padded([d for _, d in carved])
+    # Bias as an extra weight column over a constant-1 feature: one parameter tensor, one matmul
+    # (SentEval's weight decay covers the bias too, so the update is the same).
+    Xa = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
     w0, b0 = initial_linear(D, nclasses, cfg.seed)
-    W, b = w0.expand(G, -1, -1).clone(), b0.expand(G, -1).clone()
-    opt = _Optimizer(cfg.optim, [W, b], torch.tensor([f.l2 for f in fits], dtype=torch.float32))
-    best_W, best_b = W.clone(), b.clone()
+    W = torch.cat([w0, b0[:, None]], dim=1).expand(G, -1, -1).clone()  # [G, C, D + 1]
+    opt = _Optimizer(cfg.optim, [W], torch.tensor([f.l2 for f in fits], dtype=torch.float32))
+    best_W = W.clone()
     stoppers = [EarlyStopping(cfg.tenacity) for _ in fits]
     best_correct, best_epoch, epochs_run = [0] * G, [0] * G, [0] * G
     live = np.arange(G)  # fits still training
@@ -265,21 +265,26 @@ def _train_logreg(
     while len(live) and nepoch <= cfg.max_epoch:
         for _ in range(cfg.epoch_size):
             orders = [carved[g][0][rngs[g].permutation(train_sizes[g])] for g in live]
-            _one_pass(X, y, orders, train_sizes[live], bs, nclasses, opt, live)
+            _one_pass(Xa, y, orders, train_sizes[live], bs, opt, live)
         nepoch += cfg.epoch_size
         epoch += 1
         sel = torch.from_numpy(live)
-        correct = count_correct(X, y, dev_rows[sel], dev_len[sel], W[sel], b[sel])
+        correct = count_correct(Xa, y, dev_rows[sel], dev_len[sel], W[sel])
         for j, g in enumerate(live):
             c, epochs_run[g] = int(correct[j]), epoch
             # SentEval compares accuracies correct / n_dev; n_dev is fixed per fit
             if stoppers[g].update(c / max(1, int(dev_len[g]))):
                 best_correct[g], best_epoch[g] = c, epoch
-                best_W[g], best_b[g] = W[g], b[g]
+                best_W[g] = W[g]
         live = np.array([g for g in live if not stoppers[g].stopped], dtype=np.int64)
     return [
         FitResult(
-            best_W[g], best_b[g], best_correct[g], int(dev_len[g]), best_epoch[g], epochs_run[g]
+            best_W[g, :, :D].clone(),
+            best_W[g, :, D].clone(),
+            best_correct[g],
+            int(dev_len[g]),
+            best_epoch[g],
+            epochs_run[g],
         )
         for g in range(G)
     ]
@@ -291,32 +296,34 @@ def _one_pass(
     orders: list[np.ndarray],
     sizes: np.ndarray,
     bs: int,
-    nclasses: int,
     opt: _Optimizer,
     live: np.ndarray,
 ) -> None:
-    """One pass over each live fit's training rows in its own order, ``bs`` rows a step."""
+    """One pass over each live fit's training rows in its own order, ``bs`` rows a step
+    (``X`` carries the constant-1 bias column)."""
     rows, lengths = _padded(orders)
     all_live = len(live) == len(opt.l2)
     sel_live = torch.from_numpy(live)
-    W, b = opt.params
+    (W,) = opt.params
     for start in range(0, int(sizes.max()), bs):
         have = sizes > start  # fits with rows left in this pass
-        sub = torch.from_numpy(np.flatnonzero(have))
-        r = rows[sub, start : start + bs]
-        n = (lengths[sub] - start).clamp(max=bs)  # rows in this step per fit
-        mask = (torch.arange(r.shape[1]) < n[:, None]).to(X.dtype)
-        sel = None if all_live and have.all() else sel_live[sub]
-        Wg = W if sel is None else W[sel]
-        bg = b if sel is None else b[sel]
-        xb = _gather(X, r)  # [g, B, D]
-        logits = torch.baddbmm(bg[:, None, :], xb, Wg.mT)
+        full = bool(have.all())
+        sub = None if full else torch.from_numpy(np.flatnonzero(have))
+        r = rows[:, start : start + bs] if full else rows[sub, start : start + bs]
+        sel = None if all_live and full else sel_live if full else sel_live[sub]
+        xb = _gather(X, r)  # [g, B, D + 1]
+        logits = torch.bmm(xb, (W if sel is None else W[sel]).mT)
         # d(mean cross-entropy)/d logits = (softmax - onehot) / n_rows, padded rows masked out
         d = torch.softmax(logits, -1)
         d.scatter_add_(-1, y[r].unsqueeze(-1), -torch.ones_like(d[..., :1]))
-        d = d * (mask / n[:, None].to(X.dtype)).unsqueeze(-1)
-        grads = [torch.bmm(d.mT, xb), d.sum(1)]
-        opt.step(grads, sel)
+        n = (lengths if full else lengths[sub]) - start
+        if int(n.min()) >= r.shape[1]:
+            d.mul_(1.0 / r.shape[1])
+        else:
+            n = n.clamp(max=bs)
+            mask = (torch.arange(r.shape[1]) < n[:, None]).to(X.dtype)
+            d = d * (mask / n[:, None].to(X.dtype)).unsqueeze(-1)
+        opt.step([torch.bmm(d.mT, xb)], sel)
 
 
 # ----------------------------------------------------------------------------- protocols
