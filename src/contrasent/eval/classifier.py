@@ -15,12 +15,14 @@ sentence-embedding papers report:
   on the first non-improvement after ``tenacity`` earlier ones (or past ``max_epoch`` passes). The
   best copy is the result;
 * the L2 grid ``10^-5 .. 10^-2``; grid scores are rounded to 2 decimals (x100) before the argmax,
-  ties go to the smaller L2, as in SentEval.
+  ties go to the smaller L2, as in SentEval;
+* folds: ``StratifiedKFold(shuffle=True, random_state=seed)``. (SentEval's InnerKFoldClassifier
+  hard-codes 1111 there; this uses the configured seed, 1111 unless changed.)
 
 Fits that SentEval runs one after another (every L2 x fold) are independent, so they run here in
-lock-step: stacked weights ``[G, C, D]``, one gathered batch per fit per step, hand-written
-RMSprop/Adam updates (element-wise, so stacking changes nothing), and a fit that has no rows left
-in a pass skips that step exactly as a shorter loop would. ``tests/test_classifier.py`` checks
+lock-step: stacked weights ``[G, C, D + 1]`` (bias as the last column), one gathered batch per
+fit per step, hand-written RMSprop/Adam updates (element-wise, so stacking changes nothing), and a
+fit that has no rows left in a pass skips that step exactly as a shorter loop would. ``tests/test_classifier.py`` checks
 this against a plain ``nn.Linear`` + ``torch.optim`` loop written like SentEval's.
 """
 
