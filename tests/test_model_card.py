@@ -86,3 +86,24 @@ def test_encoder_save_writes_minimal_card(tiny_bert_dir: Path, tmp_path: Path) -
     text = (out / "README.md").read_text()
     assert "76.85" in text and "**Steps:** 7" in text and str(tiny_bert_dir) in text
     SentenceTransformer(str(out), device="cpu")  # the card does not disturb loading
+
+
+def test_run_card_info_from_recipe(tmp_path: Path) -> None:
+    from contrasent.model_card import run_card_info
+
+    recipe = {
+        "model": {"name_or_path": "bert-base-uncased", "pooling": "cls"},
+        "objective": {"name": "simcse_unsup", "temperature": 0.05},
+        "data": {"kind": "text", "path": "data/wiki1m_for_simcse.txt"},
+        "train": {"batch_size": 64, "lr": 3e-5},
+    }
+    sts = {**STS, "diagnostics": {"alignment": 0.2, "uniformity": -2.5, "split": "dev"}}
+    info = run_card_info(recipe, steps=125, time_s=61.0, sts=sts, transfer=TRANSFER)
+    assert info["method"] == "SimCSE (unsupervised)"
+    assert info["datasets"] == ["data/wiki1m_for_simcse.txt"]
+    text = write_model_card(tmp_path, info).read_text()
+    meta = front_matter(text)
+    assert meta["base_model"] == "bert-base-uncased" and "simcse_unsup" in meta["tags"]
+    for snippet in ("**Steps:** 125", "1m 01s", "**Global batch size:** 64", "76.85", "89.40",
+                    "alignment 0.2000".capitalize(), "temperature: 0.05"):  # fmt: skip
+        assert snippet in text, snippet

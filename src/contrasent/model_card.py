@@ -226,6 +226,69 @@ def render_model_card(info: Mapping[str, Any], name: str = "path/to/model") -> s
     return "\n".join(parts)
 
 
+METHODS = {  # objective name -> how the card names the method
+    "simcse_unsup": "SimCSE (unsupervised)",
+    "simcse_sup": "SimCSE (supervised)",
+    "pairs": "in-batch negatives on pairs (1B-pairs recipe)",
+}
+
+
+def _data_files(data: Any) -> list[str]:
+    """Every ``path``/``paths`` string of a recipe's data section (nested sources included)."""
+    found: list[str] = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if key in ("path", "paths", "data_config") and isinstance(value, str):
+                found.append(value)
+            elif key == "paths" and isinstance(value, list):
+                found += [v for v in value if isinstance(v, str)]
+            else:
+                found += _data_files(value)
+    elif isinstance(data, list):
+        for item in data:
+            found += _data_files(item)
+    return list(dict.fromkeys(found))
+
+
+def run_card_info(
+    recipe: Mapping[str, Any],
+    steps: int | None = None,
+    time_s: float | None = None,
+    sts_before: Mapping[str, Any] | None = None,
+    sts: Mapping[str, Any] | None = None,
+    transfer: Mapping[str, Any] | None = None,
+    hardware: str | None = None,
+) -> dict[str, Any]:
+    """``info`` for :func:`write_model_card` from a training run: ``recipe`` is
+    ``TrainConfig.to_dict()``; ``sts_before`` / ``sts`` the first / last ``evaluate_sts`` results
+    (their ``diagnostics`` are shown), ``transfer`` an ``evaluate_transfer`` result."""
+    model = recipe.get("model") or {}
+    objective = (recipe.get("objective") or {}).get("name")
+    info: dict[str, Any] = {
+        "base_model": model.get("name_or_path"),
+        "objective": objective,
+        "method": METHODS.get(objective or "", objective),
+        "datasets": _data_files(recipe.get("data")),
+        "recipe": dict(recipe),
+        "training": {
+            "steps": steps,
+            "time_s": time_s,
+            "batch_size": (recipe.get("train") or {}).get("batch_size"),
+            "hardware": hardware,
+        },
+        "tags": [objective] if objective else [],
+    }
+    if sts_before:
+        info["sts_before"] = sts_before
+    if sts:
+        info["sts"] = sts
+        if sts.get("diagnostics"):
+            info["diagnostics"] = sts["diagnostics"]
+    if transfer:
+        info["transfer"] = transfer
+    return info
+
+
 def write_model_card(folder: str | os.PathLike, info: Mapping[str, Any]) -> Path:
     """Write ``folder/README.md`` (atomically) and return its path.
 
