@@ -41,7 +41,10 @@ def test_real_data_sizes_and_senteval_order(senteval_dir: Path, task: str) -> No
     assert {k: len(v) for k, v in data.items()} == SIZES[task]
     for split in data.values():
         # SentEval sorts by (token count[, count of B], label) before folds are drawn
-        key = [(len(t.split()), *(() if split.texts_b is None else (len(split.texts_b[i].split()),)), int(split.labels[i])) for i, t in enumerate(split.texts)]  # fmt: skip
+        counts = [[len(t.split()) for t in split.texts]]
+        if split.texts_b is not None:
+            counts.append([len(t.split()) for t in split.texts_b])
+        key = list(zip(*counts, split.labels.tolist(), strict=True))
         assert key == sorted(key)
         assert all(t == " ".join(t.split()) for t in split.sentences())
 
@@ -114,7 +117,7 @@ def test_result_layout_and_table(senteval_dir: Path) -> None:
     assert dev["tasks"]["MRPC"]["devacc"] == mrpc["devacc"]  # same classifier, same CV
 
 
-# ----------------------------------------------------------------------------- agreement with SentEval
+# ------------------------------------------------------------------------ agreement with SentEval
 #
 # SentEval's own numbers, computed once on the SAME embeddings. Provenance of every value below:
 # facebookresearch/SentEval at commit 5d6dc117d1ac30357ddaeb7347fb5684e9b87015, run on CPU (the

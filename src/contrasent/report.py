@@ -103,7 +103,9 @@ def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    alt = html.escape(alt)
+    img = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    return f"<figure>{img}<figcaption>{alt}</figcaption></figure>"
 
 
 def _html_table(names: list[str], values: list[Any]) -> str:
@@ -152,15 +154,76 @@ def _results_section(label: str, results: dict[str, Any]) -> list[str]:
     diag = results.get("diagnostics")
     if diag and diag.get("alignment") is not None:
         parts.append(
-            f"<p>alignment {diag['alignment']:.4f}, uniformity {diag['uniformity']:.4f} (STS-B {diag['split']})</p>"
+            f"<p>alignment {diag['alignment']:.4f}, uniformity {diag['uniformity']:.4f} "
+            f"(STS-B {diag['split']})</p>"
         )
     return parts
 
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:center}
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #bbb;padding:.25em .6em;text-align:center}
 th{background:#f0f0f0}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"""
+
+
+def _figures(
+    run: Path, train: list[dict], evals: list[dict], config: dict, from_ckpt: bool, data_dir
+) -> list[tuple[Path, str]]:
+    """Write the run's PNGs into ``run/report``: (path, caption) of each."""
+    from contrasent.eval import plots
+
+    out = run / REPORT_DIR
+    figures: list[tuple[Path, str]] = []
+    if train or evals:
+        path = plots.training_curves(train, evals, out / "curves.png")
+        figures.append((path, "loss, learning rate and STS dev during training"))
+    points = [] if from_ckpt else _trajectory_from_metrics(evals)
+    if not points:
+        points = checkpoint_trajectory(run, data_dir or (config.get("eval") or {}).get("data_dir"))
+    if points:
+        path = plots.alignment_uniformity(points, out / "alignment-uniformity.png")
+        figures.append((path, "alignment vs uniformity (STS-B dev), one point per evaluation"))
+    ends = {"before": evals[0]} if evals else {}
+    if len(evals) > 1:
+        ends["after"] = evals[-1]
+    sims = {
+        f"{label} (step {rec['step']})": rec["results"]["diagnostics"]["similarity"]
+        for label, rec in ends.items()
+        if ((rec.get("results") or {}).get("diagnostics") or {}).get("similarity")
+    }
+    if sims:
+        path = plots.similarity_distribution(sims, out / "similarity-distribution.png")
+        figures.append((path, "cosine similarity of STS-B dev pairs by gold score"))
+    return figures
+
+
+def _body(run: Path, train: list[dict], evals: list[dict], config: dict) -> list[str]:
+    """The report's sections before the plots: the run, STS before/after, eval/*.json."""
+    body = []
+    if config:
+        model = html.escape(str((config.get("model") or {}).get("name_or_path")))
+        objective = html.escape(str((config.get("objective") or {}).get("name")))
+        body.append(
+            f"<p>model <code>{model}</code>, objective <code>{objective}</code>, "
+            f"{len(train)} train records, {len(evals)} evaluations</p>"
+        )
+    if evals:
+        last = evals[-1]
+        body.append("<h2>STS during training</h2>")
+        if last.get("best") is not None:
+            body.append(
+                f"<p>best selection metric {last['best']:.2f} at step {last.get('best_step')}</p>"
+            )
+        body += _results_section(f"before (step {evals[0]['step']})", evals[0]["results"])
+        if len(evals) > 1:
+            body += _results_section(f"after (step {last['step']})", last["results"])
+    extra = _eval_files(run)
+    if extra:
+        body.append("<h2>Evaluations</h2>")
+        for name, results in extra:
+            body += _results_section(name, results)
+    return body
 
 
 def build_report(
@@ -175,8 +238,6 @@ def build_report(
     """
     import yaml
 
-    from contrasent.eval import plots
-
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist")
@@ -187,72 +248,15 @@ def build_report(
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    out = run / REPORT_DIR
-    figures: list[tuple[Path, str]] = []
-    if train or evals:
-        figures.append(
-            (
-                plots.training_curves(train, evals, out / "curves.png"),
-                "loss, learning rate and STS dev during training",
-            )
-        )
-    points = [] if from_checkpoints else _trajectory_from_metrics(evals)
-    if not points:
-        points = checkpoint_trajectory(run, data_dir or (config.get("eval") or {}).get("data_dir"))
-    if points:
-        figures.append(
-            (
-                plots.alignment_uniformity(points, out / "alignment-uniformity.png"),
-                "alignment vs uniformity (STS-B dev), one point per evaluation",
-            )
-        )
-    sims = {}
-    for label, rec in (
-        ("before", evals[0] if evals else None),
-        ("after", evals[-1] if evals else None),
-    ):
-        diag = ((rec or {}).get("results") or {}).get("diagnostics")
-        if diag and diag.get("similarity") and (label == "before" or len(evals) > 1):
-            sims[f"{label} (step {rec['step']})"] = diag["similarity"]
-    if sims:
-        figures.append(
-            (
-                plots.similarity_distribution(sims, out / "similarity-distribution.png"),
-                "cosine similarity of STS-B dev pairs by gold score",
-            )
-        )
-
-    title = f"contrasent run {run.resolve().name}"
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    if config:
-        model = (config.get("model") or {}).get("name_or_path")
-        objective = (config.get("objective") or {}).get("name")
-        body.append(
-            f"<p>model <code>{html.escape(str(model))}</code>, objective <code>{html.escape(str(objective))}</code>, {len(train)} train records, {len(evals)} evaluations</p>"
-        )
-    if evals:
-        best = evals[-1].get("best")
-        body.append("<h2>STS during training</h2>")
-        if best is not None:
-            body.append(
-                f"<p>best selection metric {best:.2f} at step {evals[-1].get('best_step')}</p>"
-            )
-        body += _results_section(f"before (step {evals[0]['step']})", evals[0]["results"])
-        if len(evals) > 1:
-            body += _results_section(f"after (step {evals[-1]['step']})", evals[-1]["results"])
-    extra = _eval_files(run)
-    if extra:
-        body.append("<h2>Evaluations</h2>")
-        for name, results in extra:
-            body += _results_section(name, results)
-    body.append("<h2>Plots</h2>")
+    figures = _figures(run, train, evals, config, from_checkpoints, data_dir)
+    title = html.escape(f"contrasent run {run.resolve().name}")
+    body = [f"<h1>{title}</h1>", *_body(run, train, evals, config), "<h2>Plots</h2>"]
     body += [_img(p, alt) for p, alt in figures] or ["<p>no training records to plot</p>"]
     if config:
-        body += [
-            "<h2>Recipe</h2>",
-            f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
-        ]
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
-    path = out / "report.html"
+        recipe = html.escape(yaml.safe_dump(config, sort_keys=False))
+        body += ["<h2>Recipe</h2>", f"<pre>{recipe}</pre>"]
+    head = f"<meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
+    path = run / REPORT_DIR / "report.html"
     atomic_write_text(path, page)
     return path

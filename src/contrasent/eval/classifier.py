@@ -11,9 +11,9 @@ sentence-embedding papers report:
   from the same initial weights and draws its own permutations from a fresh ``RandomState(seed)``:
   first the 5% validation carve-out (when it has no given dev set), then one permutation per pass;
 * one "epoch" = ``epoch_size`` passes over the training rows, then dev accuracy. A strictly better
-  accuracy keeps a copy of the model; otherwise a counter that is never reset grows, and the fit stops
-  on the first non-improvement after ``tenacity`` earlier ones (or past ``max_epoch`` passes). The
-  best copy is the result;
+  accuracy keeps a copy of the model; otherwise a counter that is never reset grows, and the fit
+  stops on the first non-improvement after ``tenacity`` earlier ones (or past ``max_epoch``
+  passes). The best copy is the result;
 * the L2 grid ``10^-5 .. 10^-2``; grid scores are rounded to 2 decimals (x100) before the argmax,
   ties go to the smaller L2, as in SentEval;
 * folds: ``StratifiedKFold(shuffle=True, random_state=seed)``. (SentEval's InnerKFoldClassifier
@@ -22,8 +22,9 @@ sentence-embedding papers report:
 Fits that SentEval runs one after another (every L2 x fold) are independent, so they run here in
 lock-step: stacked weights ``[G, C, D + 1]`` (bias as the last column), one gathered batch per
 fit per step, hand-written RMSprop/Adam updates (element-wise, so stacking changes nothing), and a
-fit that has no rows left in a pass skips that step exactly as a shorter loop would. ``tests/test_classifier.py`` checks
-this against a plain ``nn.Linear`` + ``torch.optim`` loop written like SentEval's.
+fit that has no rows left in a pass skips that step exactly as a shorter loop would.
+``tests/test_classifier.py`` checks this against a plain ``nn.Linear`` + ``torch.optim`` loop
+written like SentEval's.
 """
 
 from __future__ import annotations
