@@ -165,13 +165,20 @@ SENTEVAL_MINILM = {
         "MRPC": (72.29, 73.58),
         "SICKEntailment": (83.28, 84.40),
     },
-    "test": {"TREC": (90.00, 84.41), "MRPC": (72.12, 73.67), "SST2": (81.44, 81.42)},
+    "test": {  # SentEval's test mode was not run on MR, SUBJ, MPQA (hours on this CPU)
+        "CR": (80.61, 82.35),
+        "SST2": (81.44, 81.42),
+        "TREC": (90.00, 84.41),
+        "MRPC": (72.12, 73.67),
+        "SICKEntailment": (82.85, 83.40),
+    },
 }
 
 
 @pytest.mark.slow
 def test_minilm_agrees_with_senteval(minilm_dir: Path, senteval_dir: Path) -> None:
-    """Embeds every transfer sentence with MiniLM (~10 min on 2 CPU cores) once per mode."""
+    """Embeds every transfer sentence with MiniLM once (~10 min on 2 idle CPU cores, far more
+    on a busy machine), then runs both modes (test-mode CR alone takes minutes)."""
     from contrasent.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(minilm_dir), device="cpu")
