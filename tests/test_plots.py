@@ -53,3 +53,13 @@ def test_run_figures(tmp_path) -> None:
         "after": similarity_distribution(gold, gold / 5 - 0.1),
     }
     assert is_png(plots.similarity_distribution(sims, tmp_path / "sd.png"))
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path) -> None:
+    """Written through temp files, but readable like any file the user writes (not 0600)."""
+    from contrasent.fileio import atomic_write_text, umask_mode
+
+    png = plots.alignment_uniformity([(0, 0.5, -1.0), (1, 0.4, -1.5)], tmp_path / "a.png")
+    atomic_write_text(tmp_path / "r.json", "{}")
+    assert png.stat().st_mode & 0o777 == umask_mode()
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == umask_mode()

@@ -7,6 +7,13 @@ import tempfile
 from pathlib import Path
 
 
+def umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (mkstemp's is 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically: a temp file in the same folder, fsync, then
     ``os.replace``. A crash leaves the old file (or none), never a half-written one."""
@@ -14,6 +21,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, umask_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

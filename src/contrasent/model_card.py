@@ -89,10 +89,11 @@ def _details(name: str, info: Mapping[str, Any]) -> list[str]:
     method = info.get("method")
     base = info.get("base_model")
     what = "This is a [sentence-transformers](https://www.SBERT.net) model"
-    if method or base:
-        what += " trained with contrasent"
-        what += f" ({method})" if method else ""
-        what += f" from `{base}`" if base else ""
+    if method:  # a training run's card; a plain Encoder.save only names where it came from
+        what += f" trained with contrasent ({method})"
+    elif base:
+        what += " saved by contrasent"
+    what += f" from `{base}`" if base else ""
     dim = f"a {enc['dimension']}-dimensional" if enc.get("dimension") else "a dense"
     lines += [
         f"{what}. It maps sentences and paragraphs to {dim} vector space for semantic textual "

@@ -31,6 +31,9 @@ def save_png(fig: Any, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
+        from contrasent.fileio import umask_mode
+
+        os.chmod(tmp, umask_mode())
         fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
     except BaseException:
