@@ -183,6 +183,11 @@ def _run_train(cfg) -> None:
             print(
                 f"\nSTS ({cfg.eval.mode}) {label} (step {step}):\n{format_table(record['results'])}"
             )
+            if record.get("alignment") is not None:
+                print(
+                    f"alignment {record['alignment']:.4f}  uniformity "
+                    f"{record['uniformity']:.4f}  (STS-B dev)"
+                )
     if result.best_metric is not None:
         print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
     print(
