@@ -41,6 +41,12 @@ def test_missing_sts_data(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
     assert code == 2 and str(tmp_path / "none") in err
 
 
+def test_missing_data_fails_before_the_model_loads(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("CONTRASENT_DATA")
+    code, _, err = run_main(capsys, "eval", "--model", str(tmp_path / "no-model"), "--tasks", "MR")
+    assert code == 2 and "no evaluation data directory" in err  # not "model does not exist"
+
+
 def test_embed_missing_input(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "e.npy"
     code, _, err = run_main(

@@ -115,7 +115,7 @@ def _run_eval(args: EvalArgs) -> None:
     from contrasent.eval.sts import write_results
     from contrasent.eval.suite import check_tasks, evaluate, format_tables
 
-    check_tasks(args.tasks, args.mode)  # a wrong task name fails before the model loads
+    check_tasks(args.tasks, args.mode, args.data_dir)  # mistakes fail before the model loads
     encoder = args.load()
 
     def encode(texts: list[str]):

@@ -81,12 +81,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
         data_dir = os.environ.get(ENV_VAR)
         if not data_dir:
             raise UserError(
-                f"no STS data directory: pass data_dir (--data-dir) or set {ENV_VAR} to the "
-                "SentEval downstream folder (the one holding STS/ and SICK/)"
+                f"no evaluation data directory: pass data_dir (--data-dir) or set {ENV_VAR} to "
+                "the SentEval downstream folder (the one holding STS/, SICK/, MR/, ...)"
             )
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"STS data directory {root} does not exist or is not a directory")
+        raise UserError(f"data directory {root} does not exist or is not a directory")
     return root
 
 

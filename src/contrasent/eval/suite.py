@@ -53,8 +53,12 @@ def split_tasks(tasks: str | None) -> tuple[list[str] | None, list[str] | None]:
     return sts_names or None, transfer_names or None
 
 
-def check_tasks(tasks: str | None, mode: str) -> tuple[list[str] | None, list[str] | None]:
-    """``split_tasks`` plus every name checked against ``mode`` (UserError on a bad one)."""
+def check_tasks(
+    tasks: str | None, mode: str, data_dir: str | os.PathLike | None = None
+) -> tuple[list[str] | None, list[str] | None]:
+    """``split_tasks`` plus every name checked against ``mode`` and the data folder found
+    (UserError on a bad one), so a mistake costs no model loading or encoding."""
+    sts.resolve_data_dir(data_dir)
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     sts_names, transfer_names = split_tasks(tasks)
@@ -74,7 +78,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """Run the selected tasks: (JSON-ready results, STS scores per task for plots)."""
-    sts_names, transfer_names = check_tasks(tasks, mode)
+    sts_names, transfer_names = check_tasks(tasks, mode, data_dir)
     sts_mode = "dev" if mode == "dev" else "test"
     results: dict[str, Any] = {"mode": mode}
     scores: dict[str, Any] = {}
