@@ -123,3 +123,10 @@ def test_trajectory_from_checkpoints(
     np.testing.assert_allclose([p[1:] for p in points], [e[1:] for e in expected], rtol=1e-5)
     build_report(run)  # metrics.jsonl has no alignment: falls back to the checkpoints
     assert (run / "report" / "alignment-uniformity.png").is_file()
+
+
+def test_report_options_parse() -> None:
+    from contrasent.cli import ReportArgs, _build, _parse
+
+    args = _build(ReportArgs, _parse(["report", "runs/x", "--checkpoints", "true"]).report)
+    assert (args.run_dir, args.checkpoints) == ("runs/x", True)
