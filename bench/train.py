@@ -140,8 +140,9 @@ def run_ours(method: str, args: argparse.Namespace, files: dict[str, Path], out:
     else:
         objective = {"name": "pairs", "scale": 20.0, "dedup": args.pairs_dedup}
         data = DataSpec(kind="pairs", path=str(files["pairs"]), epochs=None)
+    data.max_seq_length = args.max_seq_length  # training truncation, as ST's max_seq_length
     cfg = TrainConfig(
-        model=ModelConfig(name_or_path=args.model, max_seq_length=args.max_seq_length),
+        model=ModelConfig(name_or_path=args.model),
         objective=objective,
         data=data,
         train=OptimConfig(

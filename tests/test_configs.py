@@ -47,13 +47,14 @@ def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_paper_settings() -> None:
     unsup = parse_train_config([str(REPO / "configs/simcse-unsup-bert-base.yaml")])
-    assert (unsup.train.batch_size, unsup.train.lr, unsup.model.max_seq_length) == (64, 3e-5, 32)
+    assert (unsup.train.batch_size, unsup.train.lr, unsup.data.max_seq_length) == (64, 3e-5, 32)
+    assert unsup.model.max_seq_length is None  # SimCSE truncates training only
     assert unsup.objective["temperature"] == 0.05 and unsup.eval.every_steps == 125
     sup = parse_train_config([str(REPO / "configs/simcse-sup-bert-base.yaml")])
     assert (sup.train.batch_size, sup.train.lr, sup.data.epochs) == (512, 5e-5, 3)
     pairs = parse_train_config([str(REPO / "configs/pairs-1b.yaml")])
     assert (pairs.train.batch_size, pairs.train.lr, pairs.train.warmup_steps) == (1024, 2e-5, 500)
-    assert pairs.model.max_seq_length == 128 and pairs.objective["scale"] == 20.0
+    assert pairs.data.max_seq_length == 128 and pairs.objective["scale"] == 20.0
 
 
 def test_overrides_apply() -> None:
@@ -72,6 +73,57 @@ def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unknown_objective_option_is_a_clear_error() -> None:
     recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
-    cfg = parse_train_config([recipe, "--objective.temprature", "0.1"])
-    with pytest.raises(UserError, match="temprature"):
-        build_objective(cfg.objective_name, **cfg.objective_options)
+    with pytest.raises(UserError, match="'temprature' .did you mean temperature.."):
+        parse_train_config([recipe, "--objective.temprature", "0.1"])
+
+
+def test_objective_and_data_must_fit() -> None:
+    recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
+    with pytest.raises(UserError, match="consumes PairBatch.*yields SentenceBatch.*mixture or nli"):
+        parse_train_config([recipe, "--objective.name", "simcse_sup"])
+    with pytest.raises(UserError, match="unknown data.kind 'txt'.*did you mean text"):
+        parse_train_config([recipe, "--data.kind", "txt"])
+    with pytest.raises(UserError, match="option temperature='hot' is not float"):
+        parse_train_config([recipe, "--objective.temperature", "hot"])
+
+
+def test_lower_layers_never_import_train_or_cli() -> None:
+    """objectives/, data/, eval/, augment/ (and the modules below them) import neither train/
+    nor the CLI: the gather lives in contrasent.distributed, below both."""
+    import ast
+
+    lower = ["objectives", "data", "eval", "augment"]
+    files = [p for d in lower for p in (REPO / "src" / "contrasent" / d).rglob("*.py")]
+    files += [REPO / "src" / "contrasent" / f for f in ("distributed.py", "options.py", "rng.py")]
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith(("contrasent.train", "contrasent.cli"))
+            ]
+    assert not bad
+
+
+def test_help_lists_every_objective_with_its_options(capsys) -> None:
+    from contrasent.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name, cls in OBJECTIVES.items():
+        assert f"{name}: " in text
+        for field in cls.Config.__dataclass_fields__:
+            assert f"    {field}: " in text, (name, field)
+    assert "temperature: float = 0.05" in text and "data kinds (data.kind)" in text
+    assert main(["train", "--objective.help", "pairs"]) == 0
+    one = capsys.readouterr().out
+    assert "symmetric: bool | 'auto' = False" in one and "simcse" not in one.lower()
+    assert main(["train", "--objective.help", "simcse"]) == 2
+    assert "did you mean simcse_sup" in capsys.readouterr().err

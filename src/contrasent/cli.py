@@ -12,11 +12,13 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from jsonargparse import ArgumentParser, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from contrasent.errors import UserError
 
-Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
+Pooling = Literal[
+    "cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last", "avg_embeddings_last"
+]  # encoder.POOLINGS (spelled out: importing the encoder would load torch for --help)
 
 
 @dataclass
@@ -129,19 +131,24 @@ def _quiet_transformers() -> None:
 
 
 def _run_train(cfg) -> None:
-    from contrasent.eval.sts import format_table
+    from contrasent.eval.sts import format_rows
     from contrasent.train.loop import train
 
     _quiet_transformers()
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: one summary only
         return
-    for label, record in (("before training", result.first_eval), ("after", result.last_eval)):
-        if record:
-            step = record["step"]
-            print(
-                f"\nSTS ({cfg.eval.mode}) {label} (step {step}):\n{format_table(record['results'])}"
+    rows = []
+    if result.first_eval:
+        rows.append((f"before (step {result.first_eval['step']})", result.first_eval["results"]))
+    for folder, stage in result.stages or [("", result)]:
+        if stage.last_eval:
+            where = f"{folder}, " if folder else ""
+            rows.append(
+                (f"after ({where}step {stage.last_eval['step']})", stage.last_eval["results"])
             )
+    if rows:
+        print(f"\nSTS ({cfg.eval.mode}, Spearman x100):\n{format_rows(rows)}")
     if result.best_metric is not None:
         print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
     print(
@@ -156,6 +163,7 @@ def build_parser() -> ArgumentParser:
         description="Train and evaluate sentence encoders (SimCSE, 1B-pairs, ...).",
         env_prefix="CONTRASENT",
         default_env=False,
+        formatter_class=_RawEpilog,  # subcommands inherit it: keeps train's epilog as written
     )
     sub = parser.add_subcommands(dest="command")
     for name, cls, help_ in (
@@ -171,14 +179,59 @@ def build_parser() -> ArgumentParser:
 
 
 def _train_parser() -> ArgumentParser:
+    from contrasent.objectives import describe_objectives
     from contrasent.train.config import TrainConfig
 
-    p = ArgumentParser(description="Train an encoder from a YAML recipe (configs/*.yaml).")
+    p = ArgumentParser(
+        description="Train an encoder from a YAML recipe (configs/*.yaml).",
+        epilog="objectives (objective.name) and their options (objective.<option>), with "
+        "defaults; one objective's: contrasent train --objective.help NAME\n\n"
+        + describe_objectives()
+        + "\n\ndata kinds (data.kind): "
+        + _data_kinds_help(),
+        formatter_class=_RawEpilog,
+    )
     # The recipe is given positionally (`contrasent train RECIPE.yaml`); main() turns it into
     # --config, which jsonargparse applies before the --key value overrides that follow it.
     p.add_argument("--config", action="config", help="YAML recipe (also accepted positionally).")
     p.add_class_arguments(TrainConfig, None, as_group=False)
     return p
+
+
+class _RawEpilog(DefaultHelpFormatter):
+    """jsonargparse's help formatter, with the epilog (objective options) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _data_kinds_help() -> str:
+    from contrasent.data.sources import DATA_KINDS
+    from contrasent.options import describe
+
+    lines = []
+    for name in sorted(DATA_KINDS):
+        kind = DATA_KINDS[name]
+        lines.append(f"\n  {name}: {kind.summary} -> {kind.batch_type.__name__}")
+        if kind.options is not None:
+            lines.append(
+                "\n  options (data.options.<option>):\n" + describe(kind.options, "      ")
+            )
+    return "".join(lines)
+
+
+def _objective_help(argv: list[str]) -> str | None:
+    """``train --objective.help NAME``: that objective's options (None when not asked)."""
+    if "--objective.help" not in argv:
+        return None
+    from contrasent.objectives import OBJECTIVES, objective_class
+
+    i = argv.index("--objective.help")
+    if i + 1 >= len(argv):
+        return f"usage: contrasent train --objective.help NAME ({', '.join(sorted(OBJECTIVES))})"
+    cls = objective_class(argv[i + 1])
+    doc = (cls.__doc__ or "").strip()
+    return f"{doc}\n\nbatches: {cls.batch_type.__name__}\noptions:\n{cls.describe().split(chr(10), 1)[1]}"
 
 
 def _parse(argv: list[str]) -> Any:
@@ -203,7 +256,17 @@ def parse_train_config(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
-    init = _parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        try:
+            text = _objective_help(argv)
+        except UserError as exc:
+            print(f"contrasent train: error: {exc}", file=sys.stderr)
+            return 2
+        if text is not None:
+            print(text)
+            return 0
+    init = _parse(argv)
     command = init.command
     try:
         if command == "eval":

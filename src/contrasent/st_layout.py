@@ -5,7 +5,7 @@ An ST directory is `modules.json`: Transformer, [WeightedLayerPooling], Pooling,
 both load unchanged. Poolings that ST's Pooling lacks are written with standard ST modules:
 
 - ``cls`` (BERT's pooler, dense + tanh on the CLS token) = Pooling("cls") + Dense(pooler weights, Tanh)
-- ``avg_top2`` / ``avg_first_last`` = WeightedLayerPooling (a weighted mean over the hidden states,
+- ``avg_top2`` / ``avg_first_last`` / ``avg_embeddings_last`` = WeightedLayerPooling (a weighted mean over the hidden states,
   config.json gets ``output_hidden_states``) + Pooling("mean")
 
 Files written in the legacy key format (``word_embedding_dimension``, ``pooling_mode_*_tokens``,
@@ -30,7 +30,14 @@ from contrasent.errors import UserError, where
 if TYPE_CHECKING:
     from contrasent.encoder import Encoder
 
-HIDDEN_STATE_POOLINGS = ("avg_top2", "avg_first_last")  # written as WeightedLayerPooling
+#: poolings averaging two hidden states (HF indexing: 0 = embedding-layer output, i = layer i),
+#: written as WeightedLayerPooling
+HIDDEN_STATE_PICKS = {
+    "avg_top2": (-1, -2),  # SimCSE / ConSERT "avg_top2"
+    "avg_first_last": (1, -1),  # SimCSE's models.py: hidden_states[1], the first layer
+    "avg_embeddings_last": (0, -1),  # the papers' "first-last avg." rows (BERT-flow's)
+}
+HIDDEN_STATE_POOLINGS = tuple(HIDDEN_STATE_PICKS)
 META_FILE = "contrasent_config.json"  # our own hints; ST and AutoModel ignore unknown files
 STModule = tuple[str, dict[str, Any], dict[str, Tensor] | None]  # (ST type, config, weights)
 _ST_CONFIGS = (
@@ -74,8 +81,9 @@ def st_modules(encoder: Encoder) -> list[STModule]:
     mods: list[STModule] = []
     if encoder.pooling in HIDDEN_STATE_POOLINGS:
         weights = torch.zeros(n_layers + 1)
-        weights[[-1, -2] if encoder.pooling == "avg_top2" else [1, -1]] = 1.0
-        start = n_layers - 1 if encoder.pooling == "avg_top2" else 1
+        picks = [i % (n_layers + 1) for i in HIDDEN_STATE_PICKS[encoder.pooling]]
+        weights.index_put_((torch.tensor(picks),), torch.ones(2), accumulate=True)
+        start = min(picks)
         cfg = {
             "word_embedding_dimension": h,
             "layer_start": start,
@@ -340,16 +348,16 @@ def _layer_poolings(layers: tuple[dict[str, Any], Tensor, Path], n_layers: int) 
         raise UserError(f"{sub}: WeightedLayerPooling does not match the model's {n_layers} layers")
     full[start:] = weights / weights.sum()
     found = []
-    for name, picks in (("avg_top2", [-1, -2]), ("avg_first_last", [1, -1])):
+    for name, picks in HIDDEN_STATE_PICKS.items():
         want = torch.zeros(n_layers + 1)
         # accumulate: with one layer both picks name the same layer, which then weighs 1
-        want.index_put_((torch.tensor(picks),), torch.full((2,), 0.5), accumulate=True)
+        want.index_put_((torch.tensor(list(picks)),), torch.full((2,), 0.5), accumulate=True)
         if torch.allclose(full, want, atol=1e-6):
             found.append(name)
     if not found:
         raise UserError(
             f"{sub}: WeightedLayerPooling weights {weights.tolist()} (layer_start {start}) "
-            "are not avg_top2 or avg_first_last; contrasent cannot represent them"
+            f"are not {', '.join(HIDDEN_STATE_PICKS)}; contrasent cannot represent them"
         )
     return found
 

@@ -379,16 +379,29 @@ def summary_row(results: dict[str, Any]) -> dict[str, float | None]:
 
 def format_table(results: dict[str, Any]) -> str:
     """The SimCSE README table: one column per task (table order) + Avg., Spearman x100."""
-    row = summary_row(results)
-    names = [t for t in TASKS if t in row] + ["Avg."]
-    cells = ["-" if row[n] is None else f"{row[n]:.2f}" for n in names]
-    widths = [max(len(n), len(c)) + 2 for n, c in zip(names, cells, strict=True)]
+    return format_rows([(None, results)])
+
+
+def format_rows(rows: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
+    """Several results (e.g. before training and after each stage) as rows of one table; a
+    label column when the rows are labelled. Tasks: the union, in table order."""
+    summaries = [(label, summary_row(res)) for label, res in rows]
+    tasks = {t for _, row in summaries for t in row}
+    names = [t for t in TASKS if t in tasks] + ["Avg."]
+    labelled = any(label is not None for label, _ in summaries)
+    header = ([""] if labelled else []) + names
+    body = [
+        ([label or ""] if labelled else [])
+        + ["-" if row.get(n) is None else f"{row[n]:.2f}" for n in names]
+        for label, row in summaries
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) + 2 for i in range(len(header))]
     rule = "+" + "+".join("-" * w for w in widths) + "+"
 
     def line(values: list[str]) -> str:
         return "|" + "|".join(v.center(w) for v, w in zip(values, widths, strict=True)) + "|"
 
-    return "\n".join([rule, line(names), rule, line(cells), rule])
+    return "\n".join([rule, line(header), rule, *[line(b) for b in body], rule])
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:

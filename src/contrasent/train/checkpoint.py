@@ -192,9 +192,11 @@ def load_checkpoint(
     scheduler: Any,
     stream: Any,
     scaler: Any = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
     """Restore everything :func:`save_checkpoint` wrote into the live objects (every process);
-    returns the trainer state. RNG states are restored last: call right before the next step."""
+    returns the trainer state and whether this rank's RNG state was there (a resume on more
+    processes has none for the new ranks). RNG states are restored last: call right before the
+    next step."""
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     try:
         trainable.load_state_dict(_load(path / "trainable.pt"))
@@ -210,9 +212,10 @@ def load_checkpoint(
     rng_file = path / f"rng-{rank}.pt"
     if rng_file.is_file():
         set_rng_state(_load(rng_file), trainable)
-    else:  # resumed on more processes than saved: deterministic, but not the original stream
-        log.warning("%s has no RNG state for rank %d: dropout masks will differ", path, rank)
-    return state
+        return state, True
+    # resumed on more processes than saved: the caller reseeds this rank deterministically
+    log.warning("%s has no RNG state for rank %d: dropout masks will differ", path, rank)
+    return state, False
 
 
 def _load(path: Path) -> Any:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import Objective
@@ -60,11 +59,31 @@ def make_accelerator(mixed_precision: str):
     return accelerator
 
 
-def build_objective_from(cfg: TrainConfig, encoder: nn.Module) -> Objective:
-    """``config.objective`` through the objective registry (its heads set up on ``encoder``)."""
-    from contrasent.objectives import build_objective
+def check_custom_objective(cfg: TrainConfig, objective: Objective) -> None:
+    """An objective instance passed from Python must fit the data kind and the cache setting."""
+    from contrasent.data.sources import data_kind
 
-    return build_objective(cfg.objective_name, encoder, **cfg.objective_options)
+    kind = data_kind(cfg.data.kind)
+    if not issubclass(kind.batch_type, objective.batch_type):
+        raise UserError(
+            f"{type(objective).__name__} consumes {objective.batch_type.__name__} batches but "
+            f"data.kind {cfg.data.kind!r} yields {kind.batch_type.__name__}"
+        )
+    if cfg.train.mini_batch_size and not objective.supports_gradient_cache:
+        raise UserError(
+            f"{type(objective).__name__} does not run under the gradient cache: "
+            "set train.mini_batch_size: 0"
+        )
+
+
+def reseed_missing_rank(seed: int, rank: int, step: int) -> None:
+    """Seed a process that a checkpoint has no RNG state for (a resume on more processes): from
+    (seed, rank, step), so each new process gets its own stream, reproducibly."""
+    from accelerate.utils import set_seed
+
+    from contrasent.rng import keyed_rng
+
+    set_seed(int(keyed_rng(seed, rank, step).integers(2**31)))
 
 
 def total_steps(cfg: TrainConfig, stream: Any) -> int:
