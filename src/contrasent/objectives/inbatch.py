@@ -1,4 +1,5 @@
-"""The in-batch InfoNCE every contrastive objective shares (SimCSE unsup/sup, pairs, DeCLUTR ...).
+"""The in-batch losses every contrastive objective shares: InfoNCE (SimCSE unsup/sup, pairs) and
+NT-Xent (ConSERT, DeCLUTR).
 
 :func:`gathered_info_nce` scores this process's rows against the positives (and hard
 negatives) of EVERY process, gathered with gradient (:mod:`contrasent.distributed`), so each row
@@ -120,6 +121,49 @@ def gathered_info_nce(
         )
         loss = (loss + reverse) / 2
     return loss, accuracy
+
+
+def gathered_nt_xent(
+    first: Tensor,
+    second: Tensor,
+    *,
+    temperature: float,
+    chunk_rows: int = LOSS_CHUNK_ROWS,
+) -> tuple[Tensor, Tensor]:
+    """``(loss, accuracy)`` of NT-Xent (SimCLR; ConSERT and DeCLUTR) over the pairs
+    ``(first[i], second[i])`` of the global batch.
+
+    The ``2N`` vectors ``[first_1..first_N, second_1..second_N]`` (gathered over processes) each
+    have their partner as positive and every other vector but themselves as negatives
+    (``2N - 2``); the loss is the mean over the ``2N`` rows (this process: over its ``2b`` local
+    rows, whose mean over processes is the one-process loss; no 1/W gradient scaling). Cosine
+    logits over ``temperature`` in float32, in anchor chunks, as :func:`gathered_info_nce`.
+    """
+    s = logit_scale(temperature=temperature)
+    b = first.shape[0]
+    if second.shape != first.shape:
+        raise ValueError(
+            f"NT-Xent pairs differ in shape: {tuple(first.shape)}, {tuple(second.shape)}"
+        )
+    pool_a, pool_b = all_gather_with_grad(first), all_gather_with_grad(second)
+    n = pool_a.shape[0]
+    local = row_offset(b) + torch.arange(b, device=first.device)
+    own = torch.cat([local, n + local])  # each row's own column: not a candidate
+    labels = torch.cat([n + local, local])  # its partner's column
+
+    def mask_fn(start: int, stop: int) -> Tensor:
+        mask = torch.zeros(stop - start, 2 * n, dtype=torch.bool, device=first.device)
+        mask[torch.arange(stop - start, device=first.device), own[start:stop]] = True
+        return mask
+
+    return chunked_info_nce(
+        torch.cat([first, second]),
+        torch.cat([pool_a, pool_b]),
+        labels,
+        scale=s,
+        mask_fn=mask_fn,
+        chunk_rows=chunk_rows,
+    )
 
 
 def in_batch_parts(
