@@ -186,16 +186,16 @@ output_dir: runs/unsup-simcse
 """
 
 
-def test_yaml_recipe_and_overrides_through_jsonargparse(tmp_path):
-    from jsonargparse import ArgumentParser
+def test_yaml_recipe_and_overrides(tmp_path):
+    from contrasent.cli import parse_train_config
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
-    parser = ArgumentParser()
-    parser.add_argument("--config", action="config")
-    parser.add_class_arguments(TrainConfig, "cfg")
-    args = [f"--cfg={recipe}", "--cfg.train.lr=1e-5", "--cfg.objective.temperature=0.1"]
-    cfg = parser.instantiate_classes(parser.parse_args(args)).cfg
+    args = [str(recipe), "--train.lr", "-1e-5", "--objective.temperature=0.1"]
+    with pytest.raises(UserError, match="train.lr must be > 0"):  # a negative value, no '='
+        parse_train_config(args)
+    args[2] = "1e-5"
+    cfg = parse_train_config(args)
     assert isinstance(cfg, TrainConfig) and isinstance(cfg.train, OptimConfig)
     assert cfg.train.lr == 1e-5 and cfg.train.batch_size == 64 and cfg.train.mini_batch_size == 16
     assert cfg.objective_name == "simcse_unsup"

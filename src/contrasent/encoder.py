@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,6 +31,7 @@ from contrasent.st_layout import (
     resolve_st,
     st_modules,
     swap_into_place,
+    temp_sibling,
     write_st,
 )
 
@@ -372,7 +372,7 @@ class Encoder(nn.Module):
                 )
         modules = st_modules(self)  # raises UserError before anything is written
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_sibling(path)
         os.mkdir(tmp)
         try:
             write_st(self, tmp, modules)

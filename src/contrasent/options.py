@@ -20,10 +20,34 @@ from typing import Any, Literal, Union
 from contrasent.errors import UserError
 
 
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, transpositions
+    (a typo like 'modle' is one edit from 'model')."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    """`` (did you mean X?)`` for the closest of ``valid``, or an empty string."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    """`` (did you mean X?)`` for the closest of ``valid`` (fewest edits, then the most similar
+    length and spelling), or an empty string when nothing is close."""
+    close = difflib.get_close_matches(name, list(valid), n=5, cutoff=0.6)
+    if not close:
+        return ""
+    best = min(
+        close,
+        key=lambda v: (
+            _edits(name, v),
+            abs(len(v) - len(name)),
+            -difflib.SequenceMatcher(None, name, v).ratio(),
+        ),
+    )
+    return f" (did you mean {best}?)"
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -32,7 +56,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's text wins over its base's
-        parsed = docstring_parser.parse(klass.__doc__ or "")
+        if klass is object:
+            continue
+        parsed = docstring_parser.parse_from_object(klass)  # also attribute docstrings
         for param in parsed.params:
             if param.description:
                 docs[param.arg_name] = " ".join(param.description.split())
@@ -50,6 +76,24 @@ def _type_name(tp: Any) -> str:
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(tp))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def type_words(tp: Any) -> str:
+    """What a value of type ``tp`` is, in words ("a number", "true or false", ...)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_words(a) for a in typing.get_args(tp))
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
+             type(None): "null", Any: "a value"}  # fmt: skip
+    if tp in words:
+        return words[tp]
+    if origin in (list, tuple) or tp in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -93,29 +137,36 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, tp) if isinstance(tp, type) else True, value
 
 
-def build_options(cls: type, values: Mapping[str, Any] | None, label: str) -> Any:
+def build_options(
+    cls: type, values: Mapping[str, Any] | None, label: str, key: str | None = None
+) -> Any:
     """The dataclass ``cls`` from ``values``; :class:`UserError` naming ``label`` otherwise.
 
-    ``label`` says where the options come from, e.g. ``"objective simcse_unsup"``.
+    ``label`` says where the options come from, e.g. ``"objective simcse_unsup"``; ``key`` is
+    their recipe section (``"objective"``), so the CLI can name the recipe line of a mistake.
     """
     values = dict(values or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
-    for key, value in values.items():
-        if key not in names:
+    for name, value in values.items():
+        where = f"{key}.{name}" if key else None
+        if name not in names:
             raise UserError(
-                f"{label}: unknown option {key!r}{suggest(key, names)}; valid options: "
-                f"{', '.join(names) or '(none)'}"
+                f"{label}: unknown option {name!r}{suggest(name, names)}; valid options: "
+                f"{', '.join(names) or '(none)'}",
+                where,
             )
-        ok, converted = _coerce(value, hints[key])
+        ok, converted = _coerce(value, hints[name])
         if not ok:
-            raise UserError(f"{label}: option {key}={value!r} is not {_type_name(hints[key])}")
-        kwargs[key] = converted
+            raise UserError(
+                f"{label}: option {name} must be {type_words(hints[name])}, got {value!r}", where
+            )
+        kwargs[name] = converted
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ range checks raise ValueError
-        raise UserError(f"{label}: {err}") from None
+        raise UserError(f"{label}: {err}", key) from None
 
 
 def options_dict(options: Any) -> dict[str, Any]:

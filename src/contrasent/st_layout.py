@@ -170,12 +170,18 @@ def write_st(encoder: Encoder, out: Path, modules: list[STModule]) -> None:
     _write_json(out / META_FILE, {**encoder.config_dict(), "contrasent": __version__})
 
 
+def temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """``.<name>.<kind>-<pid>-<random>`` beside ``path`` (the names repair_swaps looks for)."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename tmp -> path; an existing path is moved aside first and deleted after."""
+    """Rename tmp -> path; an existing path is moved aside first and deleted after (a kill
+    between the two renames is undone by :func:`repair_swaps`)."""
     if not path.exists():
         os.replace(tmp, path)
         return
-    old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = temp_sibling(path, "old")
     os.replace(path, old)
     try:
         os.replace(tmp, path)
@@ -183,6 +189,45 @@ def swap_into_place(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def repair_swaps(path: Path) -> None:
+    """Finish or undo a model-folder swap that a killed process left half done, and delete its
+    leftovers: with ``path`` missing, the newest COMPLETE new folder (its contrasent_config.json
+    is written last) takes its place, else the old one is put back."""
+    parent, name = path.parent, path.name
+    if not parent.is_dir():
+        return
+    tmps = sorted(parent.glob(f".{name}.tmp-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not path.exists():
+        done = [t for t in tmps if (t / META_FILE).is_file()]
+        if done:
+            os.replace(done[-1], path)
+        elif olds:
+            os.replace(olds[-1], path)
+    for leftover in [*tmps, *olds]:
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def link_model(src: Path, path: Path) -> None:
+    """``path`` as a copy of the model folder ``src`` made of hard links (no second copy of the
+    weights on disk; a plain copy where the filesystem has no hard links), swapped into place."""
+    tmp = temp_sibling(path)
+    try:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _version(package: str) -> str:

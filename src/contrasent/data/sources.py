@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from contrasent.data.batches import NLIBatch, PairBatch, SentenceBatch
@@ -132,6 +133,18 @@ class DataSpec:
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"data.epochs must be >= 1 or null (endless), got {self.epochs}")
 
+    def check_paths(self) -> None:
+        """The files and folders named here exist (a cheap check before the model loads);
+        relative paths are resolved against the current folder, which the error names."""
+        named = [("data.path", p) for p in self.paths]
+        named += [("data.data_config", self.data_config)] if self.data_config else []
+        named += [("data.data_dir", self.data_dir)] if self.data_dir else []
+        for key, p in named:
+            path = Path(p).expanduser()
+            if not path.exists():
+                where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+                raise UserError(f"{key} {p}: no such file or folder{where}", key)
+
     @property
     def paths(self) -> list[str]:
         if self.path is None:
@@ -169,7 +182,8 @@ def data_kind(name: str) -> DataKind:
     if name not in DATA_KINDS:
         raise UserError(
             f"unknown data.kind {name!r}{suggest(name, list(DATA_KINDS))}; "
-            f"known: {', '.join(sorted(DATA_KINDS))}"
+            f"known: {', '.join(sorted(DATA_KINDS))}",
+            "data.kind",
         )
     return DATA_KINDS[name]
 
@@ -179,7 +193,9 @@ def data_options(spec: DataSpec) -> Any:
     kind = data_kind(spec.kind)
     if kind.options is None:
         return None
-    return build_options(kind.options, spec.options, f"data.options (kind {spec.kind})")
+    return build_options(
+        kind.options, spec.options, f"data.options (kind {spec.kind})", "data.options"
+    )
 
 
 def build_stream(spec: DataSpec, batch_size: int, seed: int, tokenizer: Any = None) -> BatchStream:

@@ -75,18 +75,31 @@ class Pairs:
 # ----------------------------------------------------------------------------- reading
 
 
+#: where the data lives beside a checkout of this repository (the README's layout)
+DEFAULT_DIRS = (
+    Path("../shared/data/senteval"),
+    Path(__file__).resolve().parents[3].parent / "shared" / "data" / "senteval",
+)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The SentEval ``downstream`` folder: the argument, else ``$CONTRASENT_DATA``."""
+    """The SentEval ``downstream`` folder: the argument, else ``$CONTRASENT_DATA``, else
+    ``../shared/data/senteval`` (from the current folder or beside this checkout)."""
     if data_dir is None:
         data_dir = os.environ.get(ENV_VAR)
-        if not data_dir:
+    if not data_dir:
+        found = next((d for d in DEFAULT_DIRS if (d / "STS").is_dir()), None)
+        if found is None:
             raise UserError(
-                f"no STS data directory: pass data_dir (--data-dir) or set {ENV_VAR} to the "
-                "SentEval downstream folder (the one holding STS/ and SICK/)"
+                f"no STS data directory: pass --data-dir or set {ENV_VAR} to the SentEval "
+                f"downstream folder (the one holding STS/ and SICK/); looked in "
+                f"{', '.join(str(d.absolute()) for d in DEFAULT_DIRS)}"
             )
+        return found
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"STS data directory {root} does not exist or is not a directory")
+        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+        raise UserError(f"STS data directory {root} does not exist or is not a folder{where}")
     return root
 
 
@@ -252,11 +265,18 @@ def _as_float64(x: Any) -> np.ndarray:
 
 
 def embed_unique(
-    encode: Encode, sentences: Iterable[str], batch_size: int
+    encode: Encode,
+    sentences: Iterable[str],
+    batch_size: int,
+    label: str = "encode",
+    progress: bool = False,
 ) -> tuple[dict[str, int], np.ndarray]:
     """Embed each distinct sentence once; longest first so padding is small and OOM comes early."""
+    from tqdm.auto import tqdm
+
     uniq = sorted(set(sentences), key=lambda s: (-len(s), s))
     parts = []
+    bar = tqdm(total=len(uniq), desc=label, unit="sent", disable=not progress, leave=False)
     for start in range(0, len(uniq), batch_size):
         chunk = uniq[start : start + batch_size]
         emb = _as_float64(encode(chunk))
@@ -266,6 +286,8 @@ def embed_unique(
                 "expected (n_sentences, dim)"
             )
         parts.append(emb)
+        bar.update(len(chunk))
+    bar.close()
     matrix = np.concatenate(parts) if parts else np.zeros((0, 1))
     return {s: i for i, s in enumerate(uniq)}, matrix
 
@@ -330,12 +352,14 @@ def evaluate_sts(
     mode: str = "test",
     tasks: str | Iterable[str] | None = None,
     batch_size: int = 128,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``encode`` (list of sentences -> [n, dim] array) on the STS tasks.
 
     ``mode="dev"``: STS-B dev + SICK-R trial only (model selection while training).
     ``mode="test"``: every task; STS-B and SICK-R report both test and dev.
-    ``batch_size``: sentences per ``encode`` call. Returns a JSON-ready dict (see module doc);
+    ``batch_size``: sentences per ``encode`` call; ``progress``: a bar per task (sentences/s).
+    Returns a JSON-ready dict (see module doc);
     ``avg`` is the mean of the summary Spearman column ("all" for STS12-16, "test" for STS-B and
     SICK-R; the dev numbers in dev mode). An undefined correlation (e.g. a collapsed model giving
     constant scores) is None, and so is ``avg`` then.
@@ -350,7 +374,7 @@ def evaluate_sts(
     for task, data in loaded.items():
         start = time.perf_counter()
         index, emb = embed_unique(
-            encode, (s for p in data.values() for s in (*p.s1, *p.s2)), batch_size
+            encode, (s for p in data.values() for s in (*p.s1, *p.s2)), batch_size, task, progress
         )
         preds = {name: cosine_scores(pairs, index, emb) for name, pairs in data.items()}
         scorer = score_year if task in STS_YEARS else score_splits
@@ -375,6 +399,16 @@ def summary_row(results: dict[str, Any]) -> dict[str, float | None]:
     }
     row["Avg."] = results["avg"]
     return row
+
+
+def table_caption(results: dict[str, Any]) -> str:
+    """What the numbers of :func:`format_table` are."""
+    if results["mode"] == "dev":
+        return "STS dev: Spearman x100 of cosine similarity (STS-B dev, SICK-R trial)"
+    return (
+        "STS: Spearman x100 of cosine similarity; STS12-16 'all' (the year's subsets merged), "
+        "STS-B and SICK-R test"
+    )
 
 
 def format_table(results: dict[str, Any]) -> str:

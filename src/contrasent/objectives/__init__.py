@@ -40,14 +40,15 @@ def objective_class(name: str) -> type[Objective]:
     if name not in OBJECTIVES:
         raise UserError(
             f"unknown objective {name!r}{suggest(name, list(OBJECTIVES))}; "
-            f"known: {', '.join(sorted(OBJECTIVES))}"
+            f"known: {', '.join(sorted(OBJECTIVES))}",
+            "objective.name",
         )
     return OBJECTIVES[name]
 
 
 def objective_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The typed options of objective ``name`` (checked; no model needed)."""
-    return build_options(objective_class(name).Config, options, f"objective {name}")
+    return build_options(objective_class(name).Config, options, f"objective {name}", "objective")
 
 
 def build_objective(name: str, encoder: Any = None, **options: Any) -> Objective:

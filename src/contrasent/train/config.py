@@ -1,7 +1,7 @@
 """Training configuration: nested dataclasses, one section per concern.
 
-The CLI is generated from these classes (jsonargparse reads the field types and the docstrings),
-so a YAML recipe mirrors them::
+The CLI is generated from these classes (``contrasent.cliparse`` reads the field types and the
+docstrings), so a YAML recipe mirrors them::
 
     model: {name_or_path: bert-base-uncased, pooling: cls_before_pooler}
     objective: {name: simcse_unsup, temperature: 0.05, mlp: true}   # typed per objective
@@ -257,6 +257,22 @@ class TrainConfig:
             raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
+        from contrasent.train.evaluation import METRIC_PATHS
+
+        metric = self.eval.metric
+        if metric not in METRIC_PATHS and not metric.startswith("tasks."):
+            from contrasent.options import suggest
+
+            raise UserError(
+                f"eval.metric {metric!r}{suggest(metric, list(METRIC_PATHS))}: use "
+                f"{', '.join(METRIC_PATHS)} or a dotted path into the results "
+                "(tasks.STSBenchmark.pearson.dev)",
+                "eval.metric",
+            )
+        if self.eval.batch_size < 1:
+            raise UserError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
+        if self.checkpoint.keep_last < 0:
+            raise UserError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")
         if self.eval.patience < 0:
             raise UserError(f"eval.patience must be >= 0, got {self.eval.patience}")
         if self.eval.patience and not self.eval.every_steps:

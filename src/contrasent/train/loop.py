@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,10 +53,10 @@ from contrasent.train.evaluation import eval_record, fmt, metric_value, run_sts
 from contrasent.train.gradcache import gradcache_step
 from contrasent.train.metrics import MetricsWriter, ProgressBar
 from contrasent.train.optim import build_optimizer, build_scheduler, warmup_steps
+from contrasent.train.outputs import RunFolder
 from contrasent.train.setup import (
     check_custom_objective,
     make_accelerator,
-    prepare_output_dir,
     reseed_missing_rank,
     total_steps,
 )
@@ -67,6 +69,19 @@ Callback = Callable[[int, dict[str, Any]], "bool | None"]
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped before updating the weights with it."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM: the run finished its step, saved a checkpoint and stopped.
+
+    ``exit_code`` is the shell's convention (130 for SIGINT, 143 for SIGTERM); ``checkpoint``
+    is where ``resume_from: latest`` continues (None when interrupted before the first step).
+    """
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.step, self.checkpoint = step, checkpoint
 
 
 class TrainModule(nn.Module):
@@ -125,11 +140,17 @@ class _Trainer:
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.is_main = self.acc.is_main_process
         self.out = Path(cfg.output_dir)
+        self.folder = RunFolder(self.out, self.is_main)
+        self.signal: int | None = None
         resume = self._preflight(objective)
         self.module = self._build_module(objective)
         self.stream = self._build_stream()
         self.total = total_steps(cfg, self.stream)
         self._build_optimizer()
+        if resume is None:  # everything is validated, loaded and open: only now touch outputs
+            self.folder.set_aside()
+        self.folder.write_config(cfg.to_dict())
+        self.acc.wait_for_everyone()
         self.state = self._restore(resume) if resume is not None else self._fresh_start()
         self.metrics = MetricsWriter(
             self.out, self.is_main, cfg.logging.tensorboard, self.state.step if resume else None
@@ -151,9 +172,10 @@ class _Trainer:
             cfg._validate_numbers(self.world)
             cfg.data.check()
             check_custom_objective(cfg, objective)
-        resume = ckpt.resolve_resume(cfg.resume_from, self.out)
-        prepare_output_dir(cfg, self.out, resume, self.is_main)
+        self.folder.recover()  # what a killed run left half done
         self.acc.wait_for_everyone()
+        resume = ckpt.resolve_resume(cfg.resume_from, self.out)
+        self.folder.check(cfg.overwrite_output_dir, resuming=resume is not None)
         if cfg.eval.every_steps or cfg.eval.at_end or cfg.eval.at_start:
             from contrasent.eval.sts import resolve_data_dir
 
@@ -321,6 +343,20 @@ class _Trainer:
         self.module.encoder.save(target)  # atomic: temp folder, then rename
         return target
 
+    def _save_final(self) -> Path:
+        """``final/``; hard links to ``best/`` when they hold the same weights (no second copy)."""
+        target = self.out / "final"
+        best = self.out / "best"
+        if self.state.best_step == self.state.step and best.is_dir():
+            from contrasent.st_layout import link_model
+
+            link_model(best, target)
+            log.info("final/ holds the weights of best/ (step %d): hard-linked", self.state.step)
+        else:
+            self._save_encoder("final")
+        self.folder.commit()
+        return target
+
     def save_checkpoint(self, step: int) -> None:
         state = dataclasses.asdict(self.state)
         state.pop("last_checkpoint")
@@ -340,6 +376,8 @@ class _Trainer:
             keep_last=self.cfg.checkpoint.keep_last,
         )
         self.state.last_checkpoint = str(path)
+        if self.is_main:
+            self.folder.commit()
 
     # --------------------------------------------------------------- run
     def run(self) -> TrainResult:
@@ -350,17 +388,44 @@ class _Trainer:
         self.window = _Window()
         self.model.train()
         try:
-            if cfg.eval.at_start and self.state.step == 0:
-                self.evaluate(0)
-                self.first_eval = self.last_eval
-                self.model.train()
-            while self.state.step < self.total:
-                if self._one_step():
-                    break
-            return self._finish()
+            with _StopSignals(self):
+                if cfg.eval.at_start and self.state.step == 0:
+                    self.evaluate(0)
+                    self.first_eval = self.last_eval
+                    self.model.train()
+                while self.state.step < self.total:
+                    if self._one_step():
+                        break
+                    self._stop_if_signalled()
+                return self._finish()
+        except BaseException:
+            if self.is_main:
+                self.folder.rollback()  # no-op once the run has a checkpoint or a model
+            raise
         finally:
             self.bar.close()
             self.metrics.close()
+
+    def _stop_if_signalled(self) -> None:
+        """After a step: on SIGINT/SIGTERM (on any process) checkpoint and stop, all together."""
+        flag = torch.tensor([float(self.signal or 0)], device=self.acc.device)
+        if self.world > 1:
+            flag = self.acc.reduce(flag, reduction="max")
+        if not flag.item():
+            return
+        signum, step = int(flag.item()), self.state.step
+        last = self.state.last_checkpoint
+        if not (last and Path(last).name == ckpt.checkpoint_name(step)):
+            self.save_checkpoint(step)
+        self.metrics.write({"step": step, "kind": "interrupted", "signal": signum})
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(
+            f"{name}: stopped after step {step} of {self.total}; checkpoint "
+            f"{self.state.last_checkpoint}. Resume with resume_from: latest",
+            signum,
+            step,
+            Path(self.state.last_checkpoint),
+        )
 
     def _one_step(self) -> bool:
         """Train, log, evaluate and checkpoint one step; True when the run should end now."""
@@ -425,7 +490,7 @@ class _Trainer:
             and not (last and Path(last).name == ckpt.checkpoint_name(step))
         ):
             self.save_checkpoint(step)
-        final = self._save_encoder("final") if self.is_main else self.out / "final"
+        final = self._save_final() if self.is_main else self.out / "final"
         self.acc.wait_for_everyone()
         best = self.out / "best"
         return TrainResult(
@@ -443,6 +508,37 @@ class _Trainer:
             else None,
             stopped_early=self.stopped_early,
         )
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM (what Slurm and Kubernetes send before pre-emption) ask the run to stop
+    after the current step with a checkpoint; a second SIGINT stops at once. Installed on the
+    main thread only (elsewhere Python cannot install handlers); the old handlers come back."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: _Trainer) -> None:
+        self.trainer = trainer
+        self.saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.trainer.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        self.trainer.signal = signum
+        self.trainer.bar.write(
+            f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+            "(Ctrl-C again to stop at once)"
+        )
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.saved[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
 
 
 class _Window:

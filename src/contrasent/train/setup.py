@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import Objective
-from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import TrainConfig
 
 
@@ -98,26 +94,3 @@ def total_steps(cfg: TrainConfig, stream: Any) -> int:
             "without lines): set train.max_steps"
         )
     return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
-
-
-RUN_OUTPUTS = (ckpt.CHECKPOINTS, "best", "final", "tensorboard")
-
-
-def prepare_output_dir(cfg: TrainConfig, out: Path, resume: Path | None, is_main: bool) -> None:
-    """A fresh run never mixes with an earlier one: it refuses a folder holding a run's outputs
-    unless ``overwrite_output_dir`` (then they are deleted, so no stale ``best/`` survives).
-    Every process checks (they all raise together); only the main one writes."""
-    previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if resume is None and previous and not cfg.overwrite_output_dir:
-        raise UserError(
-            f"output_dir {out} already holds checkpoints or models of a run "
-            f"({', '.join(previous)}); set resume_from: latest to continue it, "
-            "overwrite_output_dir: true to start over, or choose another folder"
-        )
-    if not is_main:
-        return
-    if resume is None:
-        for name in previous:
-            shutil.rmtree(out / name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
