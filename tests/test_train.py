@@ -361,3 +361,30 @@ def test_training_truncation_never_reaches_evaluation_or_the_saved_model(
     assert in_training == pytest.approx(sts(full), abs=1e-6)
     cut = Encoder.from_pretrained(result.final_dir, max_seq_length=8, device="cpu")
     assert abs(sts(cut) - sts(full)) > 0.1  # truncating at the training length would show
+
+
+def test_written_files_follow_the_umask_and_identical_final_is_linked(
+    tmp_path, tiny_bert_dir, shared_data, senteval_dir
+):
+    """Files a run writes are readable by others under the usual umask (the atomic-write temp
+    file's 0600 is not kept), and final/ shares best/'s files when they hold the same weights."""
+    import os
+    import stat
+
+    data = DataSpec(kind="text", path=str(shared_data / "corpus" / "wiki1m-head.txt"))
+    cfg = _config(tiny_bert_dir, tmp_path / "run", data, {"name": "simcse_unsup"}, max_steps=2)
+    cfg.eval = EvalConfig(every_steps=2, at_end=True, mode="dev", data_dir=str(senteval_dir))
+    cfg.checkpoint = CheckpointConfig(every_steps=2)
+    old = os.umask(0o022)
+    try:
+        result = train(cfg)
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    for name in ("config.json", "final/contrasent_config.json", "final/model.safetensors",
+                 "checkpoints/step-00000002/trainer_state.json"):  # fmt: skip
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert result.best_step == 2 == result.steps  # the last evaluation was the best
+    a, b = out / "final" / "model.safetensors", out / "best" / "model.safetensors"
+    assert a.stat().st_ino == b.stat().st_ino  # one copy on disk
+    _assert_st_loads_same(out / "final")

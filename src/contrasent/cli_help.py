@@ -20,7 +20,7 @@ the folder you run from (the shipped recipes expect the repository root, with th
 
 options most runs set:
   --model.name_or_path PATH|HUB_ID   the encoder to start from
-  --objective.name NAME              simcse_unsup, simcse_sup, pairs, ... (see below)
+  --objective.name NAME              simcse_unsup, simcse_sup, pairs, ... (--help objective)
   --data.kind KIND --data.path PATH  the training data; --data.max_seq_length N truncates it
   --train.batch_size N --train.lr LR --train.max_steps N
   --output_dir DIR                   final/, best/, checkpoints/, metrics.jsonl

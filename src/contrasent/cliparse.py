@@ -13,6 +13,7 @@ them (the objective's options dataclass) and the error names the recipe line thr
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -290,7 +291,10 @@ def describe_fields(cls: type, prefix: str = "", indent: str = "  ") -> str:
             default = " (required)"
         lines.append(f"{indent}--{prefix}{f.name}: {type_words(hints[f.name])}{default}")
         if f.name in docs:
-            lines.append(f"{indent}    {docs[f.name]}")
+            pad = indent + "    "
+            lines.append(
+                textwrap.fill(docs[f.name], 100, initial_indent=pad, subsequent_indent=pad)
+            )
     return "\n".join(lines)
 
 

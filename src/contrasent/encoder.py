@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrasent.errors import UserError
+from contrasent.fileio import follow_umask
 from contrasent.st_layout import (
     HIDDEN_STATE_PICKS,
     HIDDEN_STATE_POOLINGS,
@@ -376,6 +377,7 @@ class Encoder(nn.Module):
         os.mkdir(tmp)
         try:
             write_st(self, tmp, modules)
+            follow_umask(tmp)
             swap_into_place(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -31,3 +31,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give every file and folder under ``folder`` the permissions an ordinary write would
+    (0666 / 0777 minus the umask): some writers (safetensors, temp files) create 0600 files."""
+    mask = _umask()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -190,5 +191,8 @@ def describe(cls: type, indent: str = "  ") -> str:
             default = "(required)"
         lines.append(f"{indent}{f.name}: {_type_name(hints[f.name])} = {default!r}")
         if f.name in docs:
-            lines.append(f"{indent}    {docs[f.name]}")
+            pad = indent + "    "
+            lines.append(
+                textwrap.fill(docs[f.name], 100, initial_indent=pad, subsequent_indent=pad)
+            )
     return "\n".join(lines) if lines else f"{indent}(no options)"

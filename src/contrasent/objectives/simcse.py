@@ -111,7 +111,7 @@ class _SimCSEBase(Objective):
                     "setting is pooling 'cls_before_pooler' with the objective's MLP"
                 )
         if getattr(encoder, "normalize", False):
-            log.info("encoder normalize=True: the loss takes cosines, the saved model normalises")
+            log.debug("encoder normalize=True: the loss takes cosines, the saved model normalises")
         if self.mlm is not None:
             self.mlm.setup(encoder)
         self._ready = True
