@@ -66,20 +66,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    return getattr(tp, "__name__", str(tp))
-
-
 def type_words(tp: Any) -> str:
     """What a value of type ``tp`` is, in words ("a number", "true or false", ...)."""
     origin = typing.get_origin(tp)
@@ -189,7 +175,7 @@ def describe(cls: type, indent: str = "  ") -> str:
             default = f.default_factory()
         else:
             default = "(required)"
-        lines.append(f"{indent}{f.name}: {_type_name(hints[f.name])} = {default!r}")
+        lines.append(f"{indent}{f.name}: {type_words(hints[f.name])} = {default!r}")
         if f.name in docs:
             pad = indent + "    "
             lines.append(

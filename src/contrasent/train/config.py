@@ -19,7 +19,7 @@ starting from the previous stage's final encoder (ConSERT's sup-unsup and joint-
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
 from contrasent.data.sources import DataSpec
@@ -214,7 +214,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from nested mappings (a parsed YAML file, a jsonargparse Namespace's dict)."""
-        return _build(cls, data, "")
+        from contrasent.cliparse import build
+
+        if is_dataclass(data):
+            data = asdict(data)
+        return build(cls, data, {})
 
     def validate(self, world_size: int = 1) -> None:
         """Raise :class:`UserError` for every inconsistent setting (no model or data is loaded:
@@ -376,34 +380,3 @@ def as_train_config(config: Any) -> TrainConfig:
     if isinstance(config, Mapping):
         return TrainConfig.from_dict(config)
     raise TypeError(f"expected TrainConfig or a mapping, got {type(config).__name__}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if is_dataclass(data):
-        data = asdict(data)
-    if not isinstance(data, Mapping):
-        raise UserError(f"config section {prefix or '<root>'} must be a mapping, got {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UserError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        sub = _SECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub is not None else value
-    return cls(**kwargs)
-
-
-_SECTIONS: dict[tuple[type, str], type] = {
-    (TrainConfig, "model"): ModelConfig,
-    (TrainConfig, "data"): DataSpec,
-    (TrainConfig, "train"): OptimConfig,
-    (TrainConfig, "eval"): EvalConfig,
-    (TrainConfig, "checkpoint"): CheckpointConfig,
-    (TrainConfig, "logging"): LoggingConfig,
-}
