@@ -116,7 +116,7 @@ def test_staged_cli_run_prints_one_before_after_table(
                                              tmp_path / "run", eval_at_end=True)))  # fmt: skip
     assert main(["train", str(recipe)]) == 0
     out = capsys.readouterr().out
-    table = out[out.index("STS (dev") :]
+    table = out[out.index("STS dev: Spearman x100") :]
     assert "before (step 0)" in table
     assert "after (stage-1-pairs, step 2)" in table
     assert "after (stage-2-simcse_unsup, step 3)" in table
