@@ -129,8 +129,8 @@ def check_decoder_architecture(config: Any, name: str) -> type:
     except KeyError:
         raise UserError(
             f"TSDAE: model {name!r} ({config.model_type}) has no causal-LM class in transformers, "
-            "so it cannot be the decoder; use a BERT/RoBERTa/ELECTRA/XLM-R style model, or "
-            "tie_decoder: false with a decoder of such an architecture and the same hidden size"
+            "so it cannot be the decoder; use a BERT/RoBERTa/XLM-R/ELECTRA style model, or an "
+            "untied decoder (decoder_name_or_path) of such an architecture and the same hidden size"
         ) from None
     if "encoder_hidden_states" not in inspect.signature(cls.forward).parameters:
         raise UserError(
@@ -215,8 +215,8 @@ def build_decoder(
     name = _model_label(encoder.model)
     if tie and decoder_name_or_path is not None:
         raise UserError(
-            "TSDAE: decoder_name_or_path is for an untied decoder (tie_decoder: false); a tied "
-            "decoder is always the encoder's own architecture"
+            "TSDAE: decoder_name_or_path is for an untied decoder (tie false); a tied decoder is "
+            "always the encoder's own architecture"
         )
     if not tie and decoder_name_or_path is None:
         raise UserError("TSDAE: an untied decoder needs decoder_name_or_path")
