@@ -219,9 +219,10 @@ def test_shift_targets_is_the_reference_shift():
 
 
 def test_tokenize_targets_counts_truncation(encoder):
-    features, cut = tokenize_targets(encoder.tokenizer, ["short", "a b c d e f g h"], 6)
-    assert cut == 1
-    assert features["input_ids"].shape == (2, 6)
+    texts = ["short", "a b c d e f g h", "a b c d"]  # 5, 10 and exactly 6 tokens
+    features, cut = tokenize_targets(encoder.tokenizer, texts, 6)
+    assert cut.tolist() == [False, True, False]
+    assert features["input_ids"].shape == (3, 6)
     assert features["input_ids"][0, 2].item() == encoder.tokenizer.sep_token_id
     assert features["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]  # right padding
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrasent.errors import UserError
+from contrasent.objectives.functional import fp32
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -256,19 +257,18 @@ def build_decoder(
 # -------------------------------------------------------------------- targets and loss
 def tokenize_targets(
     tokenizer: Any, texts: list[str], max_length: int, lowercase: bool = False
-) -> tuple[dict[str, Tensor], int]:
-    """Right-padded, truncated target features and the number of texts that were truncated."""
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Right-padded target features truncated to ``max_length`` tokens, and a bool ``[rows]``
+    saying which texts were longer (and lost their tail).
+
+    The check tokenizes once more at ``max_length + 1`` (a row that fills it was longer) rather
+    than untruncated: a very long line costs no more, and the tokenizer does not warn."""
     texts = [t.lower() for t in texts] if lowercase else list(texts)
-    features = tokenizer(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        padding_side="right",
-        return_tensors="pt",
-    )
-    full = tokenizer(texts, truncation=False)["input_ids"]
-    return dict(features), sum(len(ids) > max_length for ids in full)
+    kw = dict(truncation=True, padding_side="right")
+    features = tokenizer(texts, padding=True, max_length=max_length, return_tensors="pt", **kw)
+    probe = tokenizer(texts, max_length=max_length + 1, **kw)["input_ids"]
+    truncated = torch.tensor([len(ids) > max_length for ids in probe], dtype=torch.bool)
+    return dict(features), truncated
 
 
 def shift_targets(
@@ -284,24 +284,36 @@ def shift_targets(
     return input_ids[:, :-1], dec_mask, input_ids[:, 1:], label_mask
 
 
-def reconstruction_loss(
+def reconstruction_row_losses(
     decoder: TSDAEDecoder, sentence_embeddings: Tensor, target_features: dict[str, Tensor]
-) -> tuple[Tensor, Tensor]:
-    """``(sum of token cross-entropies, number of tokens)`` reconstructing the targets from
-    ``sentence_embeddings [B, H]`` (the memory ``[B, 1, H]``). Summing lets the caller normalise
-    by the global token count across processes and gradient-cache chunks."""
+) -> Tensor:
+    """``[rows, 2]``: per sentence, the sum of its token cross-entropies and its token count,
+    reconstructing the targets from ``sentence_embeddings [B, H]`` (the memory ``[B, 1, H]``).
+    Row ``i`` depends on sentence ``i`` alone, so rows may be computed in any chunks and summed
+    (normalised by the global token count over processes and gradient-cache chunks)."""
     ids = target_features["input_ids"].to(sentence_embeddings.device)
     mask = target_features["attention_mask"].to(sentence_embeddings.device)
     dec_ids, dec_mask, labels, label_mask = shift_targets(ids, mask)
     logits = decoder(dec_ids, dec_mask, sentence_embeddings.unsqueeze(1))
-    # ignore_index rather than boolean indexing: no host-device sync per step
-    loss_sum = F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        labels.masked_fill(~label_mask, IGNORE_INDEX).flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss_sum, label_mask.sum()
+    # ignore_index rather than boolean indexing: no host-device sync per step; float32 (or
+    # float64) even under autocast
+    with torch.autocast(logits.device.type, enabled=False):
+        ce = F.cross_entropy(
+            fp32(logits).flatten(0, 1),
+            labels.masked_fill(~label_mask, IGNORE_INDEX).flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(labels.shape)
+    return torch.stack([ce.sum(1), label_mask.sum(1).to(ce.dtype)], dim=1)
+
+
+def reconstruction_loss(
+    decoder: TSDAEDecoder, sentence_embeddings: Tensor, target_features: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``(sum of token cross-entropies, number of tokens)`` over the batch
+    (:func:`reconstruction_row_losses` summed; the count as a long 0-dim tensor)."""
+    rows = reconstruction_row_losses(decoder, sentence_embeddings, target_features)
+    return rows[:, 0].sum(), rows[:, 1].sum().long()
 
 
 def reconstruction_loss_mean(
