@@ -146,7 +146,9 @@ def check_decoder_tokenizer(tokenizer: Any, name: str) -> None:
     if tokenizer.pad_token_id is None:
         raise UserError(f"TSDAE: the tokenizer of {name!r} has no padding token")
     ids = tokenizer("a")["input_ids"]
-    if not ids or ids[0] not in set(tokenizer.all_special_ids):
+    text = tokenizer("a", add_special_tokens=False)["input_ids"]
+    # the first id must be one the tokenizer adds (an unknown word's [UNK] is special too)
+    if not ids or ids[0] not in set(tokenizer.all_special_ids) or ids[:1] == text[:1]:
         raise UserError(
             f"TSDAE: the tokenizer of {name!r} adds no start token ([CLS] or <s>) before the text, "
             "so the decoder could not predict a sentence's first word"
