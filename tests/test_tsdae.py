@@ -411,3 +411,22 @@ def test_training_puts_the_sentence_into_its_vector(tmp_path, seed):
     loss1, acc1 = held_out_reconstruction(trained, objective, held_out)
     assert acc1 >= 0.3 and acc1 >= acc0 + 0.2, (acc0, acc1)
     assert loss1 < loss0 - 1.5, (loss0, loss1)
+
+
+def test_recipes_hold_the_paper_settings(monkeypatch):
+    from contrasent.cli import parse_train_config
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    paper = parse_train_config(["configs/tsdae-bert-base.yaml"])
+    t, o = paper.train, paper.objective
+    assert paper.model.name_or_path == "bert-base-uncased"
+    assert paper.model.pooling == "cls_before_pooler"  # the paper's [CLS] "as is"
+    assert (t.batch_size, t.lr, t.lr_schedule, t.warmup_steps, t.warmup_ratio) == (
+        8, 3e-5, "constant", 0, 0.0)  # fmt: skip
+    assert t.weight_decay == 0.0 and paper.data.epochs == 1 and t.max_steps == 0
+    assert (o["name"], o["noise"], o["noise_ratio"], o["tie_decoder"]) == (
+        "tsdae", "delete", 0.6, True)  # fmt: skip
+    cpu = parse_train_config(["configs/tsdae-cpu.yaml"])
+    assert cpu.objective["name"] == "tsdae" and cpu.eval.at_start and cpu.eval.at_end
+    assert cpu.model.pooling == "cls_before_pooler" and cpu.train.lr_schedule == "constant"
