@@ -40,10 +40,11 @@ from torch import Tensor
 from contrasent.augment.text_noise import check_noise, noise_text, tokenizer_words
 from contrasent.data.batches import SentenceBatch, row_keys
 from contrasent.distributed import all_reduce_sum, world_size
-from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, Parts, View
 from contrasent.objectives.tsdae_parts import (
     build_decoder,
+    check_target_length,
+    noise_mask_token,
     reconstruction_row_losses,
     tokenize_targets,
 )
@@ -132,7 +133,7 @@ class TSDAE(Objective):
         training for a model or tokenizer the decoder cannot use)."""
         c, tok = self.config, encoder.tokenizer
         if self.noise == "mask":
-            self.mask_token = _mask_token(encoder)
+            self.mask_token = noise_mask_token(encoder)
         if self.noise in ("replace", "insert"):
             self.vocabulary = tokenizer_words(tok)
         check_noise(self.noise, c.noise_ratio, self.mask_token, self.vocabulary)
@@ -143,7 +144,7 @@ class TSDAE(Objective):
             )
         self.decoder = build_decoder(encoder, c.decoder_name_or_path, c.tie_decoder)
         self.max_target_length = c.max_target_length or encoder.max_seq_length
-        _check_target_length(self.decoder, self.max_target_length)
+        check_target_length(self.decoder, self.max_target_length)
         # a tied decoder reads the encoder's tokenizer, which the encoder may lowercase first
         self.lowercase = bool(c.tie_decoder and encoder.do_lower_case)
 
@@ -209,31 +210,3 @@ class TSDAE(Objective):
 
 def _with_column(rows: Tensor, flags: Tensor) -> Tensor:
     return torch.cat([rows, flags.to(device=rows.device, dtype=rows.dtype)[:, None]], dim=1)
-
-
-def _mask_token(encoder: Any) -> str:
-    """The mask token, checked to come back as one token through the encoder's tokenize()."""
-    tok = encoder.tokenizer
-    label = getattr(encoder.model, "name_or_path", "") or "the model"
-    if tok.mask_token is None:
-        raise UserError(f"TSDAE noise 'mask': the tokenizer of {label!r} has no mask token")
-    ids = encoder.tokenize([f"a {tok.mask_token} b"])["input_ids"][0].tolist()
-    if tok.mask_token_id not in ids:  # e.g. lowercased by the encoder before tokenizing
-        raise UserError(
-            f"TSDAE noise 'mask': {label!r} does not read its mask token {tok.mask_token!r} back "
-            "as one token (the encoder lowercases its input?); use noise 'delete'"
-        )
-    return tok.mask_token
-
-
-def _check_target_length(decoder: Any, length: int) -> None:
-    """The decoder must have a position for every target token (RoBERTa-style models have
-    max_position_embeddings 514 but 512 usable positions: the tokenizer's limit says so)."""
-    positions = getattr(decoder.hf_model.config, "max_position_embeddings", None)
-    tokens = getattr(decoder.tokenizer, "model_max_length", None)
-    found = [x for x in (positions, tokens) if isinstance(x, int) and 0 < x < 1_000_000]
-    if found and length > min(found):
-        raise UserError(
-            f"TSDAE: max_target_length {length} exceeds what the decoder can read "
-            f"({min(found)} tokens); set objective.max_target_length <= {min(found)}"
-        )

@@ -155,6 +155,34 @@ def check_decoder_tokenizer(tokenizer: Any, name: str) -> None:
         )
 
 
+def noise_mask_token(encoder: Any) -> str:
+    """The mask token, checked to come back as one token through the encoder's tokenize()."""
+    tok = encoder.tokenizer
+    label = getattr(encoder.model, "name_or_path", "") or "the model"
+    if tok.mask_token is None:
+        raise UserError(f"TSDAE noise 'mask': the tokenizer of {label!r} has no mask token")
+    ids = encoder.tokenize([f"a {tok.mask_token} b"])["input_ids"][0].tolist()
+    if tok.mask_token_id not in ids:  # e.g. lowercased by the encoder before tokenizing
+        raise UserError(
+            f"TSDAE noise 'mask': {label!r} does not read its mask token {tok.mask_token!r} back "
+            "as one token (the encoder lowercases its input?); use noise 'delete'"
+        )
+    return tok.mask_token
+
+
+def check_target_length(decoder: TSDAEDecoder, length: int) -> None:
+    """The decoder must have a position for every target token (RoBERTa-style models have
+    max_position_embeddings 514 but 512 usable positions: the tokenizer's limit says so)."""
+    positions = getattr(decoder.hf_model.config, "max_position_embeddings", None)
+    tokens = getattr(decoder.tokenizer, "model_max_length", None)
+    found = [x for x in (positions, tokens) if isinstance(x, int) and 0 < x < 1_000_000]
+    if found and length > min(found):
+        raise UserError(
+            f"TSDAE: max_target_length {length} exceeds what the decoder can read "
+            f"({min(found)} tokens); set objective.max_target_length <= {min(found)}"
+        )
+
+
 # -------------------------------------------------------------------- building
 def _decoder_config(config: Any) -> Any:
     cfg = copy.deepcopy(config)
