@@ -14,6 +14,7 @@ from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
+from contrasent.objectives.tsdae import TSDAE
 from contrasent.options import build_options, suggest
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -33,6 +34,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch):
     register(_cls)
+register(TSDAE)
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -71,6 +73,7 @@ __all__ = [
     "PairsInBatch",
     "SimCSESup",
     "SimCSEUnsup",
+    "TSDAE",
     "View",
     "build_objective",
     "describe_objectives",
