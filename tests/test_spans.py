@@ -281,3 +281,50 @@ def test_whitespace_spans_and_batch_layout():
         SpanBatch([["a", "b"], ["c"]], [[["p"], ["q"]], [["r"]]])
     with pytest.raises(ValueError, match="at least one document"):
         make_span_batch([], sampler, np.random.default_rng(0))
+
+
+def test_bpe_spans_like_the_references_roberta(shared_data):
+    """A byte-level BPE tokenizer (RoBERTa's kind, trained here on a few articles): the text is
+    tokenized with a leading space, spans decode to bare pieces and get the cleanup of
+    tokenization spaces the reference's transformers 3.x applied."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from contrasent.data.documents import read_documents
+
+    path = shared_data / "corpus" / "wikitext-2-raw-test.txt"
+    docs = [d for _, d in zip(range(6), read_documents(path, "wikitext"), strict=False)]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([d.text for d in docs], vocab_size=800, special_tokens=specials)
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        **dict(
+            zip(
+                ("bos_token", "pad_token", "eos_token", "unk_token", "mask_token"),
+                specials,
+                strict=True,
+            )
+        ),
+        model_max_length=512,
+    )
+    with pytest.raises(UserError, match="use max_span_len <= 510"):
+        SpanSampler(PAPER, tok)  # model_max_length 512, 2 special tokens
+    sampler = SpanSampler(SpanConfig(2, 2, 16, 64), tok)
+    doc = sampler.tokenize(docs[1].text)
+    assert tok.convert_ids_to_tokens(doc.tokens[:1].tolist())[0].startswith("Ġ")
+    rng = np.random.default_rng(0)
+    exact = total = cleaned = 0
+    for _ in range(50):
+        anchors, _, spans = sampler.sample(doc, rng)
+        for text, (s, e) in zip(anchors, spans.anchors, strict=True):
+            raw = tok.decode(doc.tokens[s:e].tolist(), clean_up_tokenization_spaces=False)
+            # cleanup only removes spaces, and removes those before "," and "."
+            assert text.replace(" ", "") == raw.replace(" ", "")
+            assert " ," not in text and " ." not in text
+            cleaned += text != raw
+            exact += len(tok(text, add_special_tokens=False)["input_ids"]) == e - s
+            total += 1
+    assert exact / total > 0.9
+    assert cleaned > total / 2  # WikiText spaces its punctuation: cleanup matters

@@ -28,9 +28,10 @@ the first shorter one; here :class:`SpanSampler.prepare` counts and skips them, 
 tokenizer's (the reference's training configs: ``PretrainedTransformerTokenizer.tokenize``, no
 special tokens, the text prefixed with a space for BPE tokenizers) or whitespace words
 (``span_tokens: whitespace``, the reference's fallback ``text.split()``). A token span becomes
-text as in the reference's dataset reader: ``tokenizer.decode`` of its ids (cleanup of
-tokenization spaces on, the transformers 3.x default it ran with), whitespace words joined by a
-space (one deviation: a WordPiece span starting inside a word loses the "##" marker decode
+text as in the reference's dataset reader: ``tokenizer.decode`` of its ids followed by the
+tokenizer's ``clean_up_tokenization`` (``" ,"`` -> ``","``: transformers 3.x, which the reference
+ran on, did so in ``decode`` for every tokenizer; transformers 5 skips it for BPE), whitespace
+words joined by a space (one deviation: a WordPiece span starting inside a word loses the "##" marker decode
 leaves, which the encoder would read as two "#" tokens; BPE spans decode to the bare piece
 anyway). The encoder re-tokenizes that text with its special tokens, so ``max_span_len`` plus the
 special tokens must fit the model's length (checked).
@@ -346,7 +347,11 @@ class SpanSampler:
         if self.config.span_tokens == "whitespace":
             return " ".join(doc.tokens[start:end])
         ids = doc.tokens[start:end].tolist()  # type: ignore[union-attr]
-        text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=True)
+        # The reference decoded with transformers 3.x, whose decode cleaned up tokenization
+        # spaces (" ," -> ",") for every tokenizer; transformers 5 skips that for BPE, so apply
+        # it here: the same text on every version.
+        text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        text = self.tokenizer.clean_up_tokenization(text)
         # A WordPiece span may start inside a word: decode keeps the "##" marker, which the
         # encoder would read as two "#" tokens. Drop it (a BPE span, as the reference's
         # RoBERTa, decodes to the bare word piece anyway).
