@@ -58,6 +58,7 @@ __all__ = [
     "SpanConfig",
     "SpanSampler",
     "TokenizedDocument",
+    "relation_counts",
     "sample_spans",
     "span_relation",
 ]
@@ -84,7 +85,8 @@ class SpanConfig:
     """Where positives go: none (adjacent, overlapping or subsumed: the reference default),
     subsuming (inside the anchor) or adjacent (touching it)."""
     span_tokens: Literal["model", "whitespace"] = "model"
-    """Count tokens with the model's tokenizer (the reference's configs) or whitespace."""
+    """Count tokens with the model's tokenizer (the reference's configs) or whitespace. A
+    whitespace span may be longer in model tokens: the encoder then truncates it."""
 
     def __post_init__(self) -> None:
         strategy = self.sampling_strategy
