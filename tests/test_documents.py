@@ -138,6 +138,18 @@ def test_one_huge_line_is_never_read_whole(tmp_path):
     docs = list(read_documents(path, max_document_chars=100, on_error="skip", stats=stats))
     assert [d.text for d in docs] == ["ok", "after"]  # reading goes on after the long line
     assert stats.skipped == {LONG_LINE: 1} and stats.lines == 3
+    gz = tmp_path / "huge.txt.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    docs = list(read_documents(gz, max_document_chars=100, on_error="skip"))
+    assert [d.text for d in docs] == ["ok", "after"]
+    # the byte limit: a line of exactly 4 * 100 bytes (newline not counted) is read, one more
+    # is not (windows, which are not capped by max_document_chars, show the line got through)
+    exact = write(tmp_path / "exact.txt", "z" * 400 + "\n" + "w" * 400)
+    got = read_documents(exact, max_document_chars=100, window_words=10)
+    assert [len(d.text) for d in got] == [400, 400]
+    over = write(tmp_path / "over.txt", "z" * 401 + "\n")
+    with pytest.raises(UserError, match="line longer than 400 bytes"):
+        list(read_documents(over, max_document_chars=100, window_words=10))
 
 
 def test_streams_documents_before_reading_the_rest(tmp_path):

@@ -4,8 +4,6 @@ and two gloo processes against one (no 1/N gradient scaling, unlike the referenc
 from __future__ import annotations
 
 import math
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -115,10 +113,11 @@ def one_process() -> tuple[float, torch.Tensor]:
     return loss.item(), net.weight.grad.clone()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port another test could take between choosing and binding it
+    init = f"file://{Path(out_dir) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         x_a, x_p = inputs()
         b = B // world
@@ -156,14 +155,8 @@ def _ddp_average(loss: torch.Tensor, grad: torch.Tensor, world: int):
     return loss.item() / world, grad / world
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_and_the_reference_gradient_is_halved(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     loss_1, grad_1 = one_process()
     for r in range(2):
         res = torch.load(tmp_path / f"rank{r}.pt")
