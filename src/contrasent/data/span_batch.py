@@ -5,26 +5,29 @@ Rows are documents. Each row holds ``num_anchors`` anchor texts and, for each an
 unpacks them (``unpack_batch`` then ``reshape(num_anchors_total, -1, dim)``): anchors
 document-major, positives anchor-major, so ``positive_texts`` reshaped to
 ``[len(anchor_texts), num_positives]`` lines each anchor up with its own positives.
-
-``index`` / ``offset`` follow the Engine v2 ``Batch`` contract (the batch's number in the stream
-and the global row of its row 0); they are defined here until that base class lands.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from contrasent.data.batches import Batch
 from contrasent.data.spans import DocumentSpans, SpanSampler, TokenizedDocument
 
 __all__ = ["SpanBatch", "make_span_batch"]
 
 
 @dataclass
-class SpanBatch:
-    """``anchors[d][i]``: anchor ``i`` of document ``d``; ``positives[d][i][j]``: its positives."""
+class SpanBatch(Batch):
+    """``anchors[d][i]``: anchor ``i`` of document ``d``; ``positives[d][i][j]``: its positives.
+
+    ``index`` / ``offset`` (from :class:`~contrasent.data.batches.Batch`) count documents: a
+    process's slice or a gradient-cache chunk of documents moves ``offset``.
+    """
 
     anchors: list[list[str]]
     positives: list[list[list[str]]]
@@ -32,8 +35,11 @@ class SpanBatch:
     """Where each document came from (``file:line``), for reports; may be empty."""
     spans: list[DocumentSpans] = field(default_factory=list)
     """The token offsets behind the texts (diagnostics: positive/anchor relations); may be empty."""
-    index: int = field(default=0, kw_only=True)
-    offset: int = field(default=0, kw_only=True)
+    max_span_len: int | None = field(default=None, kw_only=True)
+    """The sampler's longest span in tokens (the objective checks it fits the encoder)."""
+    short_documents: int = field(default=0, kw_only=True)
+    """Documents skipped as too short for span sampling (per epoch; logged as a metric)."""
+    ROWS = ("anchors", "positives", "sources", "spans")
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.anchors):
@@ -46,12 +52,12 @@ class SpanBatch:
                     raise ValueError("every document needs the same numbers of anchors/positives")
             if a < 1 or p < 1:
                 raise ValueError("a document needs at least one anchor and one positive each")
-        for name in ("sources", "spans"):
-            if getattr(self, name) and len(getattr(self, name)) != len(self.anchors):
-                raise ValueError(f"{name} must be empty or one per document")
+        self.check_lengths()
 
-    def __len__(self) -> int:
-        return len(self.anchors)
+    def _length(self, name: str) -> int:
+        value = getattr(self, name)
+        # diagnostics may be left empty: they then count as "one per document"
+        return len(value) if value or name in ("anchors", "positives") else len(self)
 
     @property
     def num_anchors(self) -> int:
@@ -71,16 +77,14 @@ class SpanBatch:
         """``[len(self) * num_anchors * num_positives]``, anchor-major."""
         return [p for doc in self.positives for group in doc for p in group]
 
-    def slice(self, start: int, stop: int) -> SpanBatch:
-        """Documents ``[start, stop)``; ``offset`` moves to the first of them."""
-        return SpanBatch(
-            self.anchors[start:stop],
-            self.positives[start:stop],
-            self.sources[start:stop],
-            self.spans[start:stop],
-            index=self.index,
-            offset=self.offset + start,
-        )
+    def anchor_keys(self) -> list[tuple[int, ...]]:
+        """Keys of keyed per-anchor randomness (MLM masks): ``(index, global document, anchor)``,
+        one per ``anchor_texts`` row, whatever slice or chunk the batch is."""
+        return [
+            (self.index, self.offset + d, a)
+            for d in range(len(self))
+            for a in range(self.num_anchors)
+        ]
 
 
 def make_span_batch(
@@ -90,13 +94,15 @@ def make_span_batch(
     *,
     index: int = 0,
     offset: int = 0,
+    **fields: Any,
 ) -> SpanBatch:
     """Sample every document's spans into one batch.
 
-    ``rng`` is one generator drawn in document order, or one generator per document (the
-    engine keys these per document, e.g. ``keyed_rng(seed, SALT, epoch, document_number)``,
-    so a document's spans depend neither on its batch nor on the world size). Documents must
-    have passed the length filter (:meth:`SpanSampler.prepare`).
+    ``rng`` is one generator drawn in document order, or one generator per document (the data
+    kind keys them per document, ``keyed_rng(seed, SPANS, batch index, document)``, so a
+    document's spans depend neither on the world size nor on where a run resumed). Documents
+    must have passed the length filter (:meth:`SpanSampler.prepare`). ``fields``: the batch's
+    other non-row fields (``short_documents``); ``max_span_len`` is the sampler's.
     """
     if not documents:
         raise ValueError("a span batch needs at least one document")
@@ -116,4 +122,6 @@ def make_span_batch(
         spans,
         index=index,
         offset=offset,
+        max_span_len=sampler.config.max_span_len,
+        **fields,
     )
