@@ -1,5 +1,6 @@
-"""DeCLUTR's NT-Xent: a hand loop, pytorch-metric-learning's NTXentLoss as the reference used it,
-and two gloo processes against one (no 1/N gradient scaling, unlike the reference's default)."""
+"""DeCLUTR's NT-Xent is the shared ``inbatch.gathered_nt_xent`` over anchors and averaged
+positives: a hand loop, pytorch-metric-learning's NTXentLoss as the reference used it, and two
+gloo processes against one (no 1/N gradient scaling, unlike the reference's default)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from contrasent.objectives.nt_xent import (
-    gathered_nt_xent,
-    mean_positives,
-    nt_xent,
-    nt_xent_with_logits,
-)
+from contrasent.objectives.declutr import mean_positives
+from contrasent.objectives.inbatch import gathered_nt_xent
+
+
+def nt_xent(a: torch.Tensor, p: torch.Tensor, t: float = 0.05) -> torch.Tensor:
+    return gathered_nt_xent(a, p, temperature=t)[0]
 
 
 def hand_nt_xent(anchors: torch.Tensor, positives: torch.Tensor, t: float) -> float:
-    """The formula of the module docstring with explicit loops over rows and columns."""
+    """NT-Xent with explicit loops: z = [a_1..a_B, p_1..p_B], each row's partner is its positive,
+    every other row but itself a negative, mean over the 2B rows."""
     z = [*anchors.tolist(), *positives.tolist()]
     b = len(anchors)
 
@@ -38,16 +41,23 @@ def hand_nt_xent(anchors: torch.Tensor, positives: torch.Tensor, t: float) -> fl
     return total / (2 * b)
 
 
+def whole_nt_xent(a: torch.Tensor, p: torch.Tensor, t: float = 0.05) -> torch.Tensor:
+    """The same formula vectorised, never gathering: the reference's per-replica full loss."""
+    z = F.normalize(torch.cat([a, p]), dim=-1)
+    logits = z @ z.T / t
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf"))
+    b = len(a)
+    labels = torch.cat([torch.arange(b) + b, torch.arange(b)])
+    return F.cross_entropy(logits, labels)
+
+
 def test_matches_a_hand_loop():
     torch.manual_seed(0)
     a, p = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
     for t in (0.05, 0.5):
-        assert nt_xent(a, p, temperature=t).item() == pytest.approx(
-            hand_nt_xent(a, p, t), rel=1e-10
-        )
-    loss, logits, labels = nt_xent_with_logits(a, p)
-    assert logits.shape == (10, 10) and torch.isinf(logits.diagonal()).all()
-    assert labels.tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+        want = hand_nt_xent(a, p, t)
+        assert nt_xent(a, p, t).item() == pytest.approx(want, rel=1e-10)
+        assert whole_nt_xent(a, p, t).item() == pytest.approx(want, rel=1e-10)
 
 
 def test_mean_positives_layout():
@@ -65,27 +75,17 @@ def test_equals_pytorch_metric_learning_as_the_reference_calls_it():
     # 4 documents x 2 anchors, 2 positives each (the paper's setting)
     a = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
     p = torch.randn(16, 16, dtype=torch.float64, requires_grad=True)
-    mean_p = mean_positives(p, 2)
     ids = torch.randint(sys.maxsize, (8,))
-    ref = pml.NTXentLoss(temperature=0.05)(torch.cat([a, mean_p]), torch.cat([ids, ids]))
+    ref = pml.NTXentLoss(temperature=0.05)(
+        torch.cat([a, mean_positives(p, 2)]), torch.cat([ids, ids])
+    )
     ref_grads = torch.autograd.grad(ref, [a, p])
-    ours = nt_xent(a, mean_positives(p, 2), temperature=0.05)
-    grads = torch.autograd.grad(ours, [a, p])
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-12)
-
-
-def test_local_rows_against_a_pool_average_to_the_whole_loss():
-    torch.manual_seed(2)
-    a, p = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
-    parts = [
-        nt_xent(a[s : s + 2], p[s : s + 2], anchor_pool=a, positive_pool=p, offset=s)
-        for s in (0, 2, 4)
-    ]
-    assert (sum(parts) / 3).item() == pytest.approx(nt_xent(a, p).item(), rel=1e-12)
-    with pytest.raises(ValueError, match="outside a pool"):
-        nt_xent(a[:2], p[:2], anchor_pool=a, positive_pool=p, offset=5)
+    for chunk in (1024, 3):  # one similarity block, and anchor chunks recomputed in backward
+        ours = gathered_nt_xent(a, mean_positives(p, 2), temperature=0.05, chunk_rows=chunk)[0]
+        grads = torch.autograd.grad(ours, [a, p])
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-12)
 
 
 # -- two gloo processes ----------------------------------------------------------------------
@@ -108,7 +108,7 @@ def model() -> torch.nn.Linear:
 def one_process() -> tuple[float, torch.Tensor]:
     net = model()
     x_a, x_p = inputs()
-    loss = gathered_nt_xent(net(x_a), mean_positives(net(x_p), P))["loss"]
+    loss = nt_xent(net(x_a), mean_positives(net(x_p), P))
     loss.backward()
     return loss.item(), net.weight.grad.clone()
 
@@ -125,15 +125,15 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         results = {}
         # ours: local rows against the gathered pools
         net = model()
-        out = gathered_nt_xent(net(x_a), mean_positives(net(x_p), P))
-        out["loss"].backward()
-        results["ours"] = _ddp_average(out["loss"].detach(), net.weight.grad, world)
+        loss = nt_xent(net(x_a), mean_positives(net(x_p), P))
+        loss.backward()
+        results["ours"] = _ddp_average(loss.detach(), net.weight.grad, world)
         # the reference: gather without gradient, put the local slice (with gradient) back,
         # compute the whole loss on every replica (declutr/common/model_utils.py)
         net = model()
         a, p = net(x_a), mean_positives(net(x_p), P)
         a_all, p_all = _gather_replace(a, rank, world), _gather_replace(p, rank, world)
-        ref = nt_xent(a_all, p_all)
+        ref = whole_nt_xent(a_all, p_all)
         ref.backward()
         results["reference"] = _ddp_average(ref.detach(), net.weight.grad, world)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")

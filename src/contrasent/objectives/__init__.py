@@ -12,6 +12,7 @@ from typing import Any
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
+from contrasent.objectives.declutr import DeCLUTR
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.options import build_options, suggest
@@ -31,7 +32,7 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch):
+for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch, DeCLUTR):
     register(_cls)
 
 
@@ -65,6 +66,7 @@ def describe_objectives() -> str:
 
 __all__ = [
     "OBJECTIVES",
+    "DeCLUTR",
     "LossPart",
     "Objective",
     "PairsInBatch",
