@@ -379,3 +379,31 @@ def test_learning_signal_held_out_span_retrieval(tmp_path, minilm_dir, split_cor
     finally:
         torch.set_num_threads(threads)
     assert min(gains) > 0.03 and sum(gains) / len(gains) > 0.06, gains
+
+
+def test_paper_recipes_have_the_reference_numbers():
+    from contrasent.cli import parse_train_config
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, model in (("small", "distilroberta-base"), ("base", "roberta-base")):
+        cfg = parse_train_config([str(repo / f"configs/declutr-{name}.yaml")])
+        assert cfg.model.name_or_path == model and cfg.model.pooling == "mean"
+        t, o, d = cfg.train, cfg.objective, cfg.data
+        assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5, 0.1, 1.0)
+        assert (t.mixed_precision, d.epochs, t.max_steps, d.drop_last) == ("fp16", 1, 0, True)
+        assert (o["name"], o["temperature"], o["mlm"], o["mlm_weight"]) == (
+            "declutr",
+            0.05,
+            True,
+            1.0,
+        )
+        spans = {
+            k: d.options[k]
+            for k in ("num_anchors", "num_positives", "min_span_len", "max_span_len")
+        }
+        assert spans == {
+            "num_anchors": 2,
+            "num_positives": 2,
+            "min_span_len": 32,
+            "max_span_len": 510,
+        }
