@@ -264,3 +264,29 @@ def test_sampled_lengths_stay_inside_the_settings(tmp_path):
             for (s, e), group in zip(spans.anchors, spans.positives, strict=True):
                 assert 2 <= e - s <= 5 and len(group) == 3
     assert np.mean([len(t.split()) for b in batches for t in b.anchor_texts]) > 3
+
+
+def test_a_to_batch_declaring_index_gets_the_batch_number():
+    """The generic streams extension the documents kind uses: ``to_batch(rows, dataset, *,
+    index)`` is called with the global batch number; a two-argument one still works."""
+    from contrasent.data.batches import SentenceBatch
+    from contrasent.data.streams import EpochStream, RowSource
+
+    seen = []
+
+    def keyed(rows, dataset=None, *, index):
+        seen.append(index)
+        return SentenceBatch([f"{index}:{r}" for r in rows])
+
+    rows = [f"r{i}" for i in range(6)]
+
+    def read(stats):
+        stats.rows = len(rows)
+        return iter(rows)
+
+    source = RowSource("mem", read, 0, 0, 0)
+    stream = EpochStream(source, 2, 2, True, False, {}, 6, keyed)
+    texts = [b.texts for b in stream]
+    assert seen == list(range(6)) and texts[3] == ["3:r0", "3:r1"]
+    plain = EpochStream(source, 2, 1, True, False, {}, 6, lambda r, d: SentenceBatch(list(r)))
+    assert [b.index for b in plain] == [0, 1, 2]
