@@ -290,3 +290,22 @@ def test_a_to_batch_declaring_index_gets_the_batch_number():
     assert seen == list(range(6)) and texts[3] == ["3:r0", "3:r1"]
     plain = EpochStream(source, 2, 1, True, False, {}, 6, lambda r, d: SentenceBatch(list(r)))
     assert [b.index for b in plain] == [0, 1, 2]
+
+
+def test_without_a_scan_the_stream_counts_as_it_reads(tmp_path):
+    path = corpus(tmp_path, [30] * 6 + [4] + [30] * 2)
+    s = spec(path)
+    s.scan, s.epochs = False, None
+    stream = build_stream(s, 2, 0, None)
+    assert stream.steps_per_epoch is None and stream.stats == []
+    batches = take(stream, 6)  # 8 usable documents: 4 batches an epoch
+    assert [b.index for b in batches] == list(range(6))
+    assert batches[-1].short_documents == 1  # the short one was read by then
+    scanned = spec(path)
+    scanned.epochs = None
+    assert take(build_stream(scanned, 2, 0, None), 6) == batches  # the same batches
+    resumed = build_stream(s, 2, 0, None)
+    first = build_stream(s, 2, 0, None)
+    take(first, 5)
+    resumed.load_state_dict(first.state_dict())
+    assert next(resumed) == batches[5]
