@@ -41,6 +41,16 @@ from test_resume import STEPS, Killed, _assert_bitwise, _kill_after, _state, _tr
 SPANS = {"min_span_len": 6, "max_span_len": 16}  # documents need 2 * 16 * 2 = 64 tokens
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a loaded shared CPU two threads
+    spin against each other (measured: 10x slower steps); restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def documents(tmp_path_factory, shared_data) -> Path:
     """40 documents (100-word windows of WikiText articles), one a line, plus one too short."""
@@ -353,31 +363,26 @@ def test_learning_signal_held_out_span_retrieval(tmp_path, minilm_dir, split_cor
     -> after): seed 0 0.189 -> 0.379, seed 1 0.242 -> 0.325, seed 2 0.240 -> 0.353 (mean gain
     +0.129); with positives misaligned by one anchor (a broken pairing): +0.08, -0.01, -0.01."""
     train_docs, held = split_corpus
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a loaded shared CPU, one thread is ~10x faster for this model
-    try:
-        gains = []
-        for seed in range(3):
-            tiny = build_tiny_bert(tmp_path / f"tiny{seed}", minilm_dir, seed=seed)
-            before = span_retrieval(tiny, held)
-            cfg = TrainConfig(
-                model=ModelConfig(str(tiny), pooling="mean"),
-                objective={"name": "declutr"},
-                data=DataSpec(
-                    kind="documents",
-                    path=str(train_docs),
-                    options={"min_span_len": 8, "max_span_len": 32},
-                ),
-                train=OptimConfig(batch_size=8, max_steps=30, lr=1e-3, seed=seed),
-                eval=EvalConfig(every_steps=0, at_end=False),
-                checkpoint=CheckpointConfig(every_steps=0),
-                logging=LoggingConfig(log_every=10, tensorboard=False, progress_bar=False),
-                output_dir=str(tmp_path / f"run{seed}"),
-            )
-            after = span_retrieval(train(cfg).final_dir, held)
-            gains.append(after - before)
-    finally:
-        torch.set_num_threads(threads)
+    gains = []
+    for seed in range(3):
+        tiny = build_tiny_bert(tmp_path / f"tiny{seed}", minilm_dir, seed=seed)
+        before = span_retrieval(tiny, held)
+        cfg = TrainConfig(
+            model=ModelConfig(str(tiny), pooling="mean"),
+            objective={"name": "declutr"},
+            data=DataSpec(
+                kind="documents",
+                path=str(train_docs),
+                options={"min_span_len": 8, "max_span_len": 32},
+            ),
+            train=OptimConfig(batch_size=8, max_steps=30, lr=1e-3, seed=seed),
+            eval=EvalConfig(every_steps=0, at_end=False),
+            checkpoint=CheckpointConfig(every_steps=0),
+            logging=LoggingConfig(log_every=10, tensorboard=False, progress_bar=False),
+            output_dir=str(tmp_path / f"run{seed}"),
+        )
+        after = span_retrieval(train(cfg).final_dir, held)
+        gains.append(after - before)
     assert min(gains) > 0.03 and sum(gains) / len(gains) > 0.06, gains
 
 
