@@ -207,6 +207,11 @@ def _run_train(cfg: Any) -> None:
             )
     if rows:
         print(f"\n{table_caption(rows[-1][1])}\n{format_rows(rows)}")
+    if result.last_train:  # every logged part and count (e.g. documents skipped as too short)
+        skip = ("step", "kind", "lr", "grad_norm", "sentences_per_s", "epoch")
+        numbers = {k: v for k, v in result.last_train.items() if k not in skip and v is not None}
+        text = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
+        print(f"last training record (step {result.last_train['step']}): {text}")
     if result.best_metric is not None:
         print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
     print(

@@ -448,3 +448,7 @@ register_data_kind(
         summary="pair datasets of a 1B-style data_config.json, mixed by weight",
     )
 )
+
+
+# Kinds defined in modules of their own register themselves on import (they import this one).
+from contrasent.data import document_stream as _document_stream  # noqa: E402, F401

@@ -10,6 +10,7 @@ and yields exactly the batches an uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -25,8 +26,11 @@ from contrasent.rng import keyed_rng
 log = logging.getLogger(__name__)
 
 Row = str | tuple
-#: rows of one batch (and the dataset name, for a mixture) -> the data kind's typed batch
-ToBatch = Callable[[list[Row], "str | None"], Batch]
+#: rows of one batch (and the dataset name, for a mixture) -> the data kind's typed batch. A
+#: to_batch that declares a keyword ``index`` also gets the global batch number, for randomness
+#: keyed inside it (DeCLUTR's span draws: ``keyed_rng(seed, KEY, index, row)``); the stream sets
+#: ``batch.index`` afterwards either way.
+ToBatch = Callable[..., Batch]
 MIX = 0x6D6978  # key of the mixture's dataset draws, apart from any dataset index
 STATE_VERSION = 1
 
@@ -53,6 +57,23 @@ def buffer_shuffle(items: Iterable[Row], size: int, rng: np.random.Generator) ->
         buf[j] = item
     for j in rng.permutation(len(buf)).tolist():
         yield buf[j]
+
+
+def takes_index(to_batch: ToBatch) -> bool:
+    """Whether ``to_batch`` declares the keyword ``index`` (see :data:`ToBatch`)."""
+    try:
+        return "index" in inspect.signature(to_batch).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def make_batch(to_batch: ToBatch, rows: list[Row], dataset: str | None, index: int) -> Batch:
+    """``to_batch(rows, dataset[, index=index])`` with ``batch.index`` set to ``index``."""
+    batch = (
+        to_batch(rows, dataset, index=index) if takes_index(to_batch) else to_batch(rows, dataset)
+    )
+    batch.index = index  # the global batch number (keys per-row randomness)
+    return batch
 
 
 def texts_of(row: Row) -> tuple[str, ...]:
@@ -239,8 +260,7 @@ class EpochStream(BatchStream):
             ):
                 if made <= skip:
                     continue  # fast-forward after a resume
-                batch = self.to_batch(rows_, self.source.name)
-                batch.index = self.step  # the global batch number (keys per-row randomness)
+                batch = make_batch(self.to_batch, rows_, self.source.name, self.step)
                 self.epoch, self.batch_in_epoch, self.step = epoch, made, self.step + 1
                 yield batch
             if made < skip:
@@ -365,8 +385,7 @@ class MixtureStream(BatchStream):
                 rows = [self._draw(self.cursors[k], seen) for k in picks]
                 names = {self.cursors[k].source.name for k in picks}
                 name = names.pop() if len(names) == 1 else None
-            batch = self.to_batch(rows, name)
-            batch.index = self.step
+            batch = make_batch(self.to_batch, rows, name, self.step)
             self.step += 1
             yield batch
 

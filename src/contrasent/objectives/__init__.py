@@ -12,6 +12,7 @@ from typing import Any
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
+from contrasent.objectives.declutr import DeCLUTR
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.objectives.tsdae import TSDAE
@@ -32,7 +33,7 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch):
+for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch, DeCLUTR):
     register(_cls)
 register(TSDAE)
 
@@ -68,6 +69,7 @@ def describe_objectives() -> str:
 
 __all__ = [
     "OBJECTIVES",
+    "DeCLUTR",
     "LossPart",
     "Objective",
     "PairsInBatch",

@@ -259,6 +259,13 @@ class MLMAuxiliary(nn.Module):
         return View(name, list(texts), mode=self.MODE, keys=list(keys))
 
     def row_losses(self, encoder: Any, view: View, features: dict[str, Tensor]) -> Tensor:
+        """``[rows, 2]``: the masked texts' MLM loss sums and counts, from their own pass."""
+        inputs, labels = self.mask(encoder, view, features)
+        hidden = encoder.model(**{**features, "input_ids": inputs}).last_hidden_state
+        return self.token_sums(encoder, hidden, labels)
+
+    def mask(self, encoder: Any, view: View, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(input_ids with masks, labels)`` of the view's rows, each keyed by its row key."""
         if self.head is None:
             raise RuntimeError("MLMAuxiliary.setup(encoder) must run before the optimizer is built")
         if view.keys is None:
@@ -266,7 +273,7 @@ class MLMAuxiliary(nn.Module):
         tok = encoder.tokenizer
         ids = features["input_ids"]
         maskable = maskable_positions(ids, features["attention_mask"], tok.all_special_ids)
-        inputs, labels = mask_rows_keyed(
+        return mask_rows_keyed(
             ids,
             maskable,
             view.keys,
@@ -275,14 +282,18 @@ class MLMAuxiliary(nn.Module):
             vocab_size=encoder.model.get_input_embeddings().weight.shape[0],
             probability=self.probability,
         )
-        hidden = encoder.model(**{**features, "input_ids": inputs}).last_hidden_state
+
+    def token_sums(self, encoder: Any, hidden: Tensor, labels: Tensor) -> Tensor:
+        """``[rows, 2]``: cross-entropy sum over each row's selected tokens (``labels`` not
+        -100) of the LM head on the token states ``hidden`` [rows, T, H], and their count."""
+        assert self.head is not None
         selected = labels != IGNORE_INDEX
         rows = selected.nonzero()[:, 0]
         self.head.tie(encoder)
         logits = self.head(hidden[selected])  # only the selected tokens: [M, V]
         with torch.autocast(hidden.device.type, enabled=False):
             ce = F.cross_entropy(fp32(logits), labels[selected], reduction="none")
-        sums = torch.zeros(len(ids), device=hidden.device, dtype=ce.dtype).index_add(0, rows, ce)
+        sums = torch.zeros(len(labels), device=hidden.device, dtype=ce.dtype).index_add(0, rows, ce)
         sums = sums + hidden.sum() * 0.0  # keeps the graph when nothing was drawn (tiny batch)
         counts = selected.sum(1).to(sums.dtype)
         return torch.stack([sums, counts], dim=1)
