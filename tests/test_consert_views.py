@@ -278,6 +278,9 @@ def test_adversarial_view_adds_the_noise_and_needs_it():
     out = ready.embeddings(emb, mask, gen())
     torch.testing.assert_close(out - emb, V.fgv_perturbation(grad, 0.01, mask))
     assert view.noise is None  # with_grad returns a new view
+    base = torch.randn_like(emb)  # the reference's form: the plain view's output + noise
+    replaced = view.with_grad(grad, mask, base=base).embeddings(emb, mask, gen())
+    torch.testing.assert_close(replaced, base + V.fgv_perturbation(grad, 0.01, mask))
     with pytest.raises(UserError, match="supervised loss"):
         check_views([TokenShuffle(), view], supervised=False, where="recipe.yaml")
     check_views([TokenShuffle(), view], supervised=True, where="recipe.yaml")

@@ -111,22 +111,32 @@ class AdversarialPerturbation(EmbeddingAugmentation):
     Parsed from a recipe with only ``epsilon``; the objective computes the gradient of its
     supervised loss w.r.t. the embedding output of the plain view and calls :meth:`with_grad`
     (or :meth:`with_noise`) to get the view of this batch. Using it without either is an error.
+
+    ``base``: the plain view's captured embedding output. Given, the view *replaces* the
+    recomputed output by ``base + noise``, as the reference does (``noise_embedding =
+    embedding_output_a + noise_a`` handed in through the ``data_aug_adv`` flag): this matters only
+    when the embeddings' own dropout is on, where a recomputed output has a new dropout mask.
+    Without ``base`` the noise is added to the recomputed output.
     """
 
     name = "adversarial"
     needs_supervision = True
 
-    def __init__(self, epsilon: float, noise: Tensor | None = None) -> None:
+    def __init__(
+        self, epsilon: float, noise: Tensor | None = None, base: Tensor | None = None
+    ) -> None:
         self.epsilon = float(epsilon)
         self.noise = noise
+        self.base = base
 
-    def with_grad(self, grad: Tensor, attention_mask: Tensor) -> AdversarialPerturbation:
-        return AdversarialPerturbation(
-            self.epsilon, V.fgv_perturbation(grad, self.epsilon, attention_mask)
-        )
+    def with_grad(
+        self, grad: Tensor, attention_mask: Tensor, base: Tensor | None = None
+    ) -> AdversarialPerturbation:
+        noise = V.fgv_perturbation(grad, self.epsilon, attention_mask)
+        return AdversarialPerturbation(self.epsilon, noise, base)
 
-    def with_noise(self, noise: Tensor) -> AdversarialPerturbation:
-        return AdversarialPerturbation(self.epsilon, noise.detach())
+    def with_noise(self, noise: Tensor, base: Tensor | None = None) -> AdversarialPerturbation:
+        return AdversarialPerturbation(self.epsilon, noise.detach(), base)
 
     def embeddings(self, embedding_output, attention_mask, generator):
         if self.noise is None:
@@ -138,7 +148,8 @@ class AdversarialPerturbation(EmbeddingAugmentation):
                 f"adversarial noise {tuple(self.noise.shape)} does not match the embedding "
                 f"output {tuple(embedding_output.shape)}"
             )
-        return embedding_output + self.noise.to(embedding_output.dtype)
+        start = embedding_output if self.base is None else self.base
+        return start + self.noise.to(start.dtype)
 
     def config_dict(self) -> dict[str, Any]:
         return {"name": self.name, "epsilon": self.epsilon}
