@@ -95,8 +95,9 @@ def _row_scores(b: int, inner: int, generator: Generators, device: torch.device)
 
 def _smallest(scores: Tensor, k: Tensor) -> Tensor:
     """Bool mask of the ``k[i]`` smallest scores of each row of [B, M] (ties broken by index)."""
-    ranks = scores.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
-    return ranks < k[:, None]
+    order = scores.argsort(dim=1, stable=True)
+    first_k = torch.arange(scores.shape[1], device=scores.device)[None, :] < k[:, None]
+    return torch.zeros_like(first_k).scatter_(1, order, first_k)
 
 
 def _floor_count(n: Tensor, rate: float) -> Tensor:
