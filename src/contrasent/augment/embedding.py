@@ -1,14 +1,17 @@
 """Embedding-level augmentations (the Engine v2 ``EmbeddingAugmentation`` interface) and the
 parser from recipe view names.
 
-The encoder applies an augmentation in two places of one forward pass:
+The encoder applies an augmentation in two places of one forward pass (``Encoder.forward(features,
+augment=view)``):
 
-* ``positions(position_ids, attention_mask, generator)``: the position ids it passes to the HF
-  model (token shuffle changes them; every other view returns them unchanged);
-* ``embeddings(embedding_output, attention_mask, generator)``: the output of the HF model's
-  embeddings module (after its LayerNorm and dropout), through a forward hook.
+* ``positions(position_ids, attention_mask)``: the position ids it passes to the HF model (token
+  shuffle changes them; every other view returns them unchanged);
+* ``embeddings(embedding_output, attention_mask)``: the output of the HF model's embeddings
+  module (after its LayerNorm and dropout), through a forward hook.
 
-The classes are thin: the math is in :mod:`contrasent.augment.views`. A recipe names a view as a
+The classes are thin: the math is in :mod:`contrasent.augment.views`. Their randomness comes from
+torch's global generator on the tensors' device (no generator argument): the gradient cache
+records and replays it per mini-batch, like dropout. A recipe names a view as a
 string (``"shuffle"``) or a mapping (``{"name": "feature_cutoff", "rate": 0.2}``);
 :func:`parse_view` turns either into an augmentation, raising :class:`UserError` for an unknown
 name (with a did-you-mean) or a rate outside [0, 1).
@@ -32,10 +35,10 @@ class EmbeddingAugmentation:
 
     name = "none"
 
-    def positions(self, position_ids: Tensor, attention_mask: Tensor, generator: V.Generators):
+    def positions(self, position_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return position_ids
 
-    def embeddings(self, embedding_output: Tensor, attention_mask: Tensor, generator: V.Generators):
+    def embeddings(self, embedding_output: Tensor, attention_mask: Tensor) -> Tensor:
         return embedding_output
 
     def config_dict(self) -> dict[str, Any]:
@@ -55,8 +58,8 @@ class TokenShuffle(EmbeddingAugmentation):
 
     name = "shuffle"
 
-    def positions(self, position_ids, attention_mask, generator):
-        return V.shuffle_positions(position_ids, attention_mask, generator)
+    def positions(self, position_ids, attention_mask):
+        return V.shuffle_positions(position_ids, attention_mask)
 
 
 class _RateView(EmbeddingAugmentation):
@@ -74,8 +77,8 @@ class TokenCutoff(_RateView):
 
     name = "token_cutoff"
 
-    def embeddings(self, embedding_output, attention_mask, generator):
-        return V.token_cutoff(embedding_output, attention_mask, generator, self.rate)
+    def embeddings(self, embedding_output, attention_mask):
+        return V.token_cutoff(embedding_output, attention_mask, self.rate)
 
 
 class FeatureCutoff(_RateView):
@@ -83,8 +86,8 @@ class FeatureCutoff(_RateView):
 
     name = "feature_cutoff"
 
-    def embeddings(self, embedding_output, attention_mask, generator):
-        return V.feature_cutoff(embedding_output, attention_mask, generator, self.rate)
+    def embeddings(self, embedding_output, attention_mask):
+        return V.feature_cutoff(embedding_output, attention_mask, self.rate)
 
 
 class SpanCutoff(_RateView):
@@ -92,8 +95,8 @@ class SpanCutoff(_RateView):
 
     name = "span_cutoff"
 
-    def embeddings(self, embedding_output, attention_mask, generator):
-        return V.span_cutoff(embedding_output, attention_mask, generator, self.rate)
+    def embeddings(self, embedding_output, attention_mask):
+        return V.span_cutoff(embedding_output, attention_mask, self.rate)
 
 
 class EmbeddingDropout(_RateView):
@@ -101,8 +104,8 @@ class EmbeddingDropout(_RateView):
 
     name = "dropout"
 
-    def embeddings(self, embedding_output, attention_mask, generator):
-        return V.embedding_dropout(embedding_output, attention_mask, generator, self.rate)
+    def embeddings(self, embedding_output, attention_mask):
+        return V.embedding_dropout(embedding_output, attention_mask, self.rate)
 
 
 class AdversarialPerturbation(EmbeddingAugmentation):
@@ -138,7 +141,7 @@ class AdversarialPerturbation(EmbeddingAugmentation):
     def with_noise(self, noise: Tensor, base: Tensor | None = None) -> AdversarialPerturbation:
         return AdversarialPerturbation(self.epsilon, noise.detach(), base)
 
-    def embeddings(self, embedding_output, attention_mask, generator):
+    def embeddings(self, embedding_output, attention_mask):
         if self.noise is None:
             raise RuntimeError(
                 "adversarial view used before its perturbation was computed (with_grad)"
@@ -153,6 +156,18 @@ class AdversarialPerturbation(EmbeddingAugmentation):
 
     def config_dict(self) -> dict[str, Any]:
         return {"name": self.name, "epsilon": self.epsilon}
+
+
+class CaptureEmbeddings:
+    """Not a view: keeps the embedding output of one forward (with its graph) and passes it on
+    unchanged, so an objective can take the gradient of a loss w.r.t. it (FGV)."""
+
+    def __init__(self) -> None:
+        self.output: Tensor | None = None
+
+    def embeddings(self, embedding_output: Tensor, attention_mask: Tensor) -> Tensor:
+        self.output = embedding_output
+        return embedding_output
 
 
 VIEWS: dict[str, type[EmbeddingAugmentation]] = {
@@ -188,12 +203,17 @@ def parse_view(spec: str | Mapping[str, Any], where: str = "view") -> EmbeddingA
             raise UserError(f"{where}: a view mapping needs a 'name' (one of {_known()})")
     else:
         raise UserError(f"{where}: a view is a name or a mapping with 'name', got {spec!r}")
+    return _build(view_name(name, where), options, where)
+
+
+def view_name(name: str, where: str = "view") -> str:
+    """The canonical name of view ``name`` (aliases resolved); UserError with a did-you-mean."""
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in VIEWS:
         close = difflib.get_close_matches(key, [*VIEWS, *ALIASES], n=1, cutoff=0.5)
         hint = f"; did you mean {ALIASES.get(close[0], close[0])!r}?" if close else ""
         raise UserError(f"{where}: unknown view {name!r}{hint} (known: {_known()})")
-    return _build(key, options, where)
+    return key
 
 
 def _known() -> str:
@@ -244,5 +264,5 @@ def check_views(views: list[EmbeddingAugmentation], supervised: bool, where: str
     if not supervised and any(getattr(v, "needs_supervision", False) for v in views):
         raise UserError(
             f"{where}: the 'adversarial' view needs a supervised loss (its noise is the "
-            "gradient of that loss); use it with the joint NLI objective"
+            "gradient of that loss): use objective consert_joint_adv on NLI pairs"
         )

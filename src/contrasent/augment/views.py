@@ -1,10 +1,10 @@
 """ConSERT's embedding-level views as pure functions (Yan et al., 2021, section 3.2).
 
-Every function takes tensors, the attention mask, a generator and a rate, and returns new
-tensors; nothing is changed in place and nothing depends on global random state. They act where
-the reference (yym6472/ConSERT, ``transformers/modeling_bert.py``) acts: position ids *before*
-the embeddings module (token shuffle), the embeddings module's output *after* its LayerNorm and
-dropout (cutoff, dropout, adversarial noise). See ``notes/consert.md`` for line references.
+Every function takes tensors, the attention mask, a rate and an optional ``torch.Generator``
+and returns new tensors; nothing is changed in place. They act where the reference
+(yym6472/ConSERT, ``transformers/modeling_bert.py``) acts: position ids *before* the embeddings
+module (token shuffle), the embeddings module's output *after* its LayerNorm and dropout
+(cutoff, dropout, adversarial noise).
 
 Conventions shared by all functions:
 
@@ -15,82 +15,31 @@ Conventions shared by all functions:
   row's ``n`` real tokens, feature cutoff ``floor(H * rate)`` columns, dropout
   ``floor(n * H * rate)`` elements, each a uniform subset without replacement. Dropout is *not*
   rescaled by ``1 / (1 - rate)`` (the reference uses ``index_fill(..., 0.0)`` only).
-* ``generator`` is one ``torch.Generator`` for the whole batch, or a sequence of one generator
-  per row. Per-row generators draw over the row's real tokens only, so a row's view depends on
-  its generator alone (not on the padded width, its place in the batch, gradient-cache chunking
-  or the number of processes); :func:`row_generators` makes them keyed by (seed, batch, row).
-  A single generator draws over the padded batch (cheaper; the draws then depend on the batch).
+* Draws are vectorised: one ``torch.rand`` over the padded batch, then the ``k`` smallest
+  scores of each row (one ``argsort``). ``generator=None`` draws from torch's global generator
+  on the tensors' device, which is what training uses: the gradient cache records and replays
+  that generator per mini-batch, as it does for dropout. A seeded generator makes a function
+  deterministic (the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from torch import Tensor
 
-Generators = torch.Generator | Sequence[torch.Generator]
-
-
-# ------------------------------------------------------------------ generators
-def keyed_generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator determined by (seed, keys) alone (numpy SeedSequence -> 63-bit seed)."""
-    state = np.random.SeedSequence([seed % 2**63, *keys]).generate_state(2, np.uint32)
-    g = torch.Generator(device=device)
-    g.manual_seed((int(state[0]) << 31 | int(state[1]) >> 1) & (2**63 - 1))
-    return g
-
-
-def row_generators(
-    seed: int, batch_index: int, offset: int, rows: int, salt: int = 0, device: str = "cpu"
-) -> list[torch.Generator]:
-    """One generator per row, keyed by (seed, batch index, global row index, salt).
-
-    ``offset`` is the global row index of row 0 (``Batch.offset``); use a different ``salt`` per
-    view so that the two views of a row draw independently.
-    """
-    return [
-        keyed_generator(seed, batch_index, offset + i, salt, device=device) for i in range(rows)
-    ]
-
 
 # ------------------------------------------------------------------ random draws
-def _check(attention_mask: Tensor, generator: Generators) -> Tensor:
+def _real(attention_mask: Tensor) -> Tensor:
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be [B, T], got {tuple(attention_mask.shape)}")
-    if not isinstance(generator, torch.Generator) and len(generator) != attention_mask.shape[0]:
-        raise ValueError(
-            f"{len(generator)} generators for {attention_mask.shape[0]} rows: give one per row"
-        )
     return attention_mask.bool()
 
 
-def _token_scores(real: Tensor, inner: int, generator: Generators) -> Tensor:
-    """Uniform [0, 1) scores [B, T, inner] at real tokens, +inf at padding (never selected)."""
-    b, t = real.shape
-    scores = torch.full((b, t, inner), float("inf"), dtype=torch.float64, device=real.device)
-    if isinstance(generator, torch.Generator):
-        draws = torch.rand(
-            b, t, inner, generator=generator, dtype=torch.float64, device=generator.device
-        )
-        return torch.where(real[..., None], draws.to(real.device), scores)
-    for i, g in enumerate(generator):  # per row: draws over its real tokens only
-        n = int(real[i].sum())
-        draws = torch.rand(n, inner, generator=g, dtype=torch.float64, device=g.device)
-        scores[i, real[i]] = draws.to(real.device)
-    return scores
-
-
-def _row_scores(b: int, inner: int, generator: Generators, device: torch.device) -> Tensor:
-    """Uniform [0, 1) scores [B, inner], one independent draw per row."""
-    if isinstance(generator, torch.Generator):
-        draws = torch.rand(
-            b, inner, generator=generator, dtype=torch.float64, device=generator.device
-        )
-        return draws.to(device)
-    rows = [torch.rand(inner, generator=g, dtype=torch.float64, device=g.device) for g in generator]
-    return torch.stack([r.to(device) for r in rows])
+def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None):
+    """Uniform [0, 1) draws on ``device`` (from ``generator``'s device, moved if it differs)."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
 def _smallest(scores: Tensor, k: Tensor) -> Tensor:
@@ -105,14 +54,20 @@ def _floor_count(n: Tensor, rate: float) -> Tensor:
     return torch.floor(n.to(torch.float64) * rate).long()
 
 
-def _check_rate(rate: float) -> None:
+def check_rate(rate: float) -> None:
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate must be in [0, 1), got {rate}")
 
 
+def _token_scores(real: Tensor, inner: int, generator: torch.Generator | None) -> Tensor:
+    """Uniform scores [B, T, inner] at real tokens, +inf at padding (never among the smallest)."""
+    draws = _rand((*real.shape, inner), real.device, generator)
+    return draws.masked_fill(~real[..., None], float("inf"))
+
+
 # ------------------------------------------------------------------ views
 def shuffle_positions(
-    position_ids: Tensor, attention_mask: Tensor, generator: Generators
+    position_ids: Tensor, attention_mask: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """Token shuffle: the position ids of each row's real tokens, uniformly permuted.
 
@@ -124,7 +79,7 @@ def shuffle_positions(
     ``padding_idx + 1`` (padding at ``padding_idx``) are permuted correctly; the reference
     substitutes ``arange(T)`` when none are passed, which is wrong for RoBERTa.
     """
-    real = _check(attention_mask, generator)
+    real = _real(attention_mask)
     if position_ids.shape != real.shape:
         position_ids = position_ids.expand(real.shape)
     scores = _token_scores(real, 1, generator)[..., 0]
@@ -135,50 +90,60 @@ def shuffle_positions(
     return position_ids.clone().scatter_(1, slots, position_ids.gather(1, order))
 
 
-def token_cutoff_mask(attention_mask: Tensor, generator: Generators, rate: float) -> Tensor:
+def token_cutoff_mask(
+    attention_mask: Tensor, rate: float, generator: torch.Generator | None = None
+) -> Tensor:
     """Bool [B, T]: the ``floor(n * rate)`` real tokens of each row that token cutoff zeroes."""
-    _check_rate(rate)
-    real = _check(attention_mask, generator)
+    check_rate(rate)
+    real = _real(attention_mask)
     scores = _token_scores(real, 1, generator)[..., 0]
     return _smallest(scores, _floor_count(real.sum(1), rate))
 
 
 def token_cutoff(
-    embeddings: Tensor, attention_mask: Tensor, generator: Generators, rate: float = 0.15
+    embeddings: Tensor,
+    attention_mask: Tensor,
+    rate: float = 0.15,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Token cutoff: whole token rows of the [B, T, H] embedding output set to zero."""
-    cut = token_cutoff_mask(attention_mask, generator, rate)
+    cut = token_cutoff_mask(attention_mask, rate, generator)
     return embeddings.masked_fill(cut[..., None], 0.0)
 
 
 def feature_cutoff_mask(
-    attention_mask: Tensor, hidden: int, generator: Generators, rate: float
+    attention_mask: Tensor, hidden: int, rate: float, generator: torch.Generator | None = None
 ) -> Tensor:
     """Bool [B, H]: the ``floor(H * rate)`` feature columns each row loses (drawn per row)."""
-    _check_rate(rate)
-    real = _check(attention_mask, generator)
-    scores = _row_scores(real.shape[0], hidden, generator, real.device)
+    check_rate(rate)
+    real = _real(attention_mask)
+    scores = _rand((real.shape[0], hidden), real.device, generator)
     k = _floor_count(torch.full((real.shape[0],), hidden, device=real.device), rate)
     return _smallest(scores, k)
 
 
 def feature_cutoff(
-    embeddings: Tensor, attention_mask: Tensor, generator: Generators, rate: float = 0.2
+    embeddings: Tensor,
+    attention_mask: Tensor,
+    rate: float = 0.2,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Feature cutoff: whole feature columns of each row set to zero at its real tokens.
 
     The reference zeroes the columns on padding rows too; padding rows are left alone here,
     which changes no output (padding keys are masked and pooling skips padding queries).
     """
-    cols = feature_cutoff_mask(attention_mask, embeddings.shape[-1], generator, rate)
+    cols = feature_cutoff_mask(attention_mask, embeddings.shape[-1], rate, generator)
     cut = cols[:, None, :] & attention_mask.bool()[..., None]
     return embeddings.masked_fill(cut, 0.0)
 
 
-def dropout_mask(attention_mask: Tensor, hidden: int, generator: Generators, rate: float) -> Tensor:
+def dropout_mask(
+    attention_mask: Tensor, hidden: int, rate: float, generator: torch.Generator | None = None
+) -> Tensor:
     """Bool [B, T, H]: the ``floor(n * H * rate)`` real-token elements each row loses."""
-    _check_rate(rate)
-    real = _check(attention_mask, generator)
+    check_rate(rate)
+    real = _real(attention_mask)
     b, t = real.shape
     scores = _token_scores(real, hidden, generator).reshape(b, t * hidden)
     k = _floor_count(real.sum(1) * hidden, rate)
@@ -186,24 +151,29 @@ def dropout_mask(attention_mask: Tensor, hidden: int, generator: Generators, rat
 
 
 def embedding_dropout(
-    embeddings: Tensor, attention_mask: Tensor, generator: Generators, rate: float = 0.2
+    embeddings: Tensor,
+    attention_mask: Tensor,
+    rate: float = 0.2,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Dropout view: individual elements zeroed, an exact count per row, no 1/(1-p) rescale."""
-    cut = dropout_mask(attention_mask, embeddings.shape[-1], generator, rate)
+    cut = dropout_mask(attention_mask, embeddings.shape[-1], rate, generator)
     return embeddings.masked_fill(cut, 0.0)
 
 
-def span_keep_mask(attention_mask: Tensor, generator: Generators, rate: float) -> Tensor:
+def span_keep_mask(
+    attention_mask: Tensor, rate: float, generator: torch.Generator | None = None
+) -> Tensor:
     """Bool [B, T]: the one contiguous window of real tokens each row keeps.
 
     The reference's ``_sample_span`` keeps ``max(int(n * (1 - rate)), 1)`` consecutive real
     tokens, the window's start uniform over the ``n - len + 1`` choices, and drops the rest.
     """
-    _check_rate(rate)
-    real = _check(attention_mask, generator)
+    check_rate(rate)
+    real = _real(attention_mask)
     n = real.sum(1)
     keep_len = torch.clamp(_floor_count(n, 1.0 - rate), min=1)
-    u = _row_scores(real.shape[0], 1, generator, real.device)[:, 0]
+    u = _rand((real.shape[0],), real.device, generator)
     start = torch.minimum(torch.floor(u * (n - keep_len + 1)).long(), n - keep_len)
     ordinal = real.long().cumsum(1) - 1  # index of each real token among its row's real tokens
     inside = (ordinal >= start[:, None]) & (ordinal < (start + keep_len)[:, None])
@@ -211,16 +181,19 @@ def span_keep_mask(attention_mask: Tensor, generator: Generators, rate: float) -
 
 
 def span_cutoff(
-    embeddings: Tensor, attention_mask: Tensor, generator: Generators, rate: float
+    embeddings: Tensor,
+    attention_mask: Tensor,
+    rate: float,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Span view at the embedding level: real-token rows outside the kept window set to zero.
 
     The reference instead sets those tokens' ids to 0 and their attention mask to 0 (for the
     model only; pooling still uses the original mask). That needs the model's attention mask
-    changed; this form keeps the mask, as the other views do. :func:`span_keep_mask` gives the
-    window for a caller that wants the reference's form.
+    changed, which the encoder's hook does not do; this form keeps the mask, as the other views
+    do. :func:`span_keep_mask` gives the window. No paper setting or script uses span.
     """
-    keep = span_keep_mask(attention_mask, generator, rate)
+    keep = span_keep_mask(attention_mask, rate, generator)
     drop = attention_mask.bool() & ~keep
     return embeddings.masked_fill(drop[..., None], 0.0)
 
@@ -236,6 +209,8 @@ def fgv_perturbation(grad: Tensor, epsilon: float, attention_mask: Tensor | None
     constant of the second forward pass.
     """
     grad = grad.detach()
+    if grad.dtype in (torch.float16, torch.bfloat16):  # the norm in half precision overflows
+        grad = grad.float()
     noise = epsilon * grad / (grad.norm(p=2, dim=-1, keepdim=True) + 1e-10)
     if attention_mask is not None:
         noise = noise * attention_mask.to(noise.dtype)[..., None]

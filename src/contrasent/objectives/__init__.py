@@ -12,6 +12,8 @@ from typing import Any
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
+from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
+from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.options import build_options, suggest
@@ -31,7 +33,15 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch):
+for _cls in (
+    SimCSEUnsup,
+    SimCSESup,
+    PairsInBatch,
+    ConSERT,
+    ConSERTJoint,
+    ConSERTJointAdv,
+    NLISoftmax,
+):
     register(_cls)
 
 
@@ -65,7 +75,11 @@ def describe_objectives() -> str:
 
 __all__ = [
     "OBJECTIVES",
+    "ConSERT",
+    "ConSERTJoint",
+    "ConSERTJointAdv",
     "LossPart",
+    "NLISoftmax",
     "Objective",
     "PairsInBatch",
     "SimCSESup",
