@@ -3,6 +3,8 @@
 Counts are checked exactly per draw (the reference cuts ``int(n * rate)`` items per row), the
 uniformity of the choice statistically over many draws (each real item must be cut with
 probability ``k / n``), and everything else (padding, mask, token ids, determinism) exactly.
+The functions take an optional generator (the tests seed one); the view classes draw from
+torch's global generator, as training does (the gradient cache replays it).
 """
 
 from __future__ import annotations
@@ -45,20 +47,20 @@ def gen(seed=1):
     return torch.Generator().manual_seed(seed)
 
 
-GENERATORS = {
-    "single": lambda seed: gen(seed),
-    "per_row": lambda seed: V.row_generators(seed, 0, 0, len(LENGTHS)),
-}
+def seeded(seed):
+    """The view classes draw from the global generator: seed it."""
+    torch.manual_seed(seed)
+    return seed
 
 
 # ------------------------------------------------------------------ token shuffle
-@pytest.mark.parametrize("kind", GENERATORS)
 @pytest.mark.parametrize("start", [0, 2])  # BERT ids 0.., RoBERTa ids padding_idx+1 = 2..
-def test_shuffle_permutes_real_positions_and_keeps_padding(kind, start):
+def test_shuffle_permutes_real_positions_and_keeps_padding(start):
     mask = right_mask()
     pos = start + torch.arange(T).expand(len(LENGTHS), T)
     pos = torch.where(mask.bool(), pos, torch.full_like(pos, 1))  # RoBERTa pads at padding_idx
-    out = V.shuffle_positions(pos, mask, GENERATORS[kind](3))
+    seeded(3)
+    out = TokenShuffle().positions(pos, mask)
     assert out.dtype == pos.dtype and out.shape == pos.shape
     for i, n in enumerate(LENGTHS):
         assert sorted(out[i, :n].tolist()) == pos[i, :n].tolist()  # a permutation of the real
@@ -91,11 +93,11 @@ def test_shuffle_is_uniform_over_permutations_including_special_tokens():
 
 
 # ------------------------------------------------------------------ token cutoff
-@pytest.mark.parametrize("kind", GENERATORS)
-def test_token_cutoff_zeroes_exactly_int_n_rate_real_rows(kind):
+def test_token_cutoff_zeroes_exactly_int_n_rate_real_rows():
     emb, mask = batch()
     rate = 0.15
-    out = TokenCutoff(rate).embeddings(emb, mask, GENERATORS[kind](5))
+    seeded(5)
+    out = TokenCutoff(rate).embeddings(emb, mask)
     for i, n in enumerate(LENGTHS):
         zero_rows = out[i].eq(0).all(-1)
         assert int(zero_rows.sum()) == int(n * rate)  # 1, 1, 0, 1
@@ -110,7 +112,7 @@ def test_token_cutoff_chooses_rows_uniformly():
     g, draws = gen(11), 4000
     hits = torch.zeros(10)
     for _ in range(draws):
-        hits += V.token_cutoff_mask(mask, g, 0.3)[0].float()
+        hits += V.token_cutoff_mask(mask, 0.3, g)[0].float()
     assert hits.sum() == 3 * draws  # exactly 3 rows each draw
     p = 0.3
     sd = math.sqrt(draws * p * (1 - p))
@@ -118,11 +120,11 @@ def test_token_cutoff_chooses_rows_uniformly():
 
 
 # ------------------------------------------------------------------ feature cutoff
-@pytest.mark.parametrize("kind", GENERATORS)
-def test_feature_cutoff_zeroes_whole_columns_per_row(kind):
+def test_feature_cutoff_zeroes_whole_columns_per_row():
     emb, mask = batch()
     rate = 0.2
-    out = FeatureCutoff(rate).embeddings(emb, mask, GENERATORS[kind](2))
+    seeded(2)
+    out = FeatureCutoff(rate).embeddings(emb, mask)
     k = int(H * rate)
     cols = []
     for i, n in enumerate(LENGTHS):
@@ -139,18 +141,18 @@ def test_feature_cutoff_rate_over_many_draws():
     g, draws, h = gen(4), 3000, 20
     hits = torch.zeros(h)
     for _ in range(draws):
-        hits += V.feature_cutoff_mask(mask, h, g, 0.25)[0].float()
+        hits += V.feature_cutoff_mask(mask, h, 0.25, g)[0].float()
     assert hits.sum() == 5 * draws
     sd = math.sqrt(draws * 0.25 * 0.75)
     assert ((hits - draws * 0.25).abs() < 4.5 * sd).all(), hits
 
 
 # ------------------------------------------------------------------ dropout
-@pytest.mark.parametrize("kind", GENERATORS)
-def test_dropout_zeroes_exact_count_without_rescaling(kind):
+def test_dropout_zeroes_exact_count_without_rescaling():
     emb, mask = batch()
     rate = 0.2
-    out = EmbeddingDropout(rate).embeddings(emb, mask, GENERATORS[kind](8))
+    seeded(8)
+    out = EmbeddingDropout(rate).embeddings(emb, mask)
     for i, n in enumerate(LENGTHS):
         zeros = out[i].eq(0)
         assert int(zeros.sum()) == int(n * H * rate)
@@ -166,7 +168,7 @@ def test_dropout_rate_over_many_draws():
     g, draws = gen(9), 2000
     hits = torch.zeros(2, 4, 6)
     for _ in range(draws):
-        hits += V.dropout_mask(mask, 6, g, 0.2).float()
+        hits += V.dropout_mask(mask, 6, 0.2, g).float()
     assert hits[0].sum() == draws * int(18 * 0.2) and hits[1].sum() == draws * int(12 * 0.2)
     p0 = int(18 * 0.2) / 18
     sd = math.sqrt(draws * p0 * (1 - p0))
@@ -175,12 +177,13 @@ def test_dropout_rate_over_many_draws():
 
 
 # ------------------------------------------------------------------ span
-@pytest.mark.parametrize("kind", GENERATORS)
-def test_span_keeps_one_window_of_int_n_one_minus_rate(kind):
+def test_span_keeps_one_window_of_int_n_one_minus_rate():
     emb, mask = batch()
     rate = 0.3
-    keep = V.span_keep_mask(mask, GENERATORS[kind](6), rate)
-    out = SpanCutoff(rate).embeddings(emb, mask, GENERATORS[kind](6))
+    seeded(6)
+    keep = V.span_keep_mask(mask, rate)
+    seeded(6)
+    out = SpanCutoff(rate).embeddings(emb, mask)
     for i, n in enumerate(LENGTHS):
         idx = keep[i].nonzero()[:, 0].tolist()
         assert len(idx) == max(int(n * (1 - rate)), 1)
@@ -196,7 +199,7 @@ def test_span_start_uniform():
     g, draws = gen(12), 3000
     starts = torch.zeros(4)  # keep 7 of 10: start in 0..3
     for _ in range(draws):
-        starts[V.span_keep_mask(mask, g, 0.3)[0].long().argmax()] += 1
+        starts[V.span_keep_mask(mask, 0.3, g)[0].long().argmax()] += 1
     sd = math.sqrt(draws * 0.25 * 0.75)
     assert ((starts - draws / 4).abs() < 4.5 * sd).all(), starts
 
@@ -205,51 +208,54 @@ def test_span_start_uniform():
 @pytest.mark.parametrize(
     "view", [TokenShuffle(), TokenCutoff(0.15), FeatureCutoff(0.2), EmbeddingDropout(0.2)]
 )
-def test_views_are_deterministic_under_a_seeded_generator(view):
+def test_views_draw_from_the_global_generator(view):
+    """Same global seed, same view (what the gradient cache's replay relies on); another seed,
+    another view; the mask and the inputs are never changed."""
     emb, mask = batch()
     pos = torch.arange(T).expand(len(LENGTHS), T)
-    a = view.positions(pos, mask, gen(21)), view.embeddings(emb, mask, gen(22))
-    b = view.positions(pos, mask, gen(21)), view.embeddings(emb, mask, gen(22))
-    c = view.positions(pos, mask, gen(23)), view.embeddings(emb, mask, gen(24))
+    draw = []
+    for seed in (21, 21, 23):
+        torch.manual_seed(seed)
+        draw.append((view.positions(pos, mask), view.embeddings(emb, mask)))
+    (a, b, c) = draw
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not (torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]))
-    assert torch.equal(mask, right_mask())  # the mask is never changed
+    assert torch.equal(mask, right_mask()) and not emb.eq(0).any()
 
 
-def test_per_row_generators_make_a_row_independent_of_its_batch():
-    """A row's view depends on its own keyed generator only: not on the padded width or on the
-    other rows (what makes gradient-cache chunks and process slices reproduce one big batch)."""
+def test_functions_are_pure_given_a_generator():
     emb, mask = batch()
-    full = V.embedding_dropout(emb, mask, V.row_generators(5, 3, 100, 4), 0.2)
-    sub = V.embedding_dropout(emb[2:3, :5], mask[2:3, :5], V.row_generators(5, 3, 102, 1), 0.2)
-    assert torch.equal(full[2, :5], sub[0])
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = V.embedding_dropout(emb, mask, 0.2, gen(5))
+    assert torch.equal(torch.get_rng_state(), state)  # a given generator: global one untouched
+    assert torch.equal(a, V.embedding_dropout(emb, mask, 0.2, gen(5)))
     pos = torch.arange(T).expand(4, T)
-    full_p = V.shuffle_positions(pos, mask, V.row_generators(5, 3, 100, 4, salt=1))
-    sub_p = V.shuffle_positions(pos[1:2], mask[1:2], V.row_generators(5, 3, 101, 1, salt=1))
-    assert torch.equal(full_p[1], sub_p[0])
-    assert not torch.equal(  # a different batch index or salt is a different draw
-        V.shuffle_positions(pos, mask, V.row_generators(5, 4, 100, 4, salt=1)), full_p
+    assert torch.equal(
+        V.shuffle_positions(pos, mask, gen(2)), V.shuffle_positions(pos, mask, gen(2))
     )
 
 
 def test_none_and_non_shuffle_views_keep_positions():
     emb, mask = batch()
     pos = torch.arange(T).expand(4, T)
-    assert NoAugmentation().embeddings(emb, mask, gen()) is emb
+    assert NoAugmentation().embeddings(emb, mask) is emb
     for view in (NoAugmentation(), TokenCutoff(0.1), FeatureCutoff(0.1), EmbeddingDropout(0.1)):
-        assert view.positions(pos, mask, gen()) is pos
-    assert TokenShuffle().embeddings(emb, mask, gen()) is emb
+        assert view.positions(pos, mask) is pos
+    assert TokenShuffle().embeddings(emb, mask) is emb
 
 
 def test_rate_zero_is_identity():
     emb, mask = batch()
     for fn in (V.token_cutoff, V.feature_cutoff, V.embedding_dropout):
-        assert torch.equal(fn(emb, mask, gen(), 0.0), emb)
+        assert torch.equal(fn(emb, mask, 0.0, gen()), emb)
 
 
-def test_generator_count_must_match_rows():
-    with pytest.raises(ValueError, match="one per row"):
-        V.token_cutoff_mask(right_mask(), V.row_generators(0, 0, 0, 3), 0.1)
+def test_bad_rates_and_masks_are_refused():
+    with pytest.raises(ValueError, match="rate must be in"):
+        V.token_cutoff_mask(right_mask(), 1.0)
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        V.token_cutoff_mask(torch.ones(3), 0.1)
 
 
 # ------------------------------------------------------------------ adversarial (FGV)
@@ -272,14 +278,14 @@ def test_adversarial_view_adds_the_noise_and_needs_it():
     emb, mask = batch()
     view = parse_view({"name": "adversarial", "epsilon": 0.01})
     with pytest.raises(RuntimeError, match="perturbation"):
-        view.embeddings(emb, mask, gen())
+        view.embeddings(emb, mask)
     grad = torch.randn_like(emb)
     ready = view.with_grad(grad, mask)
-    out = ready.embeddings(emb, mask, gen())
+    out = ready.embeddings(emb, mask)
     torch.testing.assert_close(out - emb, V.fgv_perturbation(grad, 0.01, mask))
     assert view.noise is None  # with_grad returns a new view
     base = torch.randn_like(emb)  # the reference's form: the plain view's output + noise
-    replaced = view.with_grad(grad, mask, base=base).embeddings(emb, mask, gen())
+    replaced = view.with_grad(grad, mask, base=base).embeddings(emb, mask)
     torch.testing.assert_close(replaced, base + V.fgv_perturbation(grad, 0.01, mask))
     with pytest.raises(UserError, match="supervised loss"):
         check_views([TokenShuffle(), view], supervised=False, where="recipe.yaml")
