@@ -8,8 +8,10 @@ dropout noise, temperature 0.05, no MLP so that the saved mean-pooling model is 
 trained). Then the 7-task STS table ("all" setting, test mode) of the start model and of each
 final model, and the seconds per step of each run (note the machine's load: ``uptime``).
 
-    python bench/consert_sts.py [--steps 200 --batch-size 32 --lr 1e-5 --seeds 1]
-        [--methods consert simcse_unsup --max-seq-length 64 --out runs/bench-consert]
+    python bench/consert_sts.py [--steps 100 --batch-size 32 --lr 1e-5 --seeds 1]
+        [--methods consert simcse_unsup --max-seq-length 32 --out runs/bench-consert]
+    python bench/consert_sts.py --timing 3 --steps 10   # time per step only: the two methods
+                                                        # alternating, 3 rounds, no evaluation
 """
 
 from __future__ import annotations
@@ -80,12 +82,15 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--skip-before", action="store_true", help="do not evaluate the start model")
+    p.add_argument("--timing", type=int, default=0, help="only time: this many alternating rounds")
     p.add_argument("--out", default="runs/bench-consert")
     args = p.parse_args()
     args.model = args.model or default_model()
     from contrasent.eval.sts import format_rows
 
     print(f"load before: {os.getloadavg()}", flush=True)
+    if args.timing:
+        return timing_only(args)
     rows = [] if args.skip_before else [("all-MiniLM-L6-v2 (mean)", sts(args.model, args.data))]
     if rows:
         print(format_rows(rows), flush=True)
@@ -105,6 +110,28 @@ def main() -> None:
         wall = statistics.median(t[0] for t in ts)
         cpu = statistics.median(t[1] for t in ts)
         print(f"{method}: median {wall:.2f} s/step wall, {cpu:.2f} s/step CPU ({len(ts)} steps)")
+    print(f"load after: {os.getloadavg()}")
+
+
+def timing_only(args: argparse.Namespace) -> None:
+    """Seconds per step of each method, alternating which runs first, medians over rounds."""
+    rounds: dict[str, list[tuple[float, float]]] = {m: [] for m in args.methods}
+    for r in range(args.timing):
+        order = args.methods if r % 2 == 0 else args.methods[::-1]
+        for method in order:
+            _, per_step = train_one(method, 1, args)
+            wall = statistics.median(t[0] for t in per_step)
+            cpu = statistics.median(t[1] for t in per_step)
+            rounds[method].append((wall, cpu))
+            print(f"round {r} {method}: {wall:.2f} s/step wall, {cpu:.2f} CPU", flush=True)
+    base = args.methods[-1]
+    for method, vals in rounds.items():
+        wall = statistics.median(v[0] for v in vals)
+        cpu = statistics.median(v[1] for v in vals)
+        ref_w = statistics.median(v[0] for v in rounds[base])
+        ref_c = statistics.median(v[1] for v in rounds[base])
+        print(f"{method}: {wall:.2f} s/step wall ({wall / ref_w:.2f}x {base}), "
+              f"{cpu:.2f} s/step CPU ({cpu / ref_c:.2f}x)")  # fmt: skip
     print(f"load after: {os.getloadavg()}")
 
 
