@@ -31,18 +31,20 @@ def test_there_are_recipes() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    cfg = parse_train_config([str(recipe)])
-    assert cfg.objective_name in OBJECTIVES
-    # unknown or ill-typed objective options raise UserError here
-    objective = build_objective(cfg.objective_name, **cfg.objective_options)
-    for key, value in cfg.objective_options.items():
-        assert objective.config_dict().get(key, value) == value, key
-    cfg.data.check()
-    if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
-        for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
-            for path in p if isinstance(p, list) else [p]:
-                if path:
-                    assert (REPO / path).exists(), f"{recipe.name}: {path} missing"
+    from contrasent.train.config import stage_configs
+
+    for _, cfg in stage_configs(parse_train_config([str(recipe)])):  # each stage of a staged one
+        assert cfg.objective_name in OBJECTIVES
+        # unknown or ill-typed objective options raise UserError here
+        objective = build_objective(cfg.objective_name, **cfg.objective_options)
+        for key, value in cfg.objective_options.items():
+            assert objective.config_dict().get(key, value) == value, key
+        cfg.data.check()
+        if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
+            for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
+                for path in p if isinstance(p, list) else [p]:
+                    if path:
+                        assert (REPO / path).exists(), f"{recipe.name}: {path} missing"
 
 
 def test_paper_settings() -> None:

@@ -6,7 +6,8 @@ yields (objectives declare the batch type they consume, and the loop checks the 
 the model loads), an optional typed options dataclass (``data.options`` in a recipe), and
 ``build(spec, options, batch_size, seed, tokenizer) -> BatchStream``. Built in: ``text``
 (SentenceBatch), ``pairs`` and ``mixture`` (PairBatch), ``nli`` (SimCSE's (premise, entailment,
-contradiction) triplets as a PairBatch) and ``nli_pairs`` (every labelled pair: NLIBatch).
+contradiction) triplets as a PairBatch), ``nli_pairs`` (every labelled pair: NLIBatch) and
+``sts_texts`` (the unlabeled sentences of the STS sets: SentenceBatch, :mod:`.sts_texts`).
 
 The loop calls ``build_stream(spec, batch_size, seed, tokenizer)`` on every process and gets the
 same deterministic stream of GLOBAL batches everywhere (it slices each batch across processes
@@ -50,7 +51,8 @@ class DataSpec:
     """A registered data kind. text: one text a line (.txt/.txt.gz) -> SentenceBatch. pairs: a
     TSV/CSV/JSONL file of (anchor, positive[, negatives]) -> PairBatch. nli: SentEval SNLI-layout
     folder(s) -> (premise, entailment, contradiction) PairBatch. nli_pairs: the same folders ->
-    every labelled (premise, hypothesis, label) pair, NLIBatch. mixture: the datasets of
+    every labelled (premise, hypothesis, label) pair, NLIBatch. sts_texts: a SentEval folder ->
+    the unlabeled sentences of its 7 STS sets, SentenceBatch. mixture: the datasets of
     `data_config` mixed by weight -> PairBatch. Others: see `contrasent train --help`."""
 
     max_seq_length: int | None = None
@@ -450,5 +452,11 @@ register_data_kind(
 )
 
 
-# Kinds defined in modules of their own register themselves on import (they import this one).
-from contrasent.data import document_stream as _document_stream  # noqa: E402, F401
+def _register_more() -> None:
+    """Data kinds that live in their own modules (imported here so every kind is known)."""
+    from contrasent.data import document_stream, sts_texts  # noqa: F401 (registers itself)
+
+    sts_texts.register()
+
+
+_register_more()

@@ -152,20 +152,15 @@ def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
     """One STS12-16 subset: ``STS.input.<subset>.txt`` + ``STS.gs.<subset>.txt``."""
     folder = root / "STS" / f"{task}-en-test"
     inp, gs = folder / f"STS.input.{subset}.txt", folder / f"STS.gs.{subset}.txt"
-    in_lines, gs_lines = _read_lines(inp, task, root), _read_lines(gs, task, root)
-    if len(in_lines) != len(gs_lines):
+    pairs = read_sts_inputs(root, task, subset)
+    gs_lines = _read_lines(gs, task, root)
+    if len(pairs) != len(gs_lines):
         raise UserError(
-            f"{task}: {inp} has {len(in_lines)} lines but {gs} has {len(gs_lines)}; "
+            f"{task}: {inp} has {len(pairs)} lines but {gs} has {len(gs_lines)}; "
             "line i of the gold file scores the pair on line i"
         )
     s1, s2, gold, skipped = [], [], [], 0
-    for i, (line, g) in enumerate(zip(in_lines, gs_lines, strict=True), 1):
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise UserError(
-                f"{where(inp, i)}: expected 2 tab-separated sentences, found {len(fields)} fields"
-            )
-        a, b = _clean(fields[0], inp, i), _clean(fields[1], inp, i)
+    for i, ((a, b), g) in enumerate(zip(pairs, gs_lines, strict=True), 1):
         if not g.strip():  # STS15/16: pair shipped without a gold score
             skipped += 1
             continue
@@ -173,6 +168,21 @@ def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
         s1.append(a)
         s2.append(b)
     return Pairs(s1, s2, np.asarray(gold, dtype=np.float64), skipped)
+
+
+def read_sts_inputs(root: Path, task: str, subset: str) -> list[tuple[str, str]]:
+    """Every sentence pair of an STS12-16 subset's input file, scored or not (the unlabeled
+    texts of the transductive setting: ``data.kind: sts_texts``)."""
+    path = root / "STS" / f"{task}-en-test" / f"STS.input.{subset}.txt"
+    pairs = []
+    for i, line in enumerate(_read_lines(path, task, root), 1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise UserError(
+                f"{where(path, i)}: expected 2 tab-separated sentences, found {len(fields)} fields"
+            )
+        pairs.append((_clean(fields[0], path, i), _clean(fields[1], path, i)))
+    return pairs
 
 
 def read_stsb(root: Path, split: str) -> Pairs:
@@ -194,8 +204,10 @@ def read_stsb(root: Path, split: str) -> Pairs:
 
 
 def read_sick(root: Path, split: str) -> Pairs:
-    """``SICK_trial.txt`` (dev) / ``SICK_test_annotated.txt`` (test), columns named in a header."""
-    name = {"dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}[split]
+    """``SICK_trial.txt`` (dev) / ``SICK_test_annotated.txt`` (test) / ``SICK_train.txt``,
+    columns named in a header."""
+    name = {"dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt", "train": "SICK_train.txt"}
+    name = name[split]
     path = root / "SICK" / name
     lines = _read_lines(path, "SICKRelatedness", root)
     header = lines[0].split("\t") if lines else []

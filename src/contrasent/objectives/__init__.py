@@ -13,6 +13,8 @@ from typing import Any
 from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.declutr import DeCLUTR
+from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
+from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.objectives.tsdae import TSDAE
@@ -33,7 +35,16 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-for _cls in (SimCSEUnsup, SimCSESup, PairsInBatch, DeCLUTR):
+for _cls in (
+    SimCSEUnsup,
+    SimCSESup,
+    PairsInBatch,
+    DeCLUTR,
+    ConSERT,
+    ConSERTJoint,
+    ConSERTJointAdv,
+    NLISoftmax,
+):
     register(_cls)
 register(TSDAE)
 
@@ -69,8 +80,12 @@ def describe_objectives() -> str:
 
 __all__ = [
     "OBJECTIVES",
+    "ConSERT",
+    "ConSERTJoint",
+    "ConSERTJointAdv",
     "DeCLUTR",
     "LossPart",
+    "NLISoftmax",
     "Objective",
     "PairsInBatch",
     "SimCSESup",

@@ -91,6 +91,9 @@ def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
     from contrasent.train.loop import TrainResult
 
     stages = stage_configs(cfg)
+    # every stage's settings are checked before the first one trains (a typo in stage 2 must not
+    # surface after stage 1's hours)
+    cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
     _check_fresh(cfg, [folder for folder, _ in stages])
     out = Path(cfg.output_dir)
     results: list[tuple[str, Any]] = []
