@@ -131,6 +131,8 @@ def test_help_lists_every_objective_with_its_options(capsys) -> None:
     assert "simcse_sup: Supervised SimCSE" in capsys.readouterr().out
     assert main(["train", "--objective.help", "pairs"]) == 0
     one = capsys.readouterr().out
-    assert "symmetric: true or false or one of 'auto' = False" in one and "simcse" not in one.lower()
+    assert (
+        "symmetric: true or false or one of 'auto' = False" in one and "simcse" not in one.lower()
+    )
     assert main(["train", "--objective.help", "simcse"]) == 2
     assert "did you mean simcse_sup" in capsys.readouterr().err

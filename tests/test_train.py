@@ -212,7 +212,9 @@ def test_config_errors():
     with pytest.raises(UserError, match="does not divide by the 3 processes"):
         cfg.validate(world_size=3)
     cfg.validate(world_size=4)
-    with pytest.raises(UserError, match="unknown option .train.bach_size. .did you mean batch_size"):
+    with pytest.raises(
+        UserError, match="unknown option .train.bach_size. .did you mean batch_size"
+    ):
         TrainConfig.from_dict({**raw, "train": {"bach_size": 8}})
     with pytest.raises(UserError, match="warmup_steps or train.warmup_ratio"):
         TrainConfig.from_dict(

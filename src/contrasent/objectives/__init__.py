@@ -12,8 +12,8 @@ from typing import Any
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, View
-from contrasent.objectives.declutr import DeCLUTR
 from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
+from contrasent.objectives.declutr import DeCLUTR
 from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
