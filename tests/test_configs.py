@@ -24,6 +24,15 @@ def test_there_are_recipes() -> None:
         "simcse-sup-bert-base.yaml",
         "pairs-1b.yaml",
         "quickstart-cpu.yaml",
+        "tsdae-bert-base.yaml",
+        "tsdae-cpu.yaml",
+        "declutr-small.yaml",
+        "declutr-base.yaml",
+        "declutr-cpu.yaml",
+        "consert-unsup-bert-base.yaml",
+        "consert-unsup-cpu.yaml",
+        "consert-joint-cpu.yaml",
+        "consert-sup-unsup-cpu.yaml",
     ):
         assert required in names
 
@@ -40,6 +49,8 @@ def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None
         for key, value in cfg.objective_options.items():
             assert objective.config_dict().get(key, value) == value, key
         cfg.data.check()
+        # a recipe rerun must never replace an earlier run's models (the user opts in)
+        assert not cfg.overwrite_output_dir, f"{recipe.name} overwrites its output folder"
         if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
             for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
                 for path in p if isinstance(p, list) else [p]:
