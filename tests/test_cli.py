@@ -42,7 +42,10 @@ def test_missing_sts_data(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
 
 
 def test_missing_data_fails_before_the_model_loads(capsys, tmp_path: Path, monkeypatch) -> None:
+    from contrasent.eval import sts
+
     monkeypatch.delenv("CONTRASENT_DATA")
+    monkeypatch.setattr(sts, "DEFAULT_DIRS", (tmp_path / "no-shared",))  # not ../shared either
     code, _, err = run_main(capsys, "eval", "--model", str(tmp_path / "no-model"), "--tasks", "MR")
     assert code == 2 and "no evaluation data directory" in err  # not "model does not exist"
 
@@ -119,11 +122,12 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
 
 
 def test_eval_task_sets_parse() -> None:
-    from contrasent.cli import EvalArgs, _build, _parse
+    from contrasent.cli import COMMANDS
+    from contrasent.cliparse import parse_args
     from contrasent.eval.suite import split_tasks
 
-    init = _parse(["eval", "--model", "m", "--tasks", "transfer", "--mode", "fasttest"])
-    args = _build(EvalArgs, init.eval)
+    argv = ["--model", "m", "--tasks", "transfer", "--mode", "fasttest"]
+    args, _ = parse_args(COMMANDS["eval"].options(), argv)
     assert (args.tasks, args.mode) == ("transfer", "fasttest")
     assert split_tasks("transfer") == (None, ["transfer"])
     assert split_tasks("full") == (["sts"], ["transfer"])

@@ -126,7 +126,10 @@ def test_trajectory_from_checkpoints(
 
 
 def test_report_options_parse() -> None:
-    from contrasent.cli import ReportArgs, _build, _parse
+    from contrasent.cli import COMMANDS
+    from contrasent.cliparse import parse_args
 
-    args = _build(ReportArgs, _parse(["report", "runs/x", "--checkpoints", "true"]).report)
-    assert (args.run_dir, args.checkpoints) == ("runs/x", True)
+    cmd = COMMANDS["report"]
+    for argv in (["runs/x", "--checkpoints"], ["--checkpoints", "true", "runs/x"]):
+        args, _ = parse_args(cmd.options(), argv, positional=cmd.positional)
+        assert (args.run_dir, args.checkpoints) == ("runs/x", True)

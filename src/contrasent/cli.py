@@ -1,7 +1,9 @@
-"""The `contrasent` command line: generated from the dataclasses below and `train.config`.
+"""The `contrasent` command line.
 
-Every subcommand takes `--config FILE.yaml` (and `train` a positional recipe) plus `--key value`
-overrides. A user mistake prints one line and exits with status 2, never a traceback.
+Each subcommand is a dataclass of options (:data:`COMMANDS`); `contrasent.cliparse` fills it from
+`--config FILE.yaml` (and `train`'s positional recipe) plus `--key value` overrides. Every check
+that needs no model runs first; a user mistake prints ONE line naming the problem (and the recipe
+file:line it came from) and exits with status 2, never a traceback or a usage dump.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
-
-from jsonargparse import ArgumentParser, set_parsing_settings
 
 from contrasent.errors import UserError
 
-Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
+Pooling = Literal[
+    "cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last", "avg_embeddings_last"
+]  # encoder.POOLINGS (spelled out: importing the encoder would load torch for --help)
 
 
 @dataclass
@@ -33,7 +37,7 @@ class ModelArgs:
         batch_size: Sentences per forward pass.
     """
 
-    model: str
+    model: str = ""
     pooling: Pooling | None = None
     normalize: bool | None = None
     max_seq_length: int | None = None
@@ -41,11 +45,19 @@ class ModelArgs:
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 64
 
+    def validate(self) -> None:
+        """Every check that needs no model (so a mistake costs no model-loading time)."""
+        if not self.model:
+            raise UserError("--model is required (a hub id, a model folder or an ST folder)")
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise UserError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+
     def load(self):
         from contrasent.encoder import Encoder
 
         _quiet_transformers()
-
         return Encoder.from_pretrained(
             self.model,
             pooling=self.pooling,
@@ -53,6 +65,28 @@ class ModelArgs:
             max_seq_length=self.max_seq_length,
             device=self.device,
         )
+
+
+def check_output_file(path: str, option: str) -> None:
+    """An output file can be written there: not a folder, its folder exists or can be made."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(
+            f"{option} {path} is a folder; give a file name (e.g. {p / 'results.json'})"
+        )
+    parent = next(a for a in p.absolute().parents if a.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {parent}")
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """An output folder can be made or written there: not a file, its parent writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    parent = next(a for a in [p.absolute(), *p.absolute().parents] if a.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {parent}")
 
 
 @dataclass
@@ -66,7 +100,8 @@ class EvalArgs(ModelArgs):
         mode: STS: "test" every task, "dev" STS-B dev + SICK-R trial only ("fasttest" = test).
             Transfer (SimCSE's settings): "test" 10-fold Adam classifier; "fasttest" 5-fold
             RMSprop classifier, test accuracy; "dev" the fasttest classifier, dev accuracy.
-        data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA.
+        data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA, else
+            ../shared/data/senteval.
         output: Write every number to this JSON file.
         plots: Write PNG figures to this folder: gold vs cosine per STS task and the similarity
             distribution by gold score on STS-B.
@@ -78,6 +113,25 @@ class EvalArgs(ModelArgs):
     output: str | None = None
     plots: str | None = None
 
+    def validate(self) -> None:
+        from contrasent.eval.sts import load_task, resolve_data_dir, resolve_tasks
+        from contrasent.eval.suite import check_tasks
+        from contrasent.eval.transfer import resolve_transfer_tasks
+        from contrasent.eval.transfer_data import load_transfer_task
+
+        super().validate()
+        if self.output:
+            check_output_file(self.output, "--output")
+        if self.plots:
+            check_output_folder(self.plots, "--plots")
+        sts_names, transfer_names = check_tasks(self.tasks, self.mode, self.data_dir)
+        root = resolve_data_dir(self.data_dir)
+        sts_mode = "dev" if self.mode == "dev" else "test"
+        for task in resolve_tasks(sts_names, sts_mode) if sts_names else ():
+            load_task(root, task, sts_mode)  # a missing or malformed file fails now
+        for task in resolve_transfer_tasks(transfer_names) if transfer_names else ():
+            load_transfer_task(root, task)
+
 
 @dataclass
 class ReportArgs:
@@ -87,10 +141,25 @@ class ReportArgs:
         run_dir: The run's output_dir (config.json, metrics.jsonl, checkpoints/, final/).
         checkpoints: Embed STS-B dev with every checkpoint's encoder for the alignment /
             uniformity trajectory, instead of reading the numbers logged in metrics.jsonl.
+        data_dir: STS data for --checkpoints; default: $CONTRASENT_DATA, else
+            ../shared/data/senteval.
     """
 
     run_dir: str = ""
     checkpoints: bool = False
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        from contrasent.report import check_run_dir
+
+        if not self.run_dir:
+            raise UserError("report needs a run folder: contrasent report RUN_DIR")
+        check_run_dir(self.run_dir)
+        check_output_folder(str(Path(self.run_dir) / "report"), "report folder")
+        if self.checkpoints:
+            from contrasent.eval.sts import read_stsb, resolve_data_dir
+
+            read_stsb(resolve_data_dir(self.data_dir), "dev")
 
 
 @dataclass
@@ -108,21 +177,28 @@ class EmbedArgs(ModelArgs):
     output: str = ""
     errors: Literal["strict", "replace"] = "strict"
 
+    def validate(self) -> None:
+        super().validate()
+        if not self.input or not self.output:
+            raise UserError("embed needs --input FILE and --output FILE.npy")
+        if not Path(self.input).is_file():
+            raise UserError(f"--input {self.input}: no such file")
+        check_output_file(self.output, "--output")
+
 
 def _run_eval(args: EvalArgs) -> None:
     import time
 
     from contrasent.eval.sts import write_results
-    from contrasent.eval.suite import check_tasks, evaluate, format_tables
+    from contrasent.eval.suite import evaluate, format_tables
 
-    check_tasks(args.tasks, args.mode, args.data_dir)  # mistakes fail before the model loads
     encoder = args.load()
 
     def encode(texts: list[str]):
         return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
 
     start = time.perf_counter()
-    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir)
+    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True)
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
     results["time_s"] = round(time.perf_counter() - start, 2)
@@ -141,16 +217,13 @@ def _run_eval(args: EvalArgs) -> None:
 def _run_report(args: ReportArgs) -> None:
     from contrasent.report import build_report
 
-    if not args.run_dir:
-        raise UserError("report needs a run folder: contrasent report RUN_DIR")
-    print(f"report written to {build_report(args.run_dir, from_checkpoints=args.checkpoints)}")
+    path = build_report(args.run_dir, from_checkpoints=args.checkpoints, data_dir=args.data_dir)
+    print(f"report written to {path}")
 
 
 def _run_embed(args: EmbedArgs) -> None:
     from contrasent.embed import embed_file
 
-    if not args.input or not args.output:
-        raise UserError("embed needs --input FILE and --output FILE.npy")
     encoder = args.load()
     summary = embed_file(
         encoder,
@@ -167,27 +240,50 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-weight load/save bars are noise on a CLI
+    hf_logging.set_verbosity_error()
 
 
-def _run_train(cfg) -> None:
-    from contrasent.eval.sts import format_table
+def _check_train(cfg: Any) -> None:
+    cfg.validate()
+    for _, stage in _stages(cfg):
+        stage.data.check_paths()  # a typo in a data path fails before the model loads
+        if stage.eval.every_steps or stage.eval.at_end or stage.eval.at_start:
+            from contrasent.eval.sts import resolve_data_dir
+
+            resolve_data_dir(stage.eval.data_dir)
+
+
+def _stages(cfg: Any) -> list:
+    from contrasent.train.config import stage_configs
+
+    return stage_configs(cfg)
+
+
+def _run_train(cfg: Any) -> None:
+    from contrasent.eval.sts import format_rows, table_caption
     from contrasent.train.loop import train
 
     _quiet_transformers()
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: one summary only
         return
-    for label, record in (("before training", result.first_eval), ("after", result.last_eval)):
-        if record:
-            step = record["step"]
-            print(
-                f"\nSTS ({cfg.eval.mode}) {label} (step {step}):\n{format_table(record['results'])}"
+    rows = []
+    if result.first_eval:
+        rows.append((f"before (step {result.first_eval['step']})", result.first_eval["results"]))
+    for folder, stage in result.stages or [("", result)]:
+        if stage.last_eval:
+            where = f"{folder}, " if folder else ""
+            rows.append(
+                (f"after ({where}step {stage.last_eval['step']})", stage.last_eval["results"])
             )
-            if record.get("alignment") is not None:
-                print(
-                    f"alignment {record['alignment']:.4f}  uniformity "
-                    f"{record['uniformity']:.4f}  (STS-B dev)"
-                )
+    if rows:
+        print(f"\n{table_caption(rows[-1][1])}\n{format_rows(rows)}")
+        _print_diagnostics(result)
+    if result.last_train:  # every logged part and count (e.g. documents skipped as too short)
+        skip = ("step", "kind", "lr", "grad_norm", "sentences_per_s", "epoch")
+        numbers = {k: v for k, v in result.last_train.items() if k not in skip and v is not None}
+        text = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
+        print(f"last training record (step {result.last_train['step']}): {text}")
     if result.best_metric is not None:
         print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
     print(
@@ -196,96 +292,195 @@ def _run_train(cfg) -> None:
     )
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="contrasent",
-        description="Train and evaluate sentence encoders (SimCSE, 1B-pairs, ...).",
-        env_prefix="CONTRASENT",
-        default_env=False,
-    )
-    sub = parser.add_subcommands(dest="command")
-    for name, cls, help_ in (
-        ("eval", EvalArgs, "Evaluate on STS / transfer tasks (prints tables, writes JSON)."),
-        ("embed", EmbedArgs, "Embed a text file into a .npy matrix."),
-        ("report", ReportArgs, "Build report.html from a training run folder."),
-    ):
-        p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
-        p.add_argument("--config", action="config", help="YAML file with these options.")
-        p.add_class_arguments(cls, None, as_group=False)
-        sub.add_subcommand(name, p, help=help_)
-    sub.add_subcommand("train", _train_parser(), help="Train from a YAML recipe with overrides.")
-    return parser
+def _print_diagnostics(result: Any) -> None:
+    """Alignment / uniformity (STS-B dev) before and after training, beside the STS table."""
+    records = [("before", result.first_eval)]
+    records += [(f"after {folder}".strip(), st.last_eval) for folder, st in result.stages or []]
+    if not result.stages:
+        records.append(("after", result.last_eval))
+    for label, record in records:
+        if record and record.get("alignment") is not None:
+            print(
+                f"{label} (step {record['step']}): alignment {record['alignment']:.4f}  "
+                f"uniformity {record['uniformity']:.4f}  (STS-B dev)"
+            )
 
 
-def _train_parser() -> ArgumentParser:
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass
+class Command:
+    """A subcommand: its options dataclass, what runs it, and how its arguments are read."""
+
+    options: Callable[[], type]
+    run: Callable[[Any], None]
+    summary: str
+    positional: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    recipe_first: bool = False
+    check: Callable[[Any], None] = lambda args: args.validate()
+
+
+def _train_config() -> type:
     from contrasent.train.config import TrainConfig
 
-    p = ArgumentParser(description="Train an encoder from a YAML recipe (configs/*.yaml).")
-    # The recipe is given positionally (`contrasent train RECIPE.yaml`); main() turns it into
-    # --config, which jsonargparse applies before the --key value overrides that follow it.
-    p.add_argument("--config", action="config", help="YAML recipe (also accepted positionally).")
-    p.add_class_arguments(TrainConfig, None, as_group=False)
-    return p
+    return TrainConfig
 
 
-def _parse(argv: list[str]) -> Any:
-    """Parse a whole command line (``--data-dir`` spellings accepted, ``train RECIPE`` turned
-    into ``train --config RECIPE``) and instantiate its dataclass sections."""
-    argv = [_underscore_option(a) for a in argv]
-    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
-        argv[1:2] = ["--config", argv[1]]
-    if len(argv) >= 2 and argv[0] == "report" and not argv[1].startswith("-"):
-        argv[1:2] = ["--run_dir", argv[1]]  # `contrasent report RUN_DIR`
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = build_parser()
-    return parser.instantiate(parser.parse_args(argv))
+COMMANDS: dict[str, Command] = {
+    "eval": Command(
+        lambda: EvalArgs,
+        _run_eval,
+        "Evaluate on STS / SentEval transfer tasks (prints tables, writes JSON, plots).",
+    ),
+    "embed": Command(lambda: EmbedArgs, _run_embed, "Embed a text file into a .npy matrix."),
+    "report": Command(
+        lambda: ReportArgs,
+        _run_report,
+        "Build report.html (curves, diagnostics, tables) from a training run folder.",
+        positional=("run_dir",),
+    ),
+    "train": Command(
+        _train_config,
+        _run_train,
+        "Train from a YAML recipe with overrides (contrasent train configs/quickstart-cpu.yaml).",
+        aliases={"data_dir": "eval.data_dir"},
+        recipe_first=True,
+        check=_check_train,
+    ),
+}
+
+
+def _top_help() -> str:
+    from contrasent import __version__
+
+    lines = [f"contrasent {__version__}: train and evaluate sentence encoders", "", "commands:"]
+    lines += [f"  {name:<7} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", "contrasent COMMAND --help for a command's options; contrasent --version"]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, topic: str | None) -> str:
+    from contrasent import cli_help
+
+    cmd = COMMANDS[name]
+    return cli_help.render(name, cmd.options(), topic, cmd.positional)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `contrasent ... | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from contrasent import __version__
+
+        print(f"contrasent {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from contrasent.options import suggest
+
+        print(
+            f"contrasent: error: unknown command {name!r}{suggest(name, list(COMMANDS))}; "
+            f"commands: {', '.join(COMMANDS)} (contrasent --help)",
+            file=sys.stderr,
+        )
+        return 2
+    locations: dict[str, str] = {}
+    try:
+        if "--help" in rest or "-h" in rest:
+            flag = rest.index("--help") if "--help" in rest else rest.index("-h")
+            topic = rest[flag + 1] if flag + 1 < len(rest) else None
+            print(_command_help(name, topic))
+            return 0
+        if name == "train" and "--objective.help" in rest:
+            print(_objective_help(rest))
+            return 0
+        return _execute(name, rest, locations)
+    except UserError as exc:
+        from contrasent.cliparse import locate
+
+        print(f"contrasent {name}: error: {locate(exc, locations)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"contrasent {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from contrasent.train.loop import TrainingInterrupted
+
+        if not isinstance(exc, TrainingInterrupted):
+            raise
+        print(f"contrasent train: {exc}\nresume with: {_resume_command(argv)}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from contrasent.cliparse import parse_args
+
+    cmd = COMMANDS[name]
+    args, found = parse_args(
+        cmd.options(),
+        rest,
+        positional=cmd.positional,
+        aliases=cmd.aliases,
+        recipe_first=cmd.recipe_first,
+    )
+    locations.update(found)
+    cmd.check(args)
+    with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+        cmd.run(args)
+    return 0
 
 
 def parse_train_config(argv: list[str]):
     """`contrasent train` arguments (recipe path first, then overrides) -> a validated TrainConfig."""
-    from contrasent.train.config import TrainConfig
+    from contrasent.cliparse import parse_args
 
-    cfg = _build(TrainConfig, _parse(["train", *argv]).train)
+    cmd = COMMANDS["train"]
+    cfg, _ = parse_args(cmd.options(), argv, aliases=cmd.aliases, recipe_first=True)
     cfg.validate()
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
-    init = _parse(list(sys.argv[1:] if argv is None else argv))
-    command = init.command
-    try:
-        if command == "eval":
-            _run_eval(_build(EvalArgs, init.eval))
-        elif command == "embed":
-            _run_embed(_build(EmbedArgs, init.embed))
-        elif command == "report":
-            _run_report(_build(ReportArgs, init.report))
-        elif command == "train":
-            from contrasent.train.config import TrainConfig
+def _objective_help(argv: list[str]) -> str:
+    """``train --objective.help NAME``: that objective's options."""
+    from contrasent.objectives import OBJECTIVES, objective_class
 
-            _run_train(_build(TrainConfig, init.train))
-    except UserError as exc:
-        print(f"contrasent {command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"contrasent {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    i = argv.index("--objective.help")
+    if i + 1 >= len(argv):
+        return f"usage: contrasent train --objective.help NAME ({', '.join(sorted(OBJECTIVES))})"
+    cls = objective_class(argv[i + 1])
+    doc = (cls.__doc__ or "").strip()
+    options = cls.describe().split("\n", 1)[1]
+    return f"{doc}\n\nbatches: {cls.batch_type.__name__}\noptions:\n{options}"
 
 
-def _underscore_option(arg: str) -> str:
-    """Accept `--data-dir` as well as jsonargparse's `--data_dir` spelling."""
-    if not arg.startswith("--"):
-        return arg
-    name, eq, value = arg.partition("=")
-    return name.replace("-", "_").replace("__", "--", 1) + eq + value
+def _resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted ``train`` (argv with resume_from latest)."""
+    import shlex
 
-
-def _build(cls, ns):
-    """The dataclass `cls` from a parsed namespace (nested sections already instantiated)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+    out, skip = ["contrasent"], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--") and arg[2:].split("=", 1)[0].replace("-", "_") == "resume_from":
+            skip = "=" not in arg and i + 1 < len(argv)
+            continue
+        out.append(arg)
+    return shlex.join([*out, "--resume_from", "latest"])
 
 
 if __name__ == "__main__":

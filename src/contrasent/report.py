@@ -226,6 +226,28 @@ def _body(run: Path, train: list[dict], evals: list[dict], config: dict) -> list
     return body
 
 
+def check_run_dir(run_dir: str | os.PathLike) -> Path:
+    """``run_dir`` as a Path when it is a training run folder (has ``config.json`` or
+    ``metrics.jsonl``); else a UserError saying what it is (a staged run names its stages)."""
+    run = Path(run_dir)
+    if not run.exists():
+        raise UserError(f"run folder {run} does not exist")
+    if not run.is_dir():
+        raise UserError(f"{run} is a file, not a training run folder")
+    if (run / "modules.json").is_file() or (run / "contrasent_config.json").is_file():
+        raise UserError(
+            f"{run} is a saved model, not a training run folder (the run is the folder "
+            "holding final/, metrics.jsonl and config.json)"
+        )
+    if not (run / "config.json").is_file() and not (run / "metrics.jsonl").is_file():
+        stages = sorted(p.name for p in run.glob("stage-*") if (p / "metrics.jsonl").is_file())
+        hint = f"; a staged run: report a stage, e.g. {run / stages[0]}" if stages else ""
+        raise UserError(
+            f"{run} is not a training run folder (no config.json, no metrics.jsonl){hint}"
+        )
+    return run
+
+
 def build_report(
     run_dir: str | os.PathLike, from_checkpoints: bool = False, data_dir: str | None = None
 ) -> Path:
@@ -238,12 +260,8 @@ def build_report(
     """
     import yaml
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run folder {run} does not exist")
+    run = check_run_dir(run_dir)
     cfg_path, metrics_path = run / "config.json", run / "metrics.jsonl"
-    if not cfg_path.is_file() and not metrics_path.is_file():
-        raise UserError(f"{run} is not a training run folder (no config.json, no metrics.jsonl)")
     config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]

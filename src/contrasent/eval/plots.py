@@ -1,14 +1,14 @@
 """PNG figures of an evaluation or a run (matplotlib's Agg canvas: no display needed).
 
 Figures are built on ``matplotlib.figure.Figure`` directly (not pyplot), so nothing global is
-touched and nothing tries to open a window; each PNG is written to a temporary file and renamed.
+touched and nothing tries to open a window; each PNG is rendered in memory and written atomically.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,21 +25,13 @@ def _figure(width: float, height: float) -> Any:
 
 
 def save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        from contrasent.fileio import umask_mode
+    """Write ``fig`` as PNG atomically (rendered in memory, then ``atomic_write_bytes``)."""
+    from contrasent.fileio import atomic_write_bytes
 
-        os.chmod(tmp, umask_mode())
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def sts_scatter(

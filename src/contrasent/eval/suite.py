@@ -76,20 +76,23 @@ def evaluate(
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 128,
     progress: Callable[[str], None] | None = None,
+    bars: bool = False,
 ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
-    """Run the selected tasks: (JSON-ready results, STS scores per task for plots)."""
+    """Run the selected tasks: (JSON-ready results, STS scores per task for plots).
+    ``progress``: the transfer tasks' progress lines; ``bars``: a progress bar while embedding
+    each task."""
     sts_names, transfer_names = check_tasks(tasks, mode, data_dir)
     sts_mode = "dev" if mode == "dev" else "test"
     results: dict[str, Any] = {"mode": mode}
     scores: dict[str, Any] = {}
     if sts_names:
         sts_results, scores = sts.score_sts(
-            encode, data_dir, sts_mode, sts_names, batch_size, diagnostics=True
+            encode, data_dir, sts_mode, sts_names, batch_size, bars, diagnostics=True
         )
         results |= sts_results | {"mode": mode, "sts_mode": sts_mode}
     if transfer_names:
         results["transfer"] = transfer.evaluate_transfer(
-            encode, data_dir, mode, transfer_names, batch_size, progress
+            encode, data_dir, mode, transfer_names, batch_size, progress, bars
         )
     return results, scores
 

@@ -130,6 +130,7 @@ def evaluate_transfer(
     tasks: str | Iterable[str] | None = None,
     batch_size: int = 128,
     progress: Progress | None = None,
+    bars: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``encode`` (list of sentences -> [n, dim] array) on SentEval transfer tasks.
 
@@ -137,7 +138,7 @@ def evaluate_transfer(
     ``acc`` (test accuracy x100, None in dev mode), ``devacc``, ``f1`` (MRPC), ``kfold``, sizes,
     the L2 grid scores and chosen L2, per-fold numbers, ``time_s``), and ``avg`` (mean of the
     reported column: ``devacc`` in dev mode, else ``acc``). ``progress`` receives one line per
-    step (default: the module logger).
+    step (default: the module logger); ``bars``: a progress bar while embedding each task.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
@@ -151,7 +152,11 @@ def evaluate_transfer(
     for n, (task, data) in enumerate(loaded.items(), 1):
         t0 = time.perf_counter()
         index, emb = embed_unique(
-            encode, (s for split in data.values() for s in split.sentences()), batch_size
+            encode,
+            (s for split in data.values() for s in split.sentences()),
+            batch_size,
+            task,
+            bars,
         )
         t1 = time.perf_counter()
         say(f"[{n}/{len(loaded)}] {task}: embedded {len(index)} sentences in {t1 - t0:.1f}s")
