@@ -390,3 +390,21 @@ def test_written_files_follow_the_umask_and_identical_final_is_linked(
     a, b = out / "final" / "model.safetensors", out / "best" / "model.safetensors"
     assert a.stat().st_ino == b.stat().st_ino  # one copy on disk
     _assert_st_loads_same(out / "final")
+
+
+def test_final_model_card_reflects_the_run(tmp_path, tiny_bert_dir, shared_data, senteval_dir):
+    """final/README.md: the method, the recipe's steps and batch, the STS numbers the run
+    measured before and after training, alignment / uniformity."""
+    import yaml
+
+    data = DataSpec(kind="text", path=str(shared_data / "corpus" / "wiki1m-head.txt"))
+    cfg = _config(tiny_bert_dir, tmp_path / "run", data, {"name": "simcse_unsup"}, max_steps=3)
+    cfg.eval = EvalConfig(at_start=True, at_end=True, mode="dev", data_dir=str(senteval_dir))
+    result = train(cfg)
+    text = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "simcse_unsup" in yaml.safe_load(text.split("---\n")[1])["tags"]
+    assert "SimCSE (unsupervised)" in text and "**Steps:** 3" in text
+    assert f"**Global batch size:** {cfg.train.batch_size}" in text
+    for record in (result.first_eval, result.last_eval):
+        assert f"| {record['stsb']:.2f} |" in text  # STS-B dev before and after
+    assert f"Alignment {result.last_eval['alignment']:.4f}" in text

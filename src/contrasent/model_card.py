@@ -231,6 +231,12 @@ METHODS = {  # objective name -> how the card names the method
     "simcse_unsup": "SimCSE (unsupervised)",
     "simcse_sup": "SimCSE (supervised)",
     "pairs": "in-batch negatives on pairs (1B-pairs recipe)",
+    "tsdae": "TSDAE (denoising auto-encoder)",
+    "declutr": "DeCLUTR (contrastive spans)",
+    "consert": "ConSERT (unsupervised)",
+    "consert_joint": "ConSERT (joint NLI + contrastive)",
+    "consert_joint_adv": "ConSERT (joint, adversarial views)",
+    "nli_softmax": "NLI classification (SBERT softmax)",
 }
 
 

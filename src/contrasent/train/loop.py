@@ -357,6 +357,21 @@ class _Trainer:
         self.folder.commit()
         return target
 
+    def _write_card(self, folder: Path) -> None:
+        """``final/README.md`` with the run: recipe, steps, this session's time, STS before and
+        after (a hard-linked ``best/`` keeps its own card: the card is replaced, not edited)."""
+        from contrasent.model_card import run_card_info, write_model_card
+
+        info = run_card_info(
+            self.cfg.to_dict(),
+            steps=self.state.step,
+            time_s=time.perf_counter() - self.started,
+            sts_before=(self.first_eval or {}).get("results"),
+            sts=(self.last_eval or {}).get("results"),
+        )
+        encoder = self.module.encoder
+        write_model_card(folder, {"model_name": str(folder), **encoder.card_info(), **info})
+
     def save_checkpoint(self, step: int) -> None:
         state = dataclasses.asdict(self.state)
         state.pop("last_checkpoint")
@@ -386,6 +401,7 @@ class _Trainer:
             self.total, self.state.step, self.is_main and cfg.logging.progress_bar
         )
         self.window = _Window()
+        self.started = time.perf_counter()
         self.model.train()
         try:
             with _StopSignals(self):
@@ -491,6 +507,8 @@ class _Trainer:
         ):
             self.save_checkpoint(step)
         final = self._save_final() if self.is_main else self.out / "final"
+        if self.is_main:
+            self._write_card(final)
         self.acc.wait_for_everyone()
         best = self.out / "best"
         return TrainResult(
