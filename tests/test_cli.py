@@ -107,6 +107,33 @@ def test_train_bad_data_path(capsys, tiny_bert_dir: Path, tmp_path: Path) -> Non
     assert code == 2 and "corpus.txt" in err and "Traceback" not in err
 
 
+def test_train_prints_diagnostics_and_writes_report_and_card(
+    capsys, tiny_bert_dir: Path, shared_data: Path, senteval_dir: Path, tmp_path: Path
+) -> None:
+    from contrasent.eval.classifier import torch_threads
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {{name_or_path: {tiny_bert_dir}}}\n"
+        "objective: {name: simcse_unsup}\n"
+        f"data: {{kind: text, path: {shared_data / 'corpus' / 'wiki1m-head.txt'}}}\n"
+        "train: {batch_size: 8, max_steps: 2}\n"
+        f"eval: {{at_start: true, at_end: true, mode: dev, data_dir: {senteval_dir}}}\n"
+        "logging: {progress_bar: false, tensorboard: false}\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
+    with torch_threads(1):
+        code, out, _ = run_main(capsys, "train", str(recipe))
+    assert code == 0
+    assert "before (step 0): alignment" in out and "after (step 2): alignment" in out
+    report = tmp_path / "run" / "report" / "report.html"
+    assert f"report: {report}" in out and "alignment-uniformity.png" in str(
+        sorted(p.name for p in report.parent.iterdir())
+    )
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "SimCSE (unsupervised)" in card and "**Steps:** 2" in card
+
+
 def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -141,8 +141,8 @@ class ReportArgs:
         run_dir: The run's output_dir (config.json, metrics.jsonl, checkpoints/, final/).
         checkpoints: Embed STS-B dev with every checkpoint's encoder for the alignment /
             uniformity trajectory, instead of reading the numbers logged in metrics.jsonl.
-        data_dir: STS data for --checkpoints; default: $CONTRASENT_DATA, else
-            ../shared/data/senteval.
+        data_dir: STS data for --checkpoints; default: the recipe's eval.data_dir, else
+            $CONTRASENT_DATA, else ../shared/data/senteval.
     """
 
     run_dir: str = ""
@@ -156,7 +156,7 @@ class ReportArgs:
             raise UserError("report needs a run folder: contrasent report RUN_DIR")
         check_run_dir(self.run_dir)
         check_output_folder(str(Path(self.run_dir) / "report"), "report folder")
-        if self.checkpoints:
+        if self.checkpoints and self.data_dir:  # else the recipe's, found by build_report
             from contrasent.eval.sts import read_stsb, resolve_data_dir
 
             read_stsb(resolve_data_dir(self.data_dir), "dev")
@@ -290,6 +290,19 @@ def _run_train(cfg: Any) -> None:
         f"final model: {result.final_dir}"
         + (f"  best: {result.best_dir}" if result.best_dir else "")
     )
+    for _, run in result.stages or [("", result)]:
+        _write_report(run.output_dir)
+
+
+def _write_report(run_dir: Any) -> None:
+    """The run's report.html; a failure is reported (the run itself succeeded), not raised."""
+    from contrasent.report import build_report
+
+    try:
+        print(f"report: {build_report(run_dir)}")
+    except Exception as exc:  # noqa: BLE001 - the trained model is saved; say how to retry
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"report not written ({first}); retry with: contrasent report {run_dir}")
 
 
 def _print_diagnostics(result: Any) -> None:

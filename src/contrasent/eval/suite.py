@@ -101,8 +101,8 @@ def format_tables(results: dict[str, Any]) -> str:
     """The SimCSE tables (STS, then transfer) of an ``evaluate`` result."""
     parts = []
     if "tasks" in results:
-        parts.append(f"STS ({results.get('sts_mode', results['mode'])}, Spearman x100):")
-        parts.append(sts.format_table(results | {"mode": results.get("sts_mode", results["mode"])}))
+        as_sts = results | {"mode": results.get("sts_mode", results["mode"])}
+        parts += [f"{sts.table_caption(as_sts)}:", sts.format_table(as_sts)]
     if "transfer" in results:
         tr = results["transfer"]
         col = "dev accuracy" if tr["mode"] == "dev" else "test accuracy"

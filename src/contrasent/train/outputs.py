@@ -39,6 +39,7 @@ CONFIG = "config.json"
 RUN_OUTPUTS = (
     ckpt.CHECKPOINTS, "best", "final", "tensorboard", "metrics.jsonl", CONFIG,
     "stage_done.json",  # train.stages.DONE: a stage of a staged run finished here
+    "report",  # contrasent.report.REPORT_DIR: `contrasent train` writes it at the end
 )  # fmt: skip
 #: what makes a run worth keeping over the one before it
 RESULTS = (ckpt.CHECKPOINTS, "final")
