@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
+from contrasent.cli_tools import ExportArgs, IndexBuildArgs, MergeArgs, SearchArgs
 from contrasent.errors import UserError
 
 Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
@@ -31,6 +32,9 @@ class ModelArgs:
         device: "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
         precision: Inference precision: fp16/bf16 only on GPU.
         batch_size: Sentences per forward pass.
+        backend: "onnx" runs a folder written by `contrasent export` with ONNX Runtime.
+        file_name: ONNX file of that folder (e.g. model_qint8_avx512_vnni.onnx); default
+            model.onnx.
     """
 
     model: str
@@ -40,6 +44,8 @@ class ModelArgs:
     device: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 64
+    backend: Literal["torch", "onnx"] = "torch"
+    file_name: str | None = None
 
     def load(self):
         from contrasent.encoder import Encoder
@@ -52,6 +58,8 @@ class ModelArgs:
             normalize=self.normalize,
             max_seq_length=self.max_seq_length,
             device=self.device,
+            backend=self.backend,
+            file_name=self.file_name,
         )
 
 
@@ -74,18 +82,39 @@ class EvalArgs(ModelArgs):
 
 @dataclass
 class EmbedArgs(ModelArgs):
-    """Embed a text file (one text a line, .txt or .txt.gz) into a .npy matrix, streaming.
+    """Embed a text file (one text a line, .txt or .txt.gz): resumable chunks, shards.
 
     Args:
         input: Input text file; every line (empty ones too) becomes one row.
-        output: Output .npy file (float32, rows in input order).
+        output: Output file: .npy (float32 matrix), .parquet (id, [text,] embedding) or .jsonl
+            (DeCLUTR's {"embeddings": [...]} a line); rows in input order.
         errors: Invalid UTF-8: "strict" stops with the line number; "replace" substitutes U+FFFD
             and reports how many lines were affected.
+        shard: I/N: embed only the I-th (from 0) of N contiguous parts of the file into
+            OUTPUT.shard-I-of-N/; join them with `contrasent embed merge --output OUTPUT`.
+            Under torchrun / accelerate launch each process takes shard RANK/WORLD_SIZE and
+            rank 0 merges.
+        chunk_lines: Lines per chunk: a killed run re-run with the same command resumes after
+            the last complete chunk.
+        with_text: Add the text to .parquet / .jsonl rows.
     """
 
     input: str = ""
     output: str = ""
     errors: Literal["strict", "replace"] = "strict"
+    shard: str | None = None
+    chunk_lines: int = 20000
+    with_text: bool = False
+
+
+@dataclass
+class IndexBuildCmd(IndexBuildArgs, ModelArgs):
+    __doc__ = IndexBuildArgs.__doc__
+
+
+@dataclass
+class ExportCmd(ExportArgs, ModelArgs):
+    __doc__ = ExportArgs.__doc__
 
 
 def _run_eval(args: EvalArgs) -> None:
@@ -106,20 +135,9 @@ def _run_eval(args: EvalArgs) -> None:
 
 
 def _run_embed(args: EmbedArgs) -> None:
-    from contrasent.embed import embed_file
+    from contrasent.cli_tools import run_embed
 
-    if not args.input or not args.output:
-        raise UserError("embed needs --input FILE and --output FILE.npy")
-    encoder = args.load()
-    summary = embed_file(
-        encoder,
-        args.input,
-        args.output,
-        batch_size=args.batch_size,
-        errors=args.errors,
-        precision=args.precision,
-    )
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    run_embed(args)
 
 
 def _quiet_transformers() -> None:
@@ -160,14 +178,31 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subcommands(dest="command")
     for name, cls, help_ in (
         ("eval", EvalArgs, "Evaluate on STS (prints the table, writes JSON)."),
-        ("embed", EmbedArgs, "Embed a text file into a .npy matrix."),
+        ("embed", EmbedArgs, "Embed a text file (.npy/.parquet/.jsonl), resumable, sharded."),
+        ("embed_merge", MergeArgs, "`contrasent embed merge --output OUT`: join finished shards."),
+        ("search", SearchArgs, "Search an index: QUERY... or --queries FILE."),
+        ("export", ExportCmd, "`contrasent export MODEL --output DIR --format onnx`."),
     ):
-        p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
-        p.add_argument("--config", action="config", help="YAML file with these options.")
-        p.add_class_arguments(cls, None, as_group=False)
-        sub.add_subcommand(name, p, help=help_)
+        sub.add_subcommand(name, _class_parser(cls), help=help_)
     sub.add_subcommand("train", _train_parser(), help="Train from a YAML recipe with overrides.")
+    index = ArgumentParser(description="Search indexes.")
+    sub.add_subcommand("index", index, help="`contrasent index build ...`: build a search index.")
+    index_sub = index.add_subcommands(
+        dest="action"
+    )  # added after its parent, as jsonargparse wants
+    index_sub.add_subcommand(
+        "build", _class_parser(IndexBuildCmd), help=IndexBuildArgs.__doc__.split("\n")[0]
+    )
     return parser
+
+
+def _class_parser(cls) -> ArgumentParser:
+    p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
+    p.add_argument("--config", action="config", help="YAML file with these options.")
+    p.add_class_arguments(cls, None, as_group=False)
+    if cls is SearchArgs:
+        p.add_argument("query", nargs="*", default=[], help="Query texts.")
+    return p
 
 
 def _train_parser() -> ArgumentParser:
@@ -187,6 +222,10 @@ def _parse(argv: list[str]) -> Any:
     argv = [_underscore_option(a) for a in argv]
     if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
         argv[1:2] = ["--config", argv[1]]
+    if len(argv) >= 2 and argv[0] == "export" and not argv[1].startswith("-"):
+        argv[1:2] = ["--model", argv[1]]  # `contrasent export MODEL --output DIR`
+    if argv[:2] == ["embed", "merge"]:
+        argv[:2] = ["embed_merge"]
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = build_parser()
     return parser.instantiate(parser.parse_args(argv))
@@ -210,6 +249,24 @@ def main(argv: list[str] | None = None) -> int:
             _run_eval(_build(EvalArgs, init.eval))
         elif command == "embed":
             _run_embed(_build(EmbedArgs, init.embed))
+        elif command == "embed_merge":
+            from contrasent.cli_tools import run_merge
+
+            command = "embed merge"
+            run_merge(_build(MergeArgs, init.embed_merge))
+        elif command == "index":
+            from contrasent.cli_tools import run_index_build
+
+            command = "index build"
+            run_index_build(_build(IndexBuildCmd, init.index.build))
+        elif command == "search":
+            from contrasent.cli_tools import run_search
+
+            run_search(_build(SearchArgs, init.search), list(init.search.query))
+        elif command == "export":
+            from contrasent.cli_tools import run_export
+
+            run_export(_build(ExportCmd, init.export))
         elif command == "train":
             from contrasent.train.config import TrainConfig
 

@@ -135,12 +135,25 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
         max_seq_length: int | None = None,
         device: str | torch.device | None = None,
+        backend: str = "torch",
+        file_name: str | None = None,
     ) -> Encoder:
         """Load a hub id, an HF directory or a sentence-transformers directory.
 
         Arguments left as None come from the ST directory (or default to mean pooling, no
         normalisation, the model's max length). ``device`` None = CUDA when available, else CPU.
+        ``backend="onnx"`` returns a `contrasent.onnx_backend.OnnxEncoder` (same ``encode``) for a
+        directory written by ``contrasent export``; ``file_name`` picks its ONNX file (default
+        ``onnx/model.onnx``; e.g. ``onnx/model_qint8_avx512_vnni.onnx`` for the int8 one).
         """
+        if backend != "torch":
+            from contrasent.onnx_backend import OnnxEncoder
+
+            if backend != "onnx":
+                raise UserError(f"unknown backend {backend!r}; valid: torch, onnx")
+            return OnnxEncoder.from_pretrained(
+                name_or_path, pooling, normalize, max_seq_length, device, file_name
+            )
         if pooling is not None:
             check_pooling(pooling)
         path = Path(os.fspath(name_or_path)).expanduser()
@@ -230,6 +243,7 @@ class Encoder(nn.Module):
         show_progress: bool | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
+        stats: dict[str, int] | None = None,
     ) -> np.ndarray:
         """Embed texts -> float32 array [N, hidden_size] in input order.
 
@@ -238,7 +252,8 @@ class Encoder(nn.Module):
         moves the encoder there (and it stays). ``precision`` fp16/bf16 runs CUDA autocast; on a
         CPU it raises UserError rather than silently running fp32 (CPU half precision is slow and
         changes results). ``show_progress`` None = a bar (sentences/s) only for >= 5000 texts on a
-        terminal. A single string is treated as a one-element list.
+        terminal. A single string is treated as a one-element list. ``stats``, when given, gets
+        ``stats["truncated"]`` increased by the number of texts cut at max_seq_length.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -260,6 +275,10 @@ class Encoder(nn.Module):
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=False)
+        if stats is not None:
+            stats["truncated"] = stats.get("truncated", 0) + count_truncated(
+                enc, self.max_seq_length
+            )
         order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
         from tqdm.auto import tqdm
 
@@ -271,6 +290,13 @@ class Encoder(nn.Module):
                 out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         return out
+
+    def similarity(self, a: Any, b: Any, batch_size: int = 64) -> float | np.ndarray:
+        """Cosine similarity of texts or embeddings: two lists give a [len(a), len(b)] matrix, a
+        single string on one side drops that axis, two strings give a float (as SimCSE's tool)."""
+        from contrasent.search import similarity
+
+        return similarity(self, a, b, batch_size=batch_size)
 
     def _collate(self, enc: Any, idx: np.ndarray) -> dict[str, Tensor]:
         """Pad the pre-tokenized rows `idx` into tensors (numpy fill: cheaper than tokenizer.pad)."""
@@ -330,6 +356,18 @@ class Encoder(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def count_truncated(enc: Any, max_length: int) -> int:
+    """How many texts of a tokenizer output were cut at ``max_length``.
+
+    Fast tokenizers record the cut-off tokens (``encodings[i].overflowing``), which is exact; for
+    slow ones a text that fills ``max_length`` exactly is counted as cut too.
+    """
+    encodings = getattr(enc, "encodings", None)
+    if encodings:
+        return sum(bool(e.overflowing) for e in encodings)
+    return sum(len(ids) >= max_length for ids in enc["input_ids"])
 
 
 # -------------------------------------------------------------------- helpers: HF loading
