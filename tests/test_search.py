@@ -11,12 +11,8 @@ import pytest
 from contrasent.cli import main
 from contrasent.encoder import Encoder
 from contrasent.errors import UserError
-from contrasent.search import (
-    IVF_MIN_ROWS,
-    Index,
-    cos_sim,
-    exact_search,
-)
+from contrasent.search import Index, cos_sim, exact_search
+from contrasent.search_faiss import IVF_MIN_ROWS
 
 TEXTS = [
     "A man is playing a guitar.",

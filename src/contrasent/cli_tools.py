@@ -103,7 +103,7 @@ class MergeArgs:
 
 # ----------------------------------------------------------------------------- runners
 def run_index_build(args: Any) -> None:
-    from contrasent.search import build_index
+    from contrasent.index_build import build_index
 
     if not args.input or not args.output:
         raise UserError("index build needs --input FILE and --output DIR")

@@ -17,14 +17,11 @@ first line that begins inside it, so a process seeks to its range and never read
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +29,22 @@ from typing import Any
 import numpy as np
 
 from contrasent.data.readers import REPLACED, ReadStats, iter_lines
+from contrasent.embed_chunks import (
+    CHUNKS_FORMAT,
+    chunk_dir,
+    lock,
+    read_manifest,
+    save_npy,
+    save_texts,
+    totals,
+    write_manifest,
+)
+from contrasent.embed_merge import assemble, merge_shards, output_format
 from contrasent.errors import UserError
-from contrasent.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 ERRORS = ("strict", "replace")
-FORMATS = {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl"}
 PROGRESS_MIN_LINES = 5000
-MANIFEST = "manifest.json"
-CHUNKS_FORMAT = "contrasent-embed-chunks"
 
 
 # ----------------------------------------------------------------------------- input ranges
@@ -125,62 +129,6 @@ def read_all_lines(path: Path, errors: str = "strict") -> list[str]:
     return [t for t, _ in iter_range(path, 0, None, errors, ReadStats(str(path)), str(path))]
 
 
-# ----------------------------------------------------------------------------- chunk folders
-def chunk_dir(output: Path, shard: tuple[int, int] | None) -> Path:
-    if shard is None:
-        return output.with_name(output.name + ".chunks")
-    return output.with_name(f"{output.name}.shard-{shard[0]:05d}-of-{shard[1]:05d}")
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    file = folder / MANIFEST
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UserError(f"{file}: unreadable manifest ({e}); delete {folder} to start over") from e
-    if data.get("format") != CHUNKS_FORMAT:
-        raise UserError(f"{file}: not a contrasent chunk manifest; delete {folder} to start over")
-    return data
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-
-
-def _lock(folder: Path) -> Any:
-    """An exclusive lock on the chunk folder (released by the OS even on SIGKILL)."""
-    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UserError(f"{folder}: another process is embedding into it right now") from None
-    return fh
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_texts(path: Path, texts: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes("\n".join(texts).encode("utf-8", errors="surrogatepass"))
-    os.replace(tmp, path)
-
-
-def _chunk_texts(folder: Path, entry: dict[str, Any]) -> list[str]:
-    if entry["rows"] == 0:
-        return []
-    return (folder / entry["texts"]).read_bytes().decode("utf-8", "surrogatepass").split("\n")
-
-
 # ----------------------------------------------------------------------------- embedding
 def embed_file(
     encoder: Any,
@@ -242,7 +190,7 @@ def embed_file(
     }
     folder = chunk_dir(out, shard)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = _lock(folder)
+    held = lock(folder)
     try:
         manifest = _resume(folder, run)
         resumed = sum(c["rows"] for c in manifest["chunks"])
@@ -250,34 +198,27 @@ def embed_file(
             encoder, src, folder, manifest, (start, end), label, batch_size, precision,
             normalize, show_progress,
         )  # fmt: skip
-        totals = _totals([manifest])
+        counts = totals([manifest])
         if shard is None:
             assemble([folder], out, fmt)
     finally:
-        lock.close()
+        held.close()
     if shard is None:
         shutil.rmtree(folder, ignore_errors=True)
-    if totals["replaced_lines"]:
+    if counts["replaced_lines"]:
         log.warning(
-            "%s: %d line(s) had invalid UTF-8, replaced by U+FFFD", src, totals["replaced_lines"]
+            "%s: %d line(s) had invalid UTF-8, replaced by U+FFFD", src, counts["replaced_lines"]
         )
-    if totals["truncated"]:
-        log.info("%s: %d input(s) truncated at max_seq_length", src, totals["truncated"])
+    if counts["truncated"]:
+        log.info("%s: %d input(s) truncated at max_seq_length", src, counts["truncated"])
     seconds = time.perf_counter() - t0
     return {
-        **totals,
+        **counts,
         "seconds": round(seconds, 3),
         "rows_per_s": round((rows - resumed) / seconds, 1) if seconds > 0 else None,
         "resumed_rows": resumed,
         "output": str(out) if shard is None else str(folder),
     }
-
-
-def output_format(out: Path) -> str:
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise UserError(f"output {out}: unknown format; use one of {', '.join(FORMATS)}")
-    return fmt
 
 
 def _model_record(encoder: Any, model_id: str | None, normalize: bool | None) -> dict[str, Any]:
@@ -299,7 +240,7 @@ def _resume(folder: Path, run: dict[str, Any]) -> dict[str, Any]:
             "chunks": [],
             "complete": False,
         }
-        _write_manifest(folder, manifest)
+        write_manifest(folder, manifest)
         return manifest
     diff = sorted(
         k for k in set(run) | set(manifest["run"]) if run.get(k) != manifest["run"].get(k)
@@ -370,170 +311,18 @@ def _embed_chunks(
                 "replaced": stats.info.get(REPLACED, 0) - replaced_before,
                 "truncated": int(info.get("truncated", 0)),
             }
-            _save_npy(folder / entry["file"], np.ascontiguousarray(emb, dtype=np.float32))
+            save_npy(folder / entry["file"], np.ascontiguousarray(emb, dtype=np.float32))
             if run["with_text"]:
                 entry["texts"] = f"chunk-{k:06d}.txt"
-                _save_texts(folder / entry["texts"], texts)
+                save_texts(folder / entry["texts"], texts)
             chunks.append(entry)
             done += len(texts)
             manifest["complete"] = done >= run["rows"]
-            _write_manifest(folder, manifest)  # the chunk counts only once recorded here
+            write_manifest(folder, manifest)  # the chunk counts only once recorded here
             bar.update(len(texts))
     if not manifest["complete"]:  # zero rows: nothing was written, still a finished shard
         manifest["complete"] = True
-        _write_manifest(folder, manifest)
+        write_manifest(folder, manifest)
 
 
-def _totals(manifests: list[dict[str, Any]]) -> dict[str, int]:
-    chunks = [c for m in manifests for c in m["chunks"]]
-    return {
-        "rows": sum(c["rows"] for c in chunks),
-        "empty_lines": sum(c["empty"] for c in chunks),
-        "replaced_lines": sum(c["replaced"] for c in chunks),
-        "truncated": sum(c["truncated"] for c in chunks),
-    }
-
-
-# ----------------------------------------------------------------------------- output
-def assemble(folders: list[Path], out: Path, fmt: str | None = None) -> None:
-    """Write the chunks of ``folders`` (in this order) as one output file, atomically."""
-    fmt = fmt or output_format(out)
-    manifests = [read_manifest(f) for f in folders]
-    dim = manifests[0]["run"]["dim"]
-    parts = [(f, c) for f, m in zip(folders, manifests, strict=True) for c in m["chunks"]]
-    rows = sum(c["rows"] for _, c in parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
-    try:
-        writer = {"npy": _write_npy, "parquet": _write_parquet, "jsonl": _write_jsonl}[fmt]
-        writer(tmp, parts, rows, dim, bool(manifests[0]["run"]["with_text"]))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_npy(tmp: Path, parts: list, rows: int, dim: int, with_text: bool) -> None:
-    if rows == 0:  # a zero-length memmap cannot be mapped
-        np.save(tmp, np.empty((0, dim), np.float32))
-        return
-    mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
-    pos = 0
-    for folder, c in parts:
-        mat[pos : pos + c["rows"]] = np.load(folder / c["file"], mmap_mode="r")
-        pos += c["rows"]
-    mat.flush()
-    del mat
-
-
-def _write_parquet(tmp: Path, parts: list, rows: int, dim: int, with_text: bool) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise UserError("parquet output needs pyarrow: pip install 'contrasent[parquet]'") from e
-    fields = [pa.field("id", pa.int64())]
-    if with_text:
-        fields.append(pa.field("text", pa.string()))
-    fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
-    schema = pa.schema(fields)
-    pos = 0
-    with pq.ParquetWriter(tmp, schema) as w:
-        for folder, c in parts:
-            emb = np.load(folder / c["file"])
-            cols = [pa.array(np.arange(pos, pos + c["rows"], dtype=np.int64))]
-            if with_text:
-                cols.append(pa.array(_chunk_texts(folder, c), pa.string()))
-            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim))
-            w.write_table(pa.Table.from_arrays(cols, schema=schema))
-            pos += c["rows"]
-        if rows == 0:
-            w.write_table(schema.empty_table())
-
-
-def _write_jsonl(tmp: Path, parts: list, rows: int, dim: int, with_text: bool) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-        for folder, c in parts:
-            emb = np.load(folder / c["file"])
-            texts = _chunk_texts(folder, c) if with_text else None
-            for j, row in enumerate(emb.tolist()):
-                rec = {"text": texts[j], "embeddings": row} if texts else {"embeddings": row}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-# ----------------------------------------------------------------------------- shards
-def find_shards(output: Path) -> list[Path]:
-    """The chunk folders of ``output``'s shards, in shard order, after checking they form one
-    complete run: all N present, each complete, same input/model/options, contiguous ranges."""
-    found: dict[int, set[int]] = {}
-    for p in output.parent.glob(f"{output.name}.shard-*-of-*"):
-        try:
-            i, n = (int(x) for x in p.name.rsplit(".shard-", 1)[1].split("-of-"))
-        except ValueError:
-            continue
-        found.setdefault(n, set()).add(i)
-    if not found:
-        raise UserError(
-            f"no shard folders {output.name}.shard-*-of-* next to {output}; run "
-            "`contrasent embed ... --shard I/N` with the same --output first"
-        )
-    if len(found) > 1:
-        raise UserError(
-            f"shard folders of different shard counts next to {output}: N = {sorted(found)}"
-        )
-    n, have = next(iter(found.items()))
-    missing = sorted(set(range(n)) - have)
-    if missing:
-        raise UserError(f"{output}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing")
-    folders = [chunk_dir(output, (i, n)) for i in range(n)]
-    manifests = [read_manifest(f) for f in folders]
-    _check_shards(output, folders, manifests, n)
-    return folders
-
-
-def _check_shards(output: Path, folders: list[Path], manifests: list, n: int) -> None:
-    for i, (f, m) in enumerate(zip(folders, manifests, strict=True)):
-        if m is None or not m["complete"]:
-            done = sum(c["rows"] for c in m["chunks"]) if m else 0
-            total = m["run"]["rows"] if m else "?"
-            raise UserError(
-                f"{f}: shard {i}/{n} is partial ({done} of {total} rows); re-run its "
-                f"`contrasent embed ... --shard {i}/{n}` command to finish it"
-            )
-    same = (
-        "input",
-        "input_bytes",
-        "input_mtime_ns",
-        "chunk_lines",
-        "errors",
-        "with_text",
-        "dim",
-        "model",
-    )
-    ref = manifests[0]["run"]
-    for i, m in enumerate(manifests[1:], start=1):
-        diff = [k for k in same if m["run"].get(k) != ref.get(k)]
-        if diff:
-            raise UserError(
-                f"{folders[i]}: shard {i}/{n} differs from shard 0 in {', '.join(diff)}"
-            )
-    ranges = [m["run"]["byte_range"] for m in manifests]
-    ends = [r[1] for r in ranges[:-1]]
-    if (
-        ranges[0][0] != 0
-        or ranges[-1][1] != ref["input_bytes"]
-        or [r[0] for r in ranges[1:]] != ends
-    ):
-        raise UserError(f"{output}: shard byte ranges {ranges} do not tile the input")
-
-
-def merge_shards(output: str | os.PathLike, keep_chunks: bool = False) -> dict[str, Any]:
-    """Join the finished shards of ``output`` (the --output every shard was given) into it."""
-    out = Path(output)
-    folders = find_shards(out)
-    assemble(folders, out)
-    totals = _totals([read_manifest(f) for f in folders])
-    if not keep_chunks:
-        for f in folders:
-            shutil.rmtree(f, ignore_errors=True)
-    return {**totals, "shards": len(folders), "output": str(out)}
+__all__ = ["assemble", "chunk_dir", "embed_file", "iter_range", "merge_shards", "read_all_lines"]

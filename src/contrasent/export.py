@@ -216,14 +216,20 @@ def quantize_int8(src: Path, dst: Path, target: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weights, reduce_range = INT8_TARGETS[target]
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=True,
-        reduce_range=reduce_range,
-        weight_type=QuantType.QInt8 if weights == "qint8" else QuantType.QUInt8,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs per-tensor notes on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8 if weights == "qint8" else QuantType.QUInt8,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _parity(encoder: Any, folder: Path, file_name: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -31,11 +30,11 @@ import numpy as np
 
 from contrasent.errors import UserError, where
 from contrasent.fileio import atomic_write_text
+from contrasent.search_faiss import build_faiss, faiss_available, import_faiss
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "exact", "faiss")
 AUTO_FAISS_ROWS = 200_000  # "auto" switches to approximate search from here (faiss installed)
-IVF_MIN_ROWS = 20_000  # below this, faiss gets an exact flat index (same results as exact)
 BLOCK_BYTES = 64 << 20  # embedding rows read per step of exact search
 SCORE_FLOATS = 16 << 20  # bound on the [queries x rows] score block
 INDEX_FORMAT = "contrasent-index"
@@ -191,63 +190,6 @@ def _keep_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, 
     return np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
 
 
-# ----------------------------------------------------------------------------- faiss
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError as e:
-        raise UserError(
-            "engine 'faiss' needs the faiss-cpu package: pip install 'contrasent[faiss]'"
-        ) from e
-    return faiss
-
-
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def build_faiss(
-    embeddings: Any, excluded: np.ndarray, nlist: int | None = None, seed: int = 0
-) -> tuple[Any, dict[str, Any]]:
-    """A faiss inner-product index over the normalised rows (empty texts left out).
-
-    Flat (exact) below IVF_MIN_ROWS rows, else IVFFlat with ``nlist`` cells (default 4*sqrt(n),
-    as faiss' guidelines suggest) trained on a sample of at most 256 rows per cell.
-    """
-    faiss = _import_faiss()
-    n, dim = embeddings.shape
-    keep = np.setdiff1d(np.arange(n), excluded) if len(excluded) else None
-    eligible = n - len(excluded)
-    info: dict[str, Any] = {"type": "flat"}
-    if eligible < IVF_MIN_ROWS and nlist is None:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    else:
-        nlist = int(nlist or max(1, round(4 * math.sqrt(eligible))))
-        nlist = max(1, min(nlist, eligible // 39 or 1))  # faiss wants >= 39 points per cell
-        rng = np.random.default_rng(seed)
-        pool = keep if keep is not None else np.arange(n)
-        sample = np.sort(rng.choice(pool, size=min(len(pool), 256 * nlist), replace=False))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
-        info = {"type": "ivf", "nlist": nlist, "nprobe": default_nprobe(nlist)}
-    block = max(1, BLOCK_BYTES // (4 * dim))
-    for start in range(0, n, block):
-        ids = np.arange(start, min(start + block, n), dtype=np.int64)
-        if keep is not None:
-            ids = np.intersect1d(ids, keep, assume_unique=True)
-        index.add_with_ids(np.ascontiguousarray(embeddings[ids], dtype=np.float32), ids)
-    return index, info
-
-
-def default_nprobe(nlist: int) -> int:
-    """Cells visited per query: 1/16 of them (at least 8): recall@10 ~0.97+ on clustered data."""
-    return int(min(nlist, max(8, nlist // 16)))
-
-
 # ----------------------------------------------------------------------------- the index
 class Index:
     """Embeddings + texts with cosine search; see the module docstring for layout and engines.
@@ -340,7 +282,7 @@ class Index:
         faiss_info = meta.get("faiss")
         loaded = None
         if faiss_info and (folder / "faiss.index").is_file() and engine != "exact":
-            loaded = (_import_faiss().read_index(str(folder / "faiss.index")), faiss_info)
+            loaded = (import_faiss().read_index(str(folder / "faiss.index")), faiss_info)
         engine = engine or ("faiss" if loaded else "exact")
         return cls(
             emb,
@@ -401,7 +343,7 @@ class Index:
         faiss_info = None
         if self.engine == "faiss":
             index, faiss_info = self._faiss_index()
-            _import_faiss().write_index(index, str(folder / "faiss.index"))
+            import_faiss().write_index(index, str(folder / "faiss.index"))
         n, dim = self.embeddings.shape
         meta = {
             "format": INDEX_FORMAT,
@@ -474,7 +416,7 @@ class Index:
             big = len(self) - len(self.excluded) >= AUTO_FAISS_ROWS
             return "faiss" if big and faiss_available() else "exact"
         if engine == "faiss":
-            _import_faiss()
+            import_faiss()
         return engine
 
     def _faiss_index(self) -> tuple[Any, dict[str, Any]]:
@@ -486,7 +428,7 @@ class Index:
     def _faiss_search(self, q: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         index, info = self._faiss_index()
         if info.get("type") == "ivf":
-            _import_faiss().extract_index_ivf(index).nprobe = int(self.nprobe or info["nprobe"])
+            import_faiss().extract_index_ivf(index).nprobe = int(self.nprobe or info["nprobe"])
         k = max(0, min(top_k, len(self) - len(self.excluded)))
         if k == 0 or len(q) == 0:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
@@ -543,94 +485,3 @@ def _model_info(encoder: Any) -> dict[str, Any] | None:
     if source is not None:
         info["name_or_path"] = source
     return info
-
-
-# ----------------------------------------------------------------------------- building on disk
-def build_index(
-    encoder: Any,
-    input_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    embeddings_path: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    errors: str = "strict",
-    engine: str = "auto",
-    model: dict[str, Any] | None = None,
-    show_progress: bool | None = None,
-) -> Index:
-    """Index every line of a corpus file (id = line number from 0) into ``output_dir``, streaming.
-
-    Embeds with `contrasent.embed.embed_file` (chunked and resumable: a killed build continues
-    when started again) unless ``embeddings_path`` gives a matrix whose row i is line i. The
-    folder is assembled under a temporary name and renamed at the end.
-    """
-    from contrasent.data.readers import ReadStats
-    from contrasent.embed import embed_file, iter_range
-
-    src, out = Path(input_path), Path(output_dir).absolute()
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())
-    ):
-        raise UserError(f"{out} exists and is not an index folder (refusing to replace it)")
-    work = out.parent / f".{out.name}.building"
-    work.mkdir(parents=True, exist_ok=True)
-    emb_file, stamp_file = work / "embeddings.npy", work / "embeddings.json"
-    if not src.is_file():
-        raise UserError(f"input file {src} not found")
-    stat = src.stat()
-    stamp = json.dumps(
-        [
-            str(src.resolve()),
-            stat.st_size,
-            stat.st_mtime_ns,
-            model,
-            embeddings_path and str(embeddings_path),
-        ]
-    )
-    if not (emb_file.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp):
-        emb_file.unlink(missing_ok=True)  # a finished embedding of another corpus/model: redo
-        if embeddings_path is not None:
-            given = _open_npy(Path(embeddings_path))
-            Index(given, _Count(len(given)), excluded=np.empty(0, np.int64))._copy_normalized(
-                emb_file
-            )
-        else:  # chunked and resumable: a killed build continues from its last chunk
-            embed_file(
-                encoder, src, emb_file, batch_size=batch_size, errors=errors, normalize=True,
-                show_progress=show_progress, model_id=(model or {}).get("name_or_path"),
-            )  # fmt: skip
-        atomic_write_text(stamp_file, stamp)
-    emb = _open_npy(emb_file)
-    lines = (t for t, _ in iter_range(src, 0, None, errors, ReadStats(str(src)), str(src)))
-    count, excluded = write_texts(lines, work)
-    if count != len(emb):
-        shutil.rmtree(work, ignore_errors=True)
-        raise UserError(
-            f"{embeddings_path or emb_file} has {len(emb)} rows but {src} has {count} lines; row i "
-            "must be the embedding of line i (as `contrasent embed` writes it)"
-        )
-    if count == len(excluded):
-        shutil.rmtree(work, ignore_errors=True)
-        raise UserError(f"{src}: no non-empty lines, nothing to index")
-    np.save(work / "excluded.npy", excluded)
-    texts = TextStore(work / "texts.jsonl", np.load(work / "texts.offsets.npy"))
-    index = Index(emb, texts, encoder=encoder, normalized=True, engine=engine, model=model,
-                  excluded=excluded)  # fmt: skip
-    index._write_meta(work)
-    stamp_file.unlink()
-    from contrasent.st_layout import swap_into_place
-
-    swap_into_place(work, out)
-    return Index.load(out, encoder=encoder)
-
-
-class _Count(Sequence):
-    """A placeholder text sequence of n texts (only its length is used)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return "x"
