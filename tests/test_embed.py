@@ -164,3 +164,13 @@ def test_parquet_and_jsonl(encoder: Encoder, tmp_path: Path, suffix: str, with_t
     np.testing.assert_allclose(got, want, atol=1e-5)
     if with_text:
         assert texts == LINES
+
+
+def test_bad_output_suffix_and_shard_spec(encoder: Encoder, tmp_path: Path) -> None:
+    src = _write(tmp_path / "in.txt", b"x\n")
+    with pytest.raises(UserError, match=r"unknown format; use one of \.npy, \.parquet, \.jsonl"):
+        embed_file(encoder, src, tmp_path / "out.csv")
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        with pytest.raises(UserError, match="shard"):
+            embed_file(encoder, src, tmp_path / "out.npy", shard=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

@@ -142,13 +142,17 @@ def run_search(args: SearchArgs, queries: list[str]) -> None:
         from contrasent.fileio import atomic_write_text
 
         lines = [
-            json.dumps({"query": q, "hits": [h._asdict() for h in hs]}, ensure_ascii=False)
+            json.dumps({"query": q, "hits": [_hit_record(h) for h in hs]}, ensure_ascii=False)
             for q, hs in zip(queries, hits, strict=True)
         ]
         atomic_write_text(args.output, "".join(line + "\n" for line in lines))
         print(f"{len(queries)} queries, hits written to {args.output}")
         return
     print(format_hits(queries, hits))
+
+
+def _hit_record(hit: Any) -> dict[str, Any]:
+    return {"id": hit.id, "text": hit.text, "score": hit.score}
 
 
 def format_hits(queries: list[str], hits: list[list[Any]], width: int = 90) -> str:
