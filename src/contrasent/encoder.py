@@ -286,7 +286,11 @@ class Encoder(nn.Module):
         with self._eval_mode(), torch.inference_mode(), amp, bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
-                emb = self._embed(self._collate(enc, idx), normalize)
+                feats = self._collate(enc, idx)
+                mask = feats.get("attention_mask")
+                if mask is not None and bool(mask.all()):  # no padding (length-sorted batches):
+                    del feats["attention_mask"]  # attention runs unmasked, ~2% faster on CPU
+                emb = self._embed(feats, normalize)
                 out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         return out

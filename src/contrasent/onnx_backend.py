@@ -27,8 +27,12 @@ PROGRESS_MIN_TEXTS = 5000
 def session_options(threads: int | None = None) -> Any:
     """ORT session options used for every contrasent session: all graph optimisations (ORT fuses
     attention, LayerNorm and GELU at load), ``threads`` intra-op threads (None: ORT's default,
-    one per physical core), one inter-op thread (the graph is a single chain)."""
+    one per physical core, or $OMP_NUM_THREADS as torchrun sets it per process), one inter-op
+    thread (the graph is a single chain)."""
     import onnxruntime as ort
+
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    threads = threads or (int(omp) if omp.isdigit() else None)
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
