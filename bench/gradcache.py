@@ -159,12 +159,13 @@ def child(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-gradcache-") as tmp:
         cfg = TrainConfig(
-            model=ModelConfig(name_or_path=args.model, max_seq_length=args.max_seq_length),
+            model=ModelConfig(name_or_path=args.model),
             objective={"name": "simcse_unsup", "temperature": 0.05},
             data=sources.DataSpec(
                 kind="text",
                 path=str(Path(args.data_root) / "corpus" / "wiki1m-head.txt"),
                 epochs=None,  # endless: max_steps ends the run
+                max_seq_length=args.max_seq_length,
             ),
             train=OptimConfig(
                 batch_size=batch,

@@ -6,7 +6,12 @@ repeated N times (median reported):
 * ``simcse``: our ``simcse_unsup`` objective on ``corpus/wiki1m-head.txt`` vs ST's
   MultipleNegativesRankingLoss on (s, s) pairs (how ST documents unsupervised SimCSE);
 * ``pairs``: our ``pairs`` objective on ``pairs/wiki-split-tune.tsv`` vs MNRL on the same
-  (anchor, positive) rows.
+  (anchor, positive) rows;
+* ``tsdae``: our ``tsdae`` objective (tied decoder, deletion 0.6) on ``corpus/wiki1m-head.txt``
+  vs ST's DenoisingAutoEncoderLoss (tied) on (damaged, original) rows damaged beforehand with
+  the same noise; both truncate input and target at ``--max-seq-length``. ST's trainer leaves
+  its decoder module in eval mode (no decoder dropout); ours trains it with dropout, as the
+  paper's ``fit`` did. Run with ``simcse`` at the same batch size to compare the two methods.
 
 Our side runs through the public API, ``contrasent.train.loop.train(TrainConfig(...))``; ST's
 through ``SentenceTransformerTrainer.train()``. Both: same model folder, batch size, max sequence
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("simcse", "pairs")
+METHODS = ("simcse", "pairs", "tsdae")
 SIDES = ("ours", "st")
 FUSED = "ours+fused"  # what-if side: our loop with a fused AdamW (a proposed src change)
 
@@ -76,6 +81,7 @@ def data_files(root: Path) -> dict[str, Path]:
     files = {
         "simcse": root / "corpus" / "wiki1m-head.txt",
         "pairs": root / "pairs" / "wiki-split-tune.tsv",
+        "tsdae": root / "corpus" / "wiki1m-head.txt",
     }
     for p in files.values():
         if not p.is_file():
@@ -89,6 +95,13 @@ def st_dataset(method: str, path: Path):
 
     with open(path, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f]
+    if method == "tsdae":  # damaged beforehand, with our noise (keyed by the line number)
+        from contrasent.augment.text_noise import noise_text
+        from contrasent.rng import keyed_rng
+
+        texts = [t.strip() for t in lines if t.strip()]
+        damaged = [noise_text(t, keyed_rng(0, i)) for i, t in enumerate(texts)]
+        return Dataset.from_dict({"damaged": damaged, "original": texts})
     if method == "simcse":
         texts = [t for t in lines if t.strip()]
         return Dataset.from_dict({"anchor": texts, "positive": texts})
@@ -137,11 +150,15 @@ def run_ours(method: str, args: argparse.Namespace, files: dict[str, Path], out:
         # MNRL has no MLP head; mlp=False keeps the math identical (the head costs < 1%)
         objective = {"name": "simcse_unsup", "temperature": 0.05, "mlp": args.simcse_mlp}
         data = DataSpec(kind="text", path=str(files["simcse"]), epochs=None)
+    elif method == "tsdae":
+        objective = {"name": "tsdae", "max_target_length": args.max_seq_length}
+        data = DataSpec(kind="text", path=str(files["tsdae"]), epochs=None)
     else:
         objective = {"name": "pairs", "scale": 20.0, "dedup": args.pairs_dedup}
         data = DataSpec(kind="pairs", path=str(files["pairs"]), epochs=None)
+    data.max_seq_length = args.max_seq_length  # training truncation, as ST's max_seq_length
     cfg = TrainConfig(
-        model=ModelConfig(name_or_path=args.model, max_seq_length=args.max_seq_length),
+        model=ModelConfig(name_or_path=args.model),
         objective=objective,
         data=data,
         train=OptimConfig(
@@ -169,7 +186,10 @@ def run_st(method: str, args: argparse.Namespace, dataset, out: str) -> Run:
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        DenoisingAutoEncoderLoss,
+        MultipleNegativesRankingLoss,
+    )
     from transformers import PrinterCallback, TrainerCallback
 
     class Mark(TrainerCallback):
@@ -204,7 +224,9 @@ def run_st(method: str, args: argparse.Namespace, dataset, out: str) -> Run:
         model=model,
         args=targs,
         train_dataset=dataset,
-        loss=MultipleNegativesRankingLoss(model, scale=20.0),
+        loss=DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
+        if method == "tsdae"
+        else MultipleNegativesRankingLoss(model, scale=20.0),
         callbacks=[Mark()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log line with tqdm off

@@ -24,6 +24,15 @@ def test_there_are_recipes() -> None:
         "simcse-sup-bert-base.yaml",
         "pairs-1b.yaml",
         "quickstart-cpu.yaml",
+        "tsdae-bert-base.yaml",
+        "tsdae-cpu.yaml",
+        "declutr-small.yaml",
+        "declutr-base.yaml",
+        "declutr-cpu.yaml",
+        "consert-unsup-bert-base.yaml",
+        "consert-unsup-cpu.yaml",
+        "consert-joint-cpu.yaml",
+        "consert-sup-unsup-cpu.yaml",
     ):
         assert required in names
 
@@ -31,29 +40,34 @@ def test_there_are_recipes() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    cfg = parse_train_config([str(recipe)])
-    assert cfg.objective_name in OBJECTIVES
-    # unknown or ill-typed objective options raise UserError here
-    objective = build_objective(cfg.objective_name, **cfg.objective_options)
-    for key, value in cfg.objective_options.items():
-        assert objective.config_dict().get(key, value) == value, key
-    cfg.data.check()
-    if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
-        for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
-            for path in p if isinstance(p, list) else [p]:
-                if path:
-                    assert (REPO / path).exists(), f"{recipe.name}: {path} missing"
+    from contrasent.train.config import stage_configs
+
+    for _, cfg in stage_configs(parse_train_config([str(recipe)])):  # each stage of a staged one
+        assert cfg.objective_name in OBJECTIVES
+        # unknown or ill-typed objective options raise UserError here
+        objective = build_objective(cfg.objective_name, **cfg.objective_options)
+        for key, value in cfg.objective_options.items():
+            assert objective.config_dict().get(key, value) == value, key
+        cfg.data.check()
+        # a recipe rerun must never replace an earlier run's models (the user opts in)
+        assert not cfg.overwrite_output_dir, f"{recipe.name} overwrites its output folder"
+        if recipe.name.endswith("-cpu.yaml"):  # these run here: their data must exist
+            for p in [cfg.data.path, cfg.data.data_config, cfg.eval.data_dir]:
+                for path in p if isinstance(p, list) else [p]:
+                    if path:
+                        assert (REPO / path).exists(), f"{recipe.name}: {path} missing"
 
 
 def test_paper_settings() -> None:
     unsup = parse_train_config([str(REPO / "configs/simcse-unsup-bert-base.yaml")])
-    assert (unsup.train.batch_size, unsup.train.lr, unsup.model.max_seq_length) == (64, 3e-5, 32)
+    assert (unsup.train.batch_size, unsup.train.lr, unsup.data.max_seq_length) == (64, 3e-5, 32)
+    assert unsup.model.max_seq_length is None  # SimCSE truncates training only
     assert unsup.objective["temperature"] == 0.05 and unsup.eval.every_steps == 125
     sup = parse_train_config([str(REPO / "configs/simcse-sup-bert-base.yaml")])
     assert (sup.train.batch_size, sup.train.lr, sup.data.epochs) == (512, 5e-5, 3)
     pairs = parse_train_config([str(REPO / "configs/pairs-1b.yaml")])
     assert (pairs.train.batch_size, pairs.train.lr, pairs.train.warmup_steps) == (1024, 2e-5, 500)
-    assert pairs.model.max_seq_length == 128 and pairs.objective["scale"] == 20.0
+    assert pairs.data.max_seq_length == 128 and pairs.objective["scale"] == 20.0
 
 
 def test_overrides_apply() -> None:
@@ -72,6 +86,64 @@ def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unknown_objective_option_is_a_clear_error() -> None:
     recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
-    cfg = parse_train_config([recipe, "--objective.temprature", "0.1"])
-    with pytest.raises(UserError, match="temprature"):
-        build_objective(cfg.objective_name, **cfg.objective_options)
+    with pytest.raises(UserError, match="'temprature' .did you mean temperature.."):
+        parse_train_config([recipe, "--objective.temprature", "0.1"])
+
+
+def test_objective_and_data_must_fit() -> None:
+    recipe = str(REPO / "configs/simcse-unsup-cpu.yaml")
+    with pytest.raises(UserError, match="consumes PairBatch.*yields SentenceBatch.*mixture or nli"):
+        parse_train_config([recipe, "--objective.name", "simcse_sup"])
+    with pytest.raises(UserError, match="unknown data.kind 'txt'.*did you mean text"):
+        parse_train_config([recipe, "--data.kind", "txt"])
+    with pytest.raises(UserError, match="option temperature must be a number, got 'hot'"):
+        parse_train_config([recipe, "--objective.temperature", "hot"])
+
+
+def test_lower_layers_never_import_train_or_cli() -> None:
+    """objectives/, data/, eval/, augment/ (and the modules below them) import neither train/
+    nor the CLI: the gather lives in contrasent.distributed, below both."""
+    import ast
+
+    lower = ["objectives", "data", "eval", "augment"]
+    files = [p for d in lower for p in (REPO / "src" / "contrasent" / d).rglob("*.py")]
+    files += [REPO / "src" / "contrasent" / f for f in ("distributed.py", "options.py", "rng.py")]
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith(("contrasent.train", "contrasent.cli"))
+            ]
+    assert not bad
+
+
+def test_help_lists_every_objective_with_its_options(capsys) -> None:
+    from contrasent.cli import main
+
+    assert main(["train", "--help"]) == 0
+    short = capsys.readouterr().out
+    assert len(short.splitlines()) < 40 and "--help all" in short and "--objective.help" in short
+    assert main(["train", "--help", "all"]) == 0
+    text = capsys.readouterr().out
+    assert "--train.lr: a number = 3e-05" in text and "--eval.patience" in text
+    for name, cls in OBJECTIVES.items():
+        assert f"{name}: " in text
+        for field in cls.Config.__dataclass_fields__:
+            assert f"    {field}: " in text, (name, field)
+    assert "temperature: a number = 0.05" in text and "data kinds (data.kind)" in text
+    assert main(["train", "--help", "objective"]) == 0
+    assert "simcse_sup: Supervised SimCSE" in capsys.readouterr().out
+    assert main(["train", "--objective.help", "pairs"]) == 0
+    one = capsys.readouterr().out
+    assert (
+        "symmetric: true or false or one of 'auto' = False" in one and "simcse" not in one.lower()
+    )
+    assert main(["train", "--objective.help", "simcse"]) == 2
+    assert "did you mean simcse_sup" in capsys.readouterr().err

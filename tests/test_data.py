@@ -491,3 +491,38 @@ def test_dataspec_parses_with_jsonargparse(tmp_path):
     cfg = parser.parse_args(["--config", str(write(tmp_path / "c.yaml", yaml)), "--data.path=a"])
     assert cfg.data.columns == {"anchor": 0, "positive": "1", "negative": ["s", 3]}
     assert cfg.data.epochs == 1 and cfg.data.on_error == "raise" and cfg.data.path == "a"
+
+
+def test_nli_pairs_keep_every_label_and_stream_nli_batches(tmp_path):
+    from contrasent.data.batches import NLIBatch
+
+    rows = [("p1", "h1", "entailment"), ("p1", "h2", "neutral"), ("p1", "h3", "contradiction"),
+            ("p2", "h4", "-"), ("p2", "h5", "neutral")]  # fmt: skip
+    folder = make_snli(tmp_path / "nli", rows)
+    stream = build_stream(DataSpec(kind="nli_pairs", path=str(folder), shuffle_buffer=0), 2, 0)
+    first = next(stream)
+    assert isinstance(first, NLIBatch) and first.index == 0
+    assert (first.premises, first.hypotheses, first.labels) == (["p1", "p1"], ["h1", "h2"], [0, 1])
+    second = next(stream)
+    assert second.labels == [2, 1] and second.index == 1
+    stats = stream.stats[0]
+    assert stats.skipped == {"no gold label": 1}
+    assert stats.info == {"entailment pairs": 1, "neutral pairs": 2, "contradiction pairs": 1}
+
+
+def test_typed_batches_slice_themselves():
+    """No guessing from shapes: a PairBatch with as many negative columns as rows slices its
+    columns' rows (the old shape guess took the columns for rows); offsets follow the slices."""
+    from contrasent.data.batches import NLIBatch, PairBatch, SentenceBatch, row_keys
+
+    pairs = PairBatch(["a0", "a1"], ["p0", "p1"], [["x0", "x1"], ["y0", "y1"]], index=4)
+    part = pairs.slice(1, 2)
+    assert part.negatives == [["x1"], ["y1"]] and part.anchors == ["a1"] and part.offset == 1
+    assert row_keys(part.slice(0, 1), salt=2) == [(4, 1, 2)]
+    nli = NLIBatch(["p0", "p1", "p2"], ["h0", "h1", "h2"], [0, 1, 2], offset=6).slice(1, 3)
+    assert nli.labels == [1, 2] and nli.offset == 7
+    assert len(SentenceBatch(["s"] * 5).slice(2, 4)) == 2
+    with pytest.raises(ValueError, match="labels must be 0..2"):
+        NLIBatch(["p"], ["h"], [3])
+    with pytest.raises(ValueError, match="negatives"):
+        PairBatch(["a"], ["p"], [["x", "y"]])

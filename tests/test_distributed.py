@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from contrasent import distributed as D
 from contrasent.data.batches import PairBatch, SentenceBatch
-from contrasent.train import distributed as D
 
 ANCHORS = ["how do I bake bread", "what is a cat", "bread baking guide", "cats are pets",
            "where is paris", "is tea healthy", "who wrote hamlet", "best way to learn piano"]  # fmt: skip
@@ -116,3 +116,73 @@ def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
                 torch.testing.assert_close(
                     grads[key], g, atol=1e-12, rtol=1e-8, msg=f"{name}: {key}"
                 )
+
+
+def run_mlm_cache(tiny_dir: str, rows: slice, world: int, mini_batch: int | None):
+    """Unsup SimCSE + MLM (dropout off): the loss record and encoder + head gradients of the
+    batch's `rows` (its offset set as the loop's local slice sets it), through the gradient
+    cache (`mini_batch`) or the plain step (None); gradients averaged over processes."""
+    from contrasent.encoder import Encoder
+    from contrasent.objectives import build_objective
+    from contrasent.train.gradcache import gradcache_step
+
+    torch.manual_seed(0)
+    enc = Encoder.from_pretrained(tiny_dir, pooling="cls_before_pooler", device="cpu").double()
+    enc.eval()
+    obj = build_objective("simcse_unsup", enc, do_mlm=True, mlm_probability=0.3).double()
+    batch = SentenceBatch(ANCHORS + POSITIVES, index=5).slice(rows.start, rows.stop)
+    if mini_batch is None:
+        record = obj(enc, batch)
+        record["loss"].backward()
+    else:
+        record = gradcache_step(enc, obj, batch, mini_batch)
+    D.average_gradients([*enc.parameters(), *obj.parameters()])
+    named = [*enc.named_parameters(), *(("mlm." + n, p) for n, p in obj.mlm.named_parameters())]
+    grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
+    parts = {k: v.detach() for k, v in record.items()}
+    return parts, grads
+
+
+def _mlm_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        half = 16 // world
+        parts, grads = run_mlm_cache(tiny_dir, slice(rank * half, (rank + 1) * half), world, 3)
+        for v in parts.values():  # the loop logs the mean over processes
+            dist.all_reduce(v)
+            v /= world
+        torch.save((parts, grads), Path(out_dir) / f"mlm{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mlm_under_cache_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
+    """SimCSE + MLM under the gradient cache (3 texts a pass) on 2 gloo processes == the plain
+    step on one process with the global batch: masks are keyed per global row, the MLM loss is
+    normalised by the global count of masked tokens, and every gradient (MLM head included) is
+    averaged explicitly after the cache's passes."""
+    mp.spawn(_mlm_worker, args=(2, free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2)
+    ref_parts, ref_grads = run_mlm_cache(str(tiny_bert_dir), slice(0, 16), 1, None)
+    assert ref_parts["mlm"].item() > 0 and any(k.startswith("mlm.") for k in ref_grads)
+    for r in range(2):
+        parts, grads = torch.load(tmp_path / f"mlm{r}.pt")
+        for k in ("loss", "contrastive", "mlm"):
+            assert parts[k].item() == pytest.approx(ref_parts[k].item(), rel=1e-9), k
+        assert grads.keys() == ref_grads.keys()
+        for key, g in ref_grads.items():
+            torch.testing.assert_close(grads[key], g, atol=1e-12, rtol=1e-8, msg=key)
+
+
+def test_a_rank_without_saved_rng_gets_its_own_reproducible_stream():
+    """Resuming on more processes than saved: the new ranks are seeded from (seed, rank, step),
+    not all from the same state."""
+    from contrasent.train.setup import reseed_missing_rank
+
+    draws = {}
+    for rank in (1, 2, 1):
+        reseed_missing_rank(42, rank, step=10)
+        draws.setdefault(rank, []).append(torch.rand(3))
+    assert torch.equal(draws[1][0], draws[1][1])
+    assert not torch.equal(draws[1][0], draws[2][0])

@@ -64,7 +64,8 @@ def _hand_pool(pooling: str, model, feats: dict[str, torch.Tensor]) -> torch.Ten
         elif pooling == "max":
             rows.append(torch.stack([hs[-1][b, t] for t in real]).max(dim=0).values)
         else:
-            layers = {"mean": [-1], "avg_top2": [-1, -2], "avg_first_last": [1, -1]}[pooling]
+            layers = {"mean": [-1], "avg_top2": [-1, -2], "avg_first_last": [1, -1],
+                      "avg_embeddings_last": [0, -1]}[pooling]  # fmt: skip
             tok = [sum(hs[i][b, t] for i in layers) / len(layers) for t in real]
             rows.append(sum(tok) / len(real))
     return torch.stack(rows)
@@ -90,6 +91,75 @@ def test_avg_poolings_differ_and_normalize(tiny3: Path) -> None:
     assert np.abs(top2 - first_last).max() > 1e-3
     normed = Encoder.from_pretrained(tiny3, normalize=True, device="cpu").encode(texts)
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_layer_variant_differs_from_simcse_first_last(tiny3: Path) -> None:
+    texts = ["one sentence", "another, longer sentence here"]
+    a = Encoder.from_pretrained(tiny3, pooling="avg_first_last", device="cpu").encode(texts)
+    b = Encoder.from_pretrained(tiny3, pooling="avg_embeddings_last", device="cpu").encode(texts)
+    assert np.abs(a - b).max() > 1e-3
+
+
+class _Reverse:
+    """A deterministic view: reversed positions over each row's real tokens, token 0 zeroed."""
+
+    def positions(self, position_ids, attention_mask):
+        out = position_ids.clone()
+        for i, n in enumerate(attention_mask.sum(1).tolist()):
+            out[i, :n] = position_ids[i, :n].flip(0)
+        return out
+
+    def embeddings(self, output, attention_mask):
+        out = output.clone()
+        out[:, 0] = 0.0
+        return out
+
+
+def test_augmentation_hook_acts_on_positions_and_embedding_output(tiny3: Path) -> None:
+    """By hand: the embeddings module run with the rewritten positions, its output edited, then
+    the transformer layers and mean pooling; padding keeps its positions and is never pooled."""
+    enc = Encoder.from_pretrained(tiny3, pooling="mean", device="cpu").eval()
+    feats = enc.tokenize(["a short one", "a somewhat longer sentence with padding"])
+    mask = feats["attention_mask"]
+    aug = _Reverse()
+    pos = aug.positions(enc.position_ids(feats), mask)
+    assert torch.equal(pos[0, mask[0].sum() :], enc.position_ids(feats)[0, mask[0].sum() :])
+    with torch.no_grad():
+        got = enc(feats, augment=aug)
+        emb = enc.model.embeddings(
+            input_ids=feats["input_ids"], token_type_ids=feats["token_type_ids"], position_ids=pos
+        )
+        emb = aug.embeddings(emb, mask)
+        additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        hidden = enc.model.encoder(emb, attention_mask=additive)[0]
+        m = mask[..., None].float()
+        want = (hidden * m).sum(1) / m.sum(1)
+        plain = enc(feats)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got - plain).abs().max() > 1e-3
+    handles = enc.embedding_layer()._forward_hooks
+    assert not handles  # the hook is removed after the forward
+
+
+def test_default_position_ids_follow_the_model(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """BERT counts from 0; RoBERTa-style models from padding_idx + 1, padding at padding_idx
+    (what the model computes itself when no position ids are passed)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    enc = Encoder.from_pretrained(tiny_bert_dir, device="cpu")
+    feats = enc.tokenize(["a b c", "a"])
+    assert enc.position_ids(feats)[0].tolist() == list(range(feats["input_ids"].shape[1]))
+    cfg = RobertaConfig(vocab_size=enc.tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, pad_token_id=0)  # fmt: skip
+    RobertaModel(cfg).save_pretrained(tmp_path / "r")
+    enc.tokenizer.save_pretrained(tmp_path / "r")
+    rob = Encoder.from_pretrained(tmp_path / "r", device="cpu").eval()
+    feats = rob.tokenize(["a b c", "a"])
+    pos = rob.position_ids(feats)
+    n = int(feats["attention_mask"][1].sum())
+    assert pos[0].tolist()[:3] == [1, 2, 3] and (pos[1, n:] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(rob({**feats, "position_ids": pos}), rob(feats))
 
 
 def test_pool_cls_without_pooler_raises() -> None:

@@ -12,9 +12,8 @@ summation order (1e-5). Measured on the tiny BERT (dropout 0.1, gradients up to 
 difference 5e-7 to 1e-6 for every case below.
 
 That this detects wrong masks is checked too: the same cache without the RNG replay (fresh masks
-in the re-encoding pass) is off by far more than the tolerance (measured: 8.5). And with one
-mini-batch holding the whole batch, the reference IS ``objective.forward``, the plain training
-path.
+in the re-encoding pass) is off by far more than the tolerance (measured: 8.5). Without any randomness (dropout off) every chunking gives the plain step's
+result exactly, the MLM loss included.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ import torch
 from contrasent.data.batches import PairBatch, SentenceBatch
 from contrasent.encoder import Encoder
 from contrasent.objectives import build_objective
+from contrasent.objectives.base import View, loss_record
 from contrasent.objectives.simcse import SimCSEUnsup
 from contrasent.train import gradcache
-from contrasent.train.batching import slice_batch
-from contrasent.train.gradcache import chunk, gradcache_step
+from contrasent.train.gradcache import gradcache_step
 from contrasent.train.loop import TrainModule
 
 SENTENCES = [
@@ -81,23 +80,30 @@ def _grads(module: TrainModule) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def _passes(obj, batch, m: int):
+    """The cache's passes, written out: each view cut into consecutive chunks of m texts."""
+    for view in obj.views(batch):
+        for a in range(0, len(view), m):
+            yield view.name, view.slice(a, a + m)
+
+
 def _reference(module: TrainModule, batch, m: int, seed: int) -> tuple[float, dict]:
     """The same mini-batch forwards as the cache, all graphs kept, one backward."""
     module.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     enc, obj = module.encoder, module.objective
-    views = obj.views(batch)
-    flat = [t for v in views for t in v]
-    embs = [obj.embed(enc, enc.tokenize(c)) for c in chunk(flat, m)]
-    losses = obj.loss(list(torch.cat(embs).split([len(v) for v in views])), batch)
-    losses["loss"].backward()
-    return float(losses["loss"].detach()), _grads(module)
+    outs: dict[str, list] = {}
+    for name, v in _passes(obj, batch, m):
+        outs.setdefault(name, []).append(obj.embed(enc, v, enc.tokenize(v.texts)))
+    record = loss_record(obj.loss({k: torch.cat(v) for k, v in outs.items()}, batch))
+    record["loss"].backward()
+    return float(record["loss"].detach()), _grads(module)
 
 
 def _cached(module: TrainModule, batch, m: int, seed: int) -> tuple[float, dict]:
     module.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    out = gradcache_step(module, module.encoder, module.objective, batch, m)
+    out = gradcache_step(module.encoder, module.objective, batch, m)
     return float(out["loss"]), _grads(module)
 
 
@@ -117,15 +123,18 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 CASES = [
-    # (objective, options, batch, mini-batch sizes; 14 / 18 texts: none of 3, 4, 5 divides both)
+    # (objective, options, batch, mini-batch sizes; views of 7 / 6 texts: 3, 4, 5 divide none)
     ("simcse_unsup", {}, SentenceBatch(SENTENCES), (3, 4, 5)),
     ("pairs", {}, PAIRS, (4, 5)),
     ("simcse_sup", {}, PAIRS, (4,)),
+    ("simcse_unsup", {"do_mlm": True, "mlm_probability": 0.3}, SentenceBatch(SENTENCES), (4,)),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("name", "options", "batch", "sizes"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "options", "batch", "sizes"), CASES, ids=["unsup", "pairs", "sup", "unsup+mlm"]
+)
 def test_cached_gradients_equal_reference(tiny_bert_dir, name, options, batch, sizes, device):
     """On CUDA too when present: the CUDA generator is recorded and replayed as well (and the
     attention kernels must draw dropout the same way with and without a graph)."""
@@ -138,9 +147,11 @@ def test_cached_gradients_equal_reference(tiny_bert_dir, name, options, batch, s
         _assert_same(g_gc, g_ref)
         # the cache leaves the global generator where the plain computation leaves it
         assert torch.equal(_rng(device), rng_after_ref)
-    # the objective's training head (SimCSE's MLP) gets gradients too
+    # the objective's training heads (SimCSE's MLP, the MLM head) get gradients too
     if name.startswith("simcse"):
         assert any(k.startswith("objective.mlp") for k in g_gc)
+    if options.get("do_mlm"):
+        assert any(k.startswith("objective.mlm") for k in g_gc)
 
 
 def test_dropout_is_on_and_replay_matters(tiny_bert_dir, monkeypatch):
@@ -156,49 +167,53 @@ def test_dropout_is_on_and_replay_matters(tiny_bert_dir, monkeypatch):
     assert _max_diff(g_bad, g_ref) > 1e-3
 
 
-def test_one_mini_batch_equals_plain_forward(tiny_bert_dir):
-    """mini_batch_size >= all texts: one chunk, i.e. exactly ``objective.forward``'s single pass."""
-    module = _module(tiny_bert_dir, "pairs")
+def test_without_randomness_cache_equals_the_plain_step(tiny_bert_dir):
+    """Dropout off: every chunking (and the MLM loss, normalised by the whole batch's masked
+    tokens, masks keyed per row) gives exactly the plain step's loss and gradients."""
+    module = _module(tiny_bert_dir, "simcse_unsup", do_mlm=True, mlm_probability=0.3).eval()
+    batch = SentenceBatch(SENTENCES, index=4)
     module.zero_grad(set_to_none=True)
-    torch.manual_seed(5)
-    loss_plain = module(PAIRS)["loss"]
-    loss_plain.backward()
+    plain = module(batch)
+    plain["loss"].backward()
     g_plain = _grads(module)
-    loss_gc, g_gc = _cached(module, PAIRS, 100, seed=5)
-    assert loss_gc == pytest.approx(float(loss_plain.detach()), abs=1e-6)
-    _assert_same(g_gc, g_plain)
+    for m in (3, 100):
+        loss_gc, g_gc = _cached(module, batch, m, seed=0)
+        assert loss_gc == pytest.approx(float(plain["loss"].detach()), abs=1e-6)
+        _assert_same(g_gc, g_plain)
 
 
-def test_auxiliary_mlm_under_cache(tiny_bert_dir):
-    """SimCSE's MLM auxiliary runs per row chunk (weighted by rows) while the contrastive loss
-    sees the whole batch. Reference: the same forwards and MLM chunks in the same RNG order,
-    one backward of ``contrastive + w * sum(share * mlm_chunk)``."""
+class _Augment:
+    """A view augmentation drawing from the global generator: shuffled positions and zeroed
+    token rows of the embedding output (ConSERT-like)."""
+
+    def positions(self, position_ids, attention_mask):
+        perm = torch.stack([torch.randperm(position_ids.shape[1]) for _ in position_ids])
+        return position_ids.gather(1, perm.to(position_ids.device))
+
+    def embeddings(self, output, attention_mask):
+        keep = torch.rand(output.shape[:2], device=output.device) > 0.3
+        return output * keep[..., None]
+
+
+class _AugmentedViews(SimCSEUnsup):
+    def text_views(self, batch):
+        return [View("anchor", batch.texts, augment=_Augment()), View("positive", batch.texts)]
+
+
+def test_view_augmentations_are_replayed(tiny_bert_dir, monkeypatch):
+    """Each view's augmentation is randomness of its passes: recorded and replayed like dropout
+    (and mini-batches never mix the augmented view with the plain one)."""
     torch.manual_seed(0)
     encoder = Encoder.from_pretrained(tiny_bert_dir, pooling="cls_before_pooler", device="cpu")
-    objective = SimCSEUnsup(do_mlm=True, mlm_weight=0.5, mlm_probability=0.3)
+    objective = _AugmentedViews()
     objective.setup(encoder)
-    module = TrainModule(encoder, objective).train()
-    batch, m = SentenceBatch(SENTENCES), 4  # rows per MLM chunk: 4 // 2 views = 2
-
-    module.zero_grad(set_to_none=True)
-    torch.manual_seed(3)
-    objective.mlm.generator.manual_seed(11)
-    flat = SENTENCES + SENTENCES
-    embs = [objective.embed(encoder, encoder.tokenize(c)) for c in chunk(flat, m)]
-    parts = objective.loss(list(torch.cat(embs).split([7, 7])), batch)
-    mlm = sum(
-        objective.auxiliary(encoder, slice_batch(batch, s, min(s + 2, 7))) * (min(s + 2, 7) - s) / 7
-        for s in range(0, 7, 2)
-    )
-    total = parts["loss"] + 0.5 * mlm
-    total.backward()
-    g_ref = _grads(module)
-
-    module.zero_grad(set_to_none=True)
-    torch.manual_seed(3)
-    objective.mlm.generator.manual_seed(11)
-    out = gradcache_step(module, encoder, objective, batch, m)
-    assert float(out["loss"]) == pytest.approx(float(total.detach()), abs=1e-5)
-    assert float(out["mlm"]) == pytest.approx(float(mlm.detach()), abs=1e-5)
-    _assert_same(_grads(module), g_ref)
-    assert any(k.startswith("objective.mlm") for k in g_ref)
+    module = TrainModule(encoder, objective).eval()  # dropout off: only the augmentation draws
+    batch = SentenceBatch(SENTENCES)
+    feats = encoder.tokenize(SENTENCES)
+    assert not torch.equal(encoder(feats, augment=_Augment()), encoder(feats))
+    _, g_ref = _reference(module, batch, 3, seed=9)
+    _, g_gc = _cached(module, batch, 3, seed=9)
+    _assert_same(g_gc, g_ref)
+    monkeypatch.setattr(gradcache.RngState, "replay", lambda self: contextlib.nullcontext())
+    _, g_bad = _cached(module, batch, 3, seed=9)
+    assert _max_diff(g_bad, g_ref) > 1e-3

@@ -13,7 +13,14 @@ from contrasent.data.batches import PairBatch, SentenceBatch
 from contrasent.encoder import Encoder
 from contrasent.errors import UserError
 from contrasent.objectives import OBJECTIVES, build_objective
-from contrasent.objectives.mlm import IGNORE_INDEX, MLMHead, mask_tokens, maskable_positions
+from contrasent.objectives.base import View
+from contrasent.objectives.mlm import (
+    IGNORE_INDEX,
+    MLMHead,
+    mask_rows_keyed,
+    mask_tokens,
+    maskable_positions,
+)
 
 TEXTS = ["a man is playing a guitar", "the cat sleeps on the sofa", "stocks fell sharply today",
          "she is reading a long book", "two dogs run in the park"]  # fmt: skip
@@ -46,9 +53,10 @@ def encoder(tiny_bert_dir) -> Encoder:
 
 
 def embed_views(obj, enc, views):
-    flat = [t for v in views for t in v]
+    """The views' embeddings from ONE pass over their concatenated texts (the plain step's)."""
+    flat = [t for v in views for t in v.texts]
     with torch.no_grad():
-        emb = obj.embed(enc, enc.tokenize(flat))
+        emb = obj.embed(enc, View("all", flat), enc.tokenize(flat))
     return [e.double().numpy() for e in emb.split([len(v) for v in views])]
 
 
@@ -157,6 +165,27 @@ def test_mask_tokens_statistics_and_specials():
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels)
 
 
+def test_keyed_masks_do_not_depend_on_the_batch_a_row_is_in(encoder):
+    """A row's mask is the same in the whole batch, in a slice (another process, a cache chunk)
+    and with other padding: what makes several processes equal one, and resume exact."""
+    texts = TEXTS * 2
+    keys = [(3, i, 0) for i in range(len(texts))]
+
+    def masked(rows: slice):
+        feats = encoder.tokenize(texts[rows])
+        ids = feats["input_ids"]
+        ok = maskable_positions(ids, feats["attention_mask"], encoder.tokenizer.all_special_ids)
+        return mask_rows_keyed(ids, ok, keys[rows], seed=1, mask_token_id=103, vocab_size=500,
+                               probability=0.3)  # fmt: skip
+
+    full_in, full_lab = masked(slice(0, 10))
+    for rows in (slice(0, 3), slice(3, 10), slice(7, 8)):
+        part_in, part_lab = masked(rows)
+        w = part_in.shape[1]
+        assert torch.equal(part_in, full_in[rows, :w]) and torch.equal(part_lab, full_lab[rows, :w])
+    assert (full_lab != IGNORE_INDEX).any()
+
+
 def test_mlm_fresh_head_warns_and_is_tied(encoder, caplog):
     with caplog.at_level(logging.WARNING, logger="contrasent.objectives.mlm"):
         head = MLMHead.from_encoder(encoder)
@@ -209,10 +238,12 @@ def test_simcse_with_mlm_parts(encoder):
     assert out["mlm"].item() > 0
     out["loss"].backward()
     assert any(p.grad is not None for p in obj.mlm.parameters())
-    state = obj.state_dict()  # holds the masking generator: a resumed run draws the same masks
-    first = torch.randint(10**6, (4,), generator=obj.mlm.generator)
-    obj.load_state_dict(state)
-    assert torch.equal(torch.randint(10**6, (4,), generator=obj.mlm.generator), first)
+    # masks are keyed by (seed, batch index, row): the same batch draws the same masks again,
+    # another batch index other masks (no generator state to carry through a checkpoint)
+    again = obj(encoder, SentenceBatch(TEXTS))
+    assert again["mlm"].item() == out["mlm"].item()
+    later = obj(encoder, SentenceBatch(TEXTS, index=7))
+    assert later["mlm"].item() != out["mlm"].item()
     cfg = obj.config_dict()
     assert cfg["do_mlm"] and cfg["mlm_weight"] == 0.1 and cfg["mlm_probability"] == 0.15
 
@@ -245,6 +276,6 @@ def test_registry_and_config_round_trip(encoder):
 
 
 def test_missing_setup_is_an_error(encoder):
-    obj = OBJECTIVES["simcse_unsup"]()
+    obj = OBJECTIVES["simcse_unsup"]()  # default options, setup() never called
     with pytest.raises(RuntimeError, match="setup"):
         obj(encoder, SentenceBatch(TEXTS))

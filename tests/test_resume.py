@@ -127,17 +127,17 @@ def test_kill_while_saving_keeps_previous_checkpoint(tmp_path, tiny_bert_dir, wi
     ``.tmp-`` folder, which ``latest`` ignores; the resumed run still ends like a straight one."""
     train(_config(tiny_bert_dir, wiki, tmp_path / "straight"))
     cfg = _config(tiny_bert_dir, wiki, tmp_path / "crashed")
-    real_save = torch.save
+    real_save = ckpt._save
 
-    def dying_save(obj, f, *args, **kwargs):
-        if Path(f).name == "optimizer.pt" and f"step-{STEPS:08d}" in str(f):
+    def dying_save(obj, path):
+        if path.name == "optimizer.pt" and f"step-{STEPS:08d}" in str(path):
             raise Killed("killed while writing the checkpoint")
-        return real_save(obj, f, *args, **kwargs)
+        return real_save(obj, path)
 
-    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    monkeypatch.setattr(ckpt, "_save", dying_save)
     with pytest.raises(Killed):
         train(cfg)
-    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    monkeypatch.setattr(ckpt, "_save", real_save)
 
     root = tmp_path / "crashed" / "checkpoints"
     assert (root / f".tmp-step-{STEPS:08d}" / "trainable.pt").is_file()  # half-written
@@ -159,7 +159,7 @@ def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path, tiny_bert_dir, wiki)
     cfg = _config(tiny_bert_dir, wiki, tmp_path / "run")
     cfg.train.max_steps = SAVE_EVERY
     train(cfg)
-    with pytest.raises(UserError, match="already holds checkpoints or models"):
+    with pytest.raises(UserError, match="already holds a run"):
         train(cfg)
     # resume_from latest on a finished run: nothing left to do, final model rewritten
     result = train(dataclasses.replace(cfg, resume_from="latest"))

@@ -289,6 +289,8 @@ def test_stsb_extra_columns_quotes_and_sick_crlf(tmp_path: Path) -> None:
 
 def test_missing_data_dir_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CONTRASENT_DATA", raising=False)
+    # The fallbacks beside a checkout exist wherever ../shared does (CI, the README layout).
+    monkeypatch.setattr(sts, "DEFAULT_DIRS", (tmp_path / "no-shared",))
     with pytest.raises(UserError, match="CONTRASENT_DATA"):
         evaluate_sts(never_encode)
     missing = tmp_path / "nope"

@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from contrasent.data.batches import SentenceBatch
 from contrasent.data.nli import read_nli_triplets
 from contrasent.data.sources import DataSpec
 from contrasent.encoder import Encoder
 from contrasent.errors import UserError
-from contrasent.objectives.base import Objective
-from contrasent.objectives.simcse import SimCSEUnsup
+from contrasent.objectives.base import LossPart, Objective
+from contrasent.objectives.simcse import SimCSEUnsup, SimCSEUnsupConfig
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import (
     CheckpointConfig,
@@ -144,14 +145,14 @@ class NaNAtCall(SimCSEUnsup):
     """Unsup SimCSE whose loss turns NaN at its ``at``-th call (one call per step here)."""
 
     def __init__(self, at: int) -> None:
-        super().__init__(mlp=False)
+        super().__init__(SimCSEUnsupConfig(mlp=False))
         self.at, self.calls = at, 0
 
-    def loss(self, embeddings, batch):
-        out = super().loss(embeddings, batch)
+    def loss(self, outputs, batch):
+        out = super().loss(outputs, batch)
         self.calls += 1
         if self.calls == self.at:
-            out["loss"] = out["loss"] * float("nan")
+            out["contrastive"] = LossPart(out["contrastive"].value * float("nan"))
         return out
 
 
@@ -176,25 +177,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_bert_dir, 
 
 
 RECIPE = """
-model: {name_or_path: bert-base-uncased, pooling: cls_before_pooler, max_seq_length: 32}
+model: {name_or_path: bert-base-uncased, pooling: cls_before_pooler}
 objective: {name: simcse_unsup, temperature: 0.05, mlp: true}
-data: {kind: text, path: wiki1m_for_simcse.txt}
+data: {kind: text, path: wiki1m_for_simcse.txt, max_seq_length: 32}
 train: {batch_size: 64, lr: 3.0e-5, mini_batch_size: 16}
 eval: {every_steps: 125, metric: stsb}
 output_dir: runs/unsup-simcse
 """
 
 
-def test_yaml_recipe_and_overrides_through_jsonargparse(tmp_path):
-    from jsonargparse import ArgumentParser
+def test_yaml_recipe_and_overrides(tmp_path):
+    from contrasent.cli import parse_train_config
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
-    parser = ArgumentParser()
-    parser.add_argument("--config", action="config")
-    parser.add_class_arguments(TrainConfig, "cfg")
-    args = [f"--cfg={recipe}", "--cfg.train.lr=1e-5", "--cfg.objective.temperature=0.1"]
-    cfg = parser.instantiate_classes(parser.parse_args(args)).cfg
+    args = [str(recipe), "--train.lr", "-1e-5", "--objective.temperature=0.1"]
+    with pytest.raises(UserError, match="train.lr must be > 0"):  # a negative value, no '='
+        parse_train_config(args)
+    args[2] = "1e-5"
+    cfg = parse_train_config(args)
     assert isinstance(cfg, TrainConfig) and isinstance(cfg.train, OptimConfig)
     assert cfg.train.lr == 1e-5 and cfg.train.batch_size == 64 and cfg.train.mini_batch_size == 16
     assert cfg.objective_name == "simcse_unsup"
@@ -211,7 +212,9 @@ def test_config_errors():
     with pytest.raises(UserError, match="does not divide by the 3 processes"):
         cfg.validate(world_size=3)
     cfg.validate(world_size=4)
-    with pytest.raises(UserError, match="unknown config key.*train.bach_size"):
+    with pytest.raises(
+        UserError, match="unknown option .train.bach_size. .did you mean batch_size"
+    ):
         TrainConfig.from_dict({**raw, "train": {"bach_size": 8}})
     with pytest.raises(UserError, match="warmup_steps or train.warmup_ratio"):
         TrainConfig.from_dict(
@@ -221,20 +224,35 @@ def test_config_errors():
         TrainConfig.from_dict({**raw, "objective": {"temperature": 0.05}}).validate()
 
 
-class _PerExample(Objective):
-    """Not an in-batch objective: the gradient cache cannot run it."""
+class _OwnStep(Objective):
+    """An objective with its own step (not views/embed/loss): the gradient cache cannot run it."""
 
-    def forward(self, encoder, batch):
-        return {"loss": encoder(encoder.tokenize(batch.texts)).pow(2).mean()}
+    batch_type = SentenceBatch
+    supports_gradient_cache = False
+
+    def forward(self, encoder, batch, max_length=None):
+        loss = encoder(encoder.tokenize(batch.texts, max_length)).pow(2).mean()
+        return {"loss": loss}
 
 
-def test_gradcache_needs_in_batch_objective_and_fp16_needs_cuda(
+def test_an_objective_with_its_own_step_must_say_so():
+    with pytest.raises(TypeError, match="supports_gradient_cache = False"):
+
+        class _Claims(Objective):  # overrides forward yet claims the cache can run it
+            def forward(self, encoder, batch, max_length=None):
+                return {}
+
+
+def test_gradcache_refuses_an_objective_it_cannot_run_and_fp16_needs_cuda(
     tmp_path, tiny_bert_dir, shared_data
 ):
     data = DataSpec(kind="text", path=str(shared_data / "corpus" / "wiki1m-head.txt"))
     cfg = _config(tiny_bert_dir, tmp_path, data, {"name": "simcse_unsup"}, mini_batch_size=4)
-    with pytest.raises(UserError, match="needs an in-batch objective"):
-        train(cfg, objective=_PerExample())
+    with pytest.raises(UserError, match="does not run under the gradient cache"):
+        train(cfg, objective=_OwnStep())
+    assert not (tmp_path / "config.json").exists()  # refused before anything was written
+    cfg.train.mini_batch_size = 0
+    assert train(cfg, objective=_OwnStep()).steps == 4  # the plain path runs it
     if not torch.cuda.is_available():
         cfg.train.mini_batch_size, cfg.train.mixed_precision = 0, "fp16"
         with pytest.raises(UserError, match="fp16 needs a CUDA device"):
@@ -312,3 +330,63 @@ def test_two_processes_equal_one(tmp_path, minilm_dir, shared_data):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     steps = [r["step"] for r in _records(tmp_path / "two", "train")]
     assert steps == [1, 2, 3]  # written once, by the main process
+
+
+def test_training_truncation_never_reaches_evaluation_or_the_saved_model(
+    tmp_path, tiny_bert_dir, shared_data, senteval_dir
+):
+    """SimCSE truncates training (here data.max_seq_length 8), not evaluation: the in-training STS
+    numbers, ``contrasent eval`` of the saved model and the same weights loaded at the base
+    model's full length agree, and the saved model keeps the base model's length."""
+    from sentence_transformers import SentenceTransformer
+
+    from contrasent.eval.sts import evaluate_sts
+
+    data = DataSpec(kind="text", path=str(shared_data / "corpus" / "wiki1m-head.txt"))
+    data.max_seq_length = 8
+    cfg = _config(tiny_bert_dir, tmp_path, data, {"name": "simcse_unsup"}, max_steps=2)
+    cfg.model.max_seq_length = None
+    cfg.eval = EvalConfig(at_end=True, mode="dev", data_dir=str(senteval_dir))
+    result = train(cfg)
+    base = Encoder.from_pretrained(tiny_bert_dir, device="cpu").max_seq_length
+    saved = Encoder.from_pretrained(result.final_dir, device="cpu")
+    assert saved.max_seq_length == base == 128
+    assert SentenceTransformer(str(result.final_dir), device="cpu").max_seq_length == base
+
+    def sts(enc):
+        res = evaluate_sts(lambda t: enc.encode(t, batch_size=256), senteval_dir, "dev")
+        return res["tasks"]["STSBenchmark"]["spearman"]["dev"]
+
+    full = Encoder.from_pretrained(result.final_dir, max_seq_length=base, device="cpu")
+    in_training = result.last_eval["results"]["tasks"]["STSBenchmark"]["spearman"]["dev"]
+    assert sts(saved) == pytest.approx(sts(full), abs=1e-9)
+    assert in_training == pytest.approx(sts(full), abs=1e-6)
+    cut = Encoder.from_pretrained(result.final_dir, max_seq_length=8, device="cpu")
+    assert abs(sts(cut) - sts(full)) > 0.1  # truncating at the training length would show
+
+
+def test_written_files_follow_the_umask_and_identical_final_is_linked(
+    tmp_path, tiny_bert_dir, shared_data, senteval_dir
+):
+    """Files a run writes are readable by others under the usual umask (the atomic-write temp
+    file's 0600 is not kept), and final/ shares best/'s files when they hold the same weights."""
+    import os
+    import stat
+
+    data = DataSpec(kind="text", path=str(shared_data / "corpus" / "wiki1m-head.txt"))
+    cfg = _config(tiny_bert_dir, tmp_path / "run", data, {"name": "simcse_unsup"}, max_steps=2)
+    cfg.eval = EvalConfig(every_steps=2, at_end=True, mode="dev", data_dir=str(senteval_dir))
+    cfg.checkpoint = CheckpointConfig(every_steps=2)
+    old = os.umask(0o022)
+    try:
+        result = train(cfg)
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    for name in ("config.json", "final/contrasent_config.json", "final/model.safetensors",
+                 "checkpoints/step-00000002/trainer_state.json"):  # fmt: skip
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert result.best_step == 2 == result.steps  # the last evaluation was the best
+    a, b = out / "final" / "model.safetensors", out / "best" / "model.safetensors"
+    assert a.stat().st_ino == b.stat().st_ino  # one copy on disk
+    _assert_st_loads_same(out / "final")

@@ -1,7 +1,9 @@
-"""The `contrasent` command line: generated from the dataclasses below and `train.config`.
+"""The `contrasent` command line.
 
-Every subcommand takes `--config FILE.yaml` (and `train` a positional recipe) plus `--key value`
-overrides. A user mistake prints one line and exits with status 2, never a traceback.
+Each subcommand is a dataclass of options (:data:`COMMANDS`); `contrasent.cliparse` fills it from
+`--config FILE.yaml` (and `train`'s positional recipe) plus `--key value` overrides. Every check
+that needs no model runs first; a user mistake prints ONE line naming the problem (and the recipe
+file:line it came from) and exits with status 2, never a traceback or a usage dump.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import ArgumentParser, set_parsing_settings
-
-from contrasent.cli_tools import ExportArgs, IndexBuildArgs, MergeArgs, SearchArgs
 from contrasent.errors import UserError
 
-Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
+Pooling = Literal[
+    "cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last", "avg_embeddings_last"
+]  # encoder.POOLINGS (spelled out: importing the encoder would load torch for --help)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class ModelArgs:
             model.onnx.
     """
 
-    model: str
+    model: str = ""
     pooling: Pooling | None = None
     normalize: bool | None = None
     max_seq_length: int | None = None
@@ -47,11 +50,27 @@ class ModelArgs:
     backend: Literal["torch", "onnx"] = "torch"
     file_name: str | None = None
 
+    def validate(self) -> None:
+        """Every check that needs no model (so a mistake costs no model-loading time)."""
+        if not self.model:
+            raise UserError("--model is required (a hub id, a model folder or an ST folder)")
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise UserError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.backend == "onnx":
+            from contrasent.onnx_backend import check_export
+
+            check_export(self.model, self.file_name, self.pooling)
+            if self.precision != "fp32":
+                raise UserError(f"--precision {self.precision}: --backend onnx runs fp32 or int8")
+        elif self.file_name is not None:
+            raise UserError("--file_name picks an ONNX file: it needs --backend onnx")
+
     def load(self):
         from contrasent.encoder import Encoder
 
         _quiet_transformers()
-
         return Encoder.from_pretrained(
             self.model,
             pooling=self.pooling,
@@ -63,6 +82,18 @@ class ModelArgs:
         )
 
 
+def check_output_file(path: str, option: str) -> None:
+    """An output file can be written there: not a folder, its folder exists or can be made."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(
+            f"{option} {path} is a folder; give a file name (e.g. {p / 'results.json'})"
+        )
+    parent = next(a for a in p.absolute().parents if a.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {parent}")
+
+
 @dataclass
 class EvalArgs(ModelArgs):
     """Evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman x100, cosine similarity).
@@ -70,7 +101,8 @@ class EvalArgs(ModelArgs):
     Args:
         tasks: Comma-separated task names or aliases: sts (all seven), sts12..sts16, stsb, sickr.
         mode: "test": every task; "dev": STS-B dev + SICK-R trial only (model selection).
-        data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA.
+        data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA, else
+            ../shared/data/senteval.
         output: Write every number to this JSON file.
     """
 
@@ -79,87 +111,83 @@ class EvalArgs(ModelArgs):
     data_dir: str | None = None
     output: str | None = None
 
+    def validate(self) -> None:
+        from contrasent.eval.sts import load_task, resolve_data_dir, resolve_tasks
 
-@dataclass
-class EmbedArgs(ModelArgs):
-    """Embed a text file (one text a line, .txt or .txt.gz): resumable chunks, shards.
-
-    Args:
-        input: Input text file; every line (empty ones too) becomes one row.
-        output: Output file: .npy (float32 matrix), .parquet (id, [text,] embedding) or .jsonl
-            (DeCLUTR's {"embeddings": [...]} a line); rows in input order.
-        errors: Invalid UTF-8: "strict" stops with the line number; "replace" substitutes U+FFFD
-            and reports how many lines were affected.
-        shard: I/N: embed only the I-th (from 0) of N contiguous parts of the file into
-            OUTPUT.shard-I-of-N/; join them with `contrasent embed merge --output OUTPUT`.
-            Under torchrun / accelerate launch each process takes shard RANK/WORLD_SIZE and
-            rank 0 merges.
-        chunk_lines: Lines per chunk: a killed run re-run with the same command resumes after
-            the last complete chunk.
-        with_text: Add the text to .parquet / .jsonl rows.
-    """
-
-    input: str = ""
-    output: str = ""
-    errors: Literal["strict", "replace"] = "strict"
-    shard: str | None = None
-    chunk_lines: int = 20000
-    with_text: bool = False
-
-
-@dataclass
-class IndexBuildCmd(IndexBuildArgs, ModelArgs):
-    __doc__ = IndexBuildArgs.__doc__
-
-
-@dataclass
-class ExportCmd(ExportArgs, ModelArgs):
-    __doc__ = ExportArgs.__doc__
+        super().validate()
+        if self.output:
+            check_output_file(self.output, "--output")
+        root = resolve_data_dir(self.data_dir)
+        for task in resolve_tasks(self.tasks, self.mode):  # a missing file fails now
+            load_task(root, task, self.mode)
 
 
 def _run_eval(args: EvalArgs) -> None:
-    from contrasent.eval.sts import evaluate_sts, format_table, write_results
+    from contrasent.eval.sts import evaluate_sts, format_table, table_caption, write_results
 
     encoder = args.load()
 
     def encode(texts: list[str]):
         return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
 
-    results = evaluate_sts(encode, data_dir=args.data_dir, mode=args.mode, tasks=args.tasks)
+    results = evaluate_sts(
+        encode, data_dir=args.data_dir, mode=args.mode, tasks=args.tasks, progress=True
+    )
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
-    print(format_table(results))
+    print(f"{table_caption(results)}\n{format_table(results)}")
     if args.output:
         write_results(results, args.output)
         print(f"results written to {args.output}")
-
-
-def _run_embed(args: EmbedArgs) -> None:
-    from contrasent.cli_tools import run_embed
-
-    run_embed(args)
 
 
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-weight load/save bars are noise on a CLI
+    hf_logging.set_verbosity_error()
 
 
-def _run_train(cfg) -> None:
-    from contrasent.eval.sts import format_table
+def _check_train(cfg: Any) -> None:
+    cfg.validate()
+    for _, stage in _stages(cfg):
+        stage.data.check_paths()  # a typo in a data path fails before the model loads
+        if stage.eval.every_steps or stage.eval.at_end or stage.eval.at_start:
+            from contrasent.eval.sts import resolve_data_dir
+
+            resolve_data_dir(stage.eval.data_dir)
+
+
+def _stages(cfg: Any) -> list:
+    from contrasent.train.config import stage_configs
+
+    return stage_configs(cfg)
+
+
+def _run_train(cfg: Any) -> None:
+    from contrasent.eval.sts import format_rows, table_caption
     from contrasent.train.loop import train
 
     _quiet_transformers()
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: one summary only
         return
-    for label, record in (("before training", result.first_eval), ("after", result.last_eval)):
-        if record:
-            step = record["step"]
-            print(
-                f"\nSTS ({cfg.eval.mode}) {label} (step {step}):\n{format_table(record['results'])}"
+    rows = []
+    if result.first_eval:
+        rows.append((f"before (step {result.first_eval['step']})", result.first_eval["results"]))
+    for folder, stage in result.stages or [("", result)]:
+        if stage.last_eval:
+            where = f"{folder}, " if folder else ""
+            rows.append(
+                (f"after ({where}step {stage.last_eval['step']})", stage.last_eval["results"])
             )
+    if rows:
+        print(f"\n{table_caption(rows[-1][1])}\n{format_rows(rows)}")
+    if result.last_train:  # every logged part and count (e.g. documents skipped as too short)
+        skip = ("step", "kind", "lr", "grad_norm", "sentences_per_s", "epoch")
+        numbers = {k: v for k, v in result.last_train.items() if k not in skip and v is not None}
+        text = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
+        print(f"last training record (step {result.last_train['step']}): {text}")
     if result.best_metric is not None:
         print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
     print(
@@ -168,130 +196,230 @@ def _run_train(cfg) -> None:
     )
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="contrasent",
-        description="Train and evaluate sentence encoders (SimCSE, 1B-pairs, ...).",
-        env_prefix="CONTRASENT",
-        default_env=False,
-    )
-    sub = parser.add_subcommands(dest="command")
-    for name, cls, help_ in (
-        ("eval", EvalArgs, "Evaluate on STS (prints the table, writes JSON)."),
-        ("embed", EmbedArgs, "Embed a text file (.npy/.parquet/.jsonl), resumable, sharded."),
-        ("embed_merge", MergeArgs, "`contrasent embed merge --output OUT`: join finished shards."),
-        ("search", SearchArgs, "Search an index: QUERY... or --queries FILE."),
-        ("export", ExportCmd, "`contrasent export MODEL --output DIR --format onnx`."),
-    ):
-        sub.add_subcommand(name, _class_parser(cls), help=help_)
-    sub.add_subcommand("train", _train_parser(), help="Train from a YAML recipe with overrides.")
-    index = ArgumentParser(description="Search indexes.")
-    sub.add_subcommand("index", index, help="`contrasent index build ...`: build a search index.")
-    index_sub = index.add_subcommands(
-        dest="action"
-    )  # added after its parent, as jsonargparse wants
-    index_sub.add_subcommand(
-        "build", _class_parser(IndexBuildCmd), help=IndexBuildArgs.__doc__.split("\n")[0]
-    )
-    return parser
+# ----------------------------------------------------------------------------- commands
 
 
-def _class_parser(cls) -> ArgumentParser:
-    p = ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
-    p.add_argument("--config", action="config", help="YAML file with these options.")
-    p.add_class_arguments(cls, None, as_group=False)
-    if cls is SearchArgs:
-        p.add_argument("query", nargs="*", default=[], help="Query texts.")
-    return p
+@dataclass
+class Command:
+    """A subcommand: its options dataclass, what runs it, and how its arguments are read."""
+
+    options: Callable[[], type]
+    run: Callable[[Any], None]
+    summary: str
+    positional: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    recipe_first: bool = False
+    check: Callable[[Any], None] = lambda args: args.validate()
 
 
-def _train_parser() -> ArgumentParser:
+def _train_config() -> type:
     from contrasent.train.config import TrainConfig
 
-    p = ArgumentParser(description="Train an encoder from a YAML recipe (configs/*.yaml).")
-    # The recipe is given positionally (`contrasent train RECIPE.yaml`); main() turns it into
-    # --config, which jsonargparse applies before the --key value overrides that follow it.
-    p.add_argument("--config", action="config", help="YAML recipe (also accepted positionally).")
-    p.add_class_arguments(TrainConfig, None, as_group=False)
-    return p
+    return TrainConfig
 
 
-def _parse(argv: list[str]) -> Any:
-    """Parse a whole command line (``--data-dir`` spellings accepted, ``train RECIPE`` turned
-    into ``train --config RECIPE``) and instantiate its dataclass sections."""
-    argv = [_underscore_option(a) for a in argv]
-    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
-        argv[1:2] = ["--config", argv[1]]
-    if len(argv) >= 2 and argv[0] == "export" and not argv[1].startswith("-"):
-        argv[1:2] = ["--model", argv[1]]  # `contrasent export MODEL --output DIR`
-    if argv[:2] == ["embed", "merge"]:
-        argv[:2] = ["embed_merge"]
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = build_parser()
-    return parser.instantiate(parser.parse_args(argv))
+def _tools(name: str) -> Callable[[], type]:
+    """An options class of `contrasent.cli_tools`, imported on first use (it imports this)."""
+
+    def options() -> type:
+        from contrasent import cli_tools
+
+        return getattr(cli_tools, name)
+
+    return options
+
+
+def _tools_run(name: str) -> Callable[[Any], None]:
+    def run(args: Any) -> None:
+        from contrasent import cli_tools
+
+        getattr(cli_tools, name)(args)
+
+    return run
+
+
+COMMANDS: dict[str, Command] = {
+    "eval": Command(
+        lambda: EvalArgs, _run_eval, "Evaluate on STS (prints the table, writes JSON)."
+    ),
+    "train": Command(
+        _train_config,
+        _run_train,
+        "Train from a YAML recipe with overrides (contrasent train configs/quickstart-cpu.yaml).",
+        aliases={"data_dir": "eval.data_dir"},
+        recipe_first=True,
+        check=_check_train,
+    ),
+    # ---- embed (resumable, sharded), search and export: options and runners in cli_tools.py
+    "embed": Command(
+        _tools("EmbedArgs"),
+        _tools_run("run_embed"),
+        "Embed a text file into .npy / .parquet / .jsonl (resumable chunks, --shard I/N).",
+    ),
+    "embed merge": Command(
+        _tools("MergeArgs"), _tools_run("run_merge"), "Join the shards of `embed --shard I/N`."
+    ),
+    "index build": Command(
+        _tools("IndexBuildArgs"),
+        _tools_run("run_index_build"),
+        "Build a search index from a corpus file (one text a line).",
+    ),
+    "search": Command(
+        _tools("SearchArgs"),
+        _tools_run("run_search"),
+        "Search an index: QUERY... or --queries FILE (table, or --output hits.jsonl).",
+        positional=("query",),
+    ),
+    "export": Command(
+        _tools("ExportArgs"),
+        _tools_run("run_export"),
+        "Export MODEL to ONNX (--output DIR --format onnx [--quantize int8]).",
+        positional=("model",),
+    ),
+}
+
+
+def _top_help() -> str:
+    from contrasent import __version__
+
+    lines = [f"contrasent {__version__}: train and evaluate sentence encoders", "", "commands:"]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", "contrasent COMMAND --help for a command's options; contrasent --version"]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, topic: str | None) -> str:
+    from contrasent import cli_help
+
+    cmd = COMMANDS[name]
+    text = cli_help.render(name, cmd.options(), topic)
+    if cmd.positional:  # search QUERY..., export MODEL
+        words = " ".join(f"{p.upper()}..." if p == "query" else p.upper() for p in cmd.positional)
+        text = text.replace(f"contrasent {name} [", f"contrasent {name} {words} [", 1)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `contrasent ... | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from contrasent import __version__
+
+        print(f"contrasent {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: embed merge, index build
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    words = [c.split(" ", 1)[1] for c in COMMANDS if c.startswith(f"{name} ")]
+    if name not in COMMANDS and words:  # `contrasent index` without (or with a wrong) action
+        print(f"contrasent {name}: error: give an action: {', '.join(f'{name} {w}' for w in words)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if name not in COMMANDS:
+        from contrasent.options import suggest
+
+        print(
+            f"contrasent: error: unknown command {name!r}{suggest(name, list(COMMANDS))}; "
+            f"commands: {', '.join(COMMANDS)} (contrasent --help)",
+            file=sys.stderr,
+        )
+        return 2
+    locations: dict[str, str] = {}
+    try:
+        if "--help" in rest or "-h" in rest:
+            flag = rest.index("--help") if "--help" in rest else rest.index("-h")
+            topic = rest[flag + 1] if flag + 1 < len(rest) else None
+            print(_command_help(name, topic))
+            return 0
+        if name == "train" and "--objective.help" in rest:
+            print(_objective_help(rest))
+            return 0
+        return _execute(name, rest, locations)
+    except UserError as exc:
+        from contrasent.cliparse import locate
+
+        print(f"contrasent {name}: error: {locate(exc, locations)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"contrasent {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from contrasent.train.loop import TrainingInterrupted
+
+        if not isinstance(exc, TrainingInterrupted):
+            raise
+        print(f"contrasent train: {exc}\nresume with: {_resume_command(argv)}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from contrasent.cliparse import parse_args
+
+    cmd = COMMANDS[name]
+    args, found = parse_args(
+        cmd.options(),
+        rest,
+        positional=cmd.positional,
+        aliases=cmd.aliases,
+        recipe_first=cmd.recipe_first,
+    )
+    locations.update(found)
+    cmd.check(args)
+    with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+        cmd.run(args)
+    return 0
 
 
 def parse_train_config(argv: list[str]):
     """`contrasent train` arguments (recipe path first, then overrides) -> a validated TrainConfig."""
-    from contrasent.train.config import TrainConfig
+    from contrasent.cliparse import parse_args
 
-    cfg = _build(TrainConfig, _parse(["train", *argv]).train)
+    cmd = COMMANDS["train"]
+    cfg, _ = parse_args(cmd.options(), argv, aliases=cmd.aliases, recipe_first=True)
     cfg.validate()
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
-    init = _parse(list(sys.argv[1:] if argv is None else argv))
-    command = init.command
-    try:
-        if command == "eval":
-            _run_eval(_build(EvalArgs, init.eval))
-        elif command == "embed":
-            _run_embed(_build(EmbedArgs, init.embed))
-        elif command == "embed_merge":
-            from contrasent.cli_tools import run_merge
+def _objective_help(argv: list[str]) -> str:
+    """``train --objective.help NAME``: that objective's options."""
+    from contrasent.objectives import OBJECTIVES, objective_class
 
-            command = "embed merge"
-            run_merge(_build(MergeArgs, init.embed_merge))
-        elif command == "index":
-            from contrasent.cli_tools import run_index_build
-
-            command = "index build"
-            run_index_build(_build(IndexBuildCmd, init.index.build))
-        elif command == "search":
-            from contrasent.cli_tools import run_search
-
-            run_search(_build(SearchArgs, init.search), list(init.search.query))
-        elif command == "export":
-            from contrasent.cli_tools import run_export
-
-            run_export(_build(ExportCmd, init.export))
-        elif command == "train":
-            from contrasent.train.config import TrainConfig
-
-            _run_train(_build(TrainConfig, init.train))
-    except UserError as exc:
-        print(f"contrasent {command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"contrasent {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    i = argv.index("--objective.help")
+    if i + 1 >= len(argv):
+        return f"usage: contrasent train --objective.help NAME ({', '.join(sorted(OBJECTIVES))})"
+    cls = objective_class(argv[i + 1])
+    doc = (cls.__doc__ or "").strip()
+    options = cls.describe().split("\n", 1)[1]
+    return f"{doc}\n\nbatches: {cls.batch_type.__name__}\noptions:\n{options}"
 
 
-def _underscore_option(arg: str) -> str:
-    """Accept `--data-dir` as well as jsonargparse's `--data_dir` spelling."""
-    if not arg.startswith("--"):
-        return arg
-    name, eq, value = arg.partition("=")
-    return name.replace("-", "_").replace("__", "--", 1) + eq + value
+def _resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted ``train`` (argv with resume_from latest)."""
+    import shlex
 
-
-def _build(cls, ns):
-    """The dataclass `cls` from a parsed namespace (nested sections already instantiated)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+    out, skip = ["contrasent"], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--") and arg[2:].split("=", 1)[0].replace("-", "_") == "resume_from":
+            skip = "=" not in arg and i + 1 < len(argv)
+            continue
+        out.append(arg)
+    return shlex.join([*out, "--resume_from", "latest"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,7 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrasent.errors import UserError
+from contrasent.fileio import follow_umask
 from contrasent.st_layout import (
+    HIDDEN_STATE_PICKS,
     HIDDEN_STATE_POOLINGS,
     DenseHead,
     pooler_linear,
@@ -31,11 +32,12 @@ from contrasent.st_layout import (
     resolve_st,
     st_modules,
     swap_into_place,
+    temp_sibling,
     write_st,
 )
 
 log = logging.getLogger(__name__)
-POOLINGS = ("cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last")
+POOLINGS = ("cls", "cls_before_pooler", "mean", "max", *HIDDEN_STATE_POOLINGS)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROGRESS_MIN_TEXTS = 5000  # default progress bar only for long inputs on an interactive stderr
 
@@ -57,7 +59,9 @@ def pool(
 
     ``hidden_states`` follows HF: ``hidden_states[0]`` is the embedding-layer output and
     ``hidden_states[i]`` the output of transformer layer i. ``avg_first_last`` therefore averages
-    layer 1 and the last layer, as SimCSE's models.py does (not the embedding layer).
+    layer 1 and the last layer, as SimCSE's models.py does; ``avg_embeddings_last`` averages the
+    embedding-layer output and the last layer, the "first-last avg." baseline of the SimCSE and
+    ConSERT tables (from BERT-flow).
     ``cls`` is the HF ``pooler_output`` (BERT: tanh(dense(CLS))); ``cls_before_pooler`` the raw
     first real token. Masked reductions accumulate in float32 (safe under autocast).
     """
@@ -79,7 +83,7 @@ def pool(
     if pooling in HIDDEN_STATE_POOLINGS:
         if hidden_states is None or len(hidden_states) < 2:
             raise UserError(f"pooling {pooling!r} needs the model's hidden states")
-        a, b = (-1, -2) if pooling == "avg_top2" else (1, -1)
+        a, b = HIDDEN_STATE_PICKS[pooling]
         tokens = (hidden_states[a] + hidden_states[b]) / 2
     else:
         tokens = last_hidden_state
@@ -196,8 +200,9 @@ class Encoder(nn.Module):
         return next(self.model.parameters()).device
 
     # ---------------------------------------------------------------- forward
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Padded, truncated (max_seq_length) batch as tensors on this encoder's device."""
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Padded batch as tensors on this encoder's device, truncated to ``max_length`` tokens
+        (training's ``data.max_seq_length``), by default to ``max_seq_length`` (inference)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
@@ -205,13 +210,59 @@ class Encoder(nn.Module):
             texts,
             padding=True,
             truncation=True,
-            max_length=self.max_seq_length,
+            max_length=min(max_length or self.max_seq_length, self.max_seq_length),
             return_tensors="pt",
         )
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
-        return self._embed(features, self.normalize)
+    def forward(self, features: dict[str, Tensor], augment: Any = None) -> Tensor:
+        """Pooled sentence embeddings [B, hidden_size] of tokenized ``features``.
+
+        ``augment`` (an embedding-level augmentation, ConSERT's views) acts inside the forward:
+        its ``positions(position_ids, attention_mask)`` (if it has one) rewrites the position ids
+        given to the model, starting from the model's own (RoBERTa-style models count from
+        ``padding_idx + 1``); its ``embeddings(embedding_output, attention_mask)`` (if any)
+        rewrites the output of the model's embedding layer (word + position + token-type
+        embeddings after LayerNorm and dropout), before the first transformer layer.
+        """
+        if augment is None:
+            return self._embed(features, self.normalize)
+        feats = dict(features)
+        mask = feats["attention_mask"]
+        if hasattr(augment, "positions"):
+            feats["position_ids"] = augment.positions(self.position_ids(feats), mask)
+        if not hasattr(augment, "embeddings"):
+            return self._embed(feats, self.normalize)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+            return augment.embeddings(output, mask)
+
+        handle = self.embedding_layer().register_forward_hook(hook)
+        try:
+            return self._embed(feats, self.normalize)
+        finally:
+            handle.remove()
+
+    def embedding_layer(self) -> nn.Module:
+        """The HF model's embeddings module (its output feeds the first transformer layer)."""
+        layer = getattr(self.model.base_model, "embeddings", None)
+        if not isinstance(layer, nn.Module):
+            raise UserError(
+                f"{type(self.model).__name__} has no 'embeddings' module: embedding-level "
+                "augmentations are not supported for this architecture"
+            )
+        return layer
+
+    def position_ids(self, features: dict[str, Tensor]) -> Tensor:
+        """The position ids the model would use by default for ``features`` [B, T]."""
+        if features.get("position_ids") is not None:
+            return features["position_ids"]
+        ids = features["input_ids"]
+        padding_idx = getattr(self.embedding_layer(), "padding_idx", None)
+        if padding_idx is not None:  # RoBERTa, XLM-R, MPNet: padding_idx + 1 + index, pads stay
+            real = ids.ne(padding_idx).int()
+            return (torch.cumsum(real, dim=1) * real).long() + padding_idx
+        return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
 
     def _embed(self, features: dict[str, Tensor], normalize: bool) -> Tensor:
         feats = dict(features)
@@ -352,10 +403,11 @@ class Encoder(nn.Module):
                 )
         modules = st_modules(self)  # raises UserError before anything is written
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_sibling(path)
         os.mkdir(tmp)
         try:
             write_st(self, tmp, modules)
+            follow_umask(tmp)
             swap_into_place(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

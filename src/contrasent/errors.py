@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake in user input: printed as one clear message by the CLI, no traceback."""
+    """A mistake in user input: printed as one clear message by the CLI, no traceback.
+
+    ``key`` (optional) is the dotted recipe key the mistake is about, e.g.
+    ``objective.temprature``: the CLI then names the recipe file and line it came from.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def where(path: object, line: int | None = None) -> str:

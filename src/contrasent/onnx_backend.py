@@ -63,6 +63,35 @@ def pad_features(
     return batch
 
 
+def check_export(
+    path: str | os.PathLike, file_name: str | None = None, pooling: str | None = None
+) -> tuple[dict[str, Any], Path]:
+    """The metadata and ONNX file of a `contrasent export` folder (UserError when it is not one,
+    the file is missing, or ``pooling`` differs from the exported one); loads no model."""
+    root = Path(os.fspath(path)).expanduser()
+    meta_file = root / "onnx" / META_FILE
+    if not meta_file.is_file():
+        raise UserError(
+            f"{root}: no onnx/{META_FILE}; backend 'onnx' runs folders written by "
+            "`contrasent export MODEL --output DIR --format onnx`"
+        )
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{where(meta_file)}: cannot read JSON: {e}") from e
+    name = Path(file_name or DEFAULT_FILE).name  # "onnx/x.onnx" and "x.onnx" both work
+    model_file = root / "onnx" / name
+    if not model_file.is_file():
+        have = ", ".join(sorted(p.name for p in (root / "onnx").glob("*.onnx")))
+        raise UserError(f"{model_file} not found (this export has: {have})")
+    if pooling is not None and pooling != meta["pooling"]:
+        raise UserError(
+            f"{root} was exported with pooling {meta['pooling']!r} (part of the ONNX graph); "
+            f"export again with --pooling {pooling} to use that pooling"
+        )
+    return meta, model_file
+
+
 class OnnxEncoder:
     """An exported encoder on ONNX Runtime: ``encode`` / ``similarity`` like `Encoder`."""
 
@@ -106,26 +135,7 @@ class OnnxEncoder:
         from transformers import AutoTokenizer
 
         root = Path(os.fspath(path)).expanduser()
-        meta_file = root / "onnx" / META_FILE
-        if not meta_file.is_file():
-            raise UserError(
-                f"{root}: no onnx/{META_FILE}; backend 'onnx' runs folders written by "
-                "`contrasent export MODEL --output DIR --format onnx`"
-            )
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise UserError(f"{where(meta_file)}: cannot read JSON: {e}") from e
-        name = Path(file_name or DEFAULT_FILE).name  # "onnx/x.onnx" and "x.onnx" both work
-        model_file = root / "onnx" / name
-        if not model_file.is_file():
-            have = ", ".join(sorted(p.name for p in (root / "onnx").glob("*.onnx")))
-            raise UserError(f"{model_file} not found (this export has: {have})")
-        if pooling is not None and pooling != meta["pooling"]:
-            raise UserError(
-                f"{root} was exported with pooling {meta['pooling']!r} (part of the ONNX graph); "
-                f"export again with --pooling {pooling} to use that pooling"
-            )
+        meta, model_file = check_export(root, file_name, pooling)
         dev = str(device or "cpu")
         if not dev.startswith("cpu"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -144,7 +154,7 @@ class OnnxEncoder:
             meta["normalize"] if normalize is None else normalize,
             max_seq_length or meta["max_seq_length"],
             str(root),
-            name,
+            model_file.name,
         )
 
     def config_dict(self) -> dict[str, Any]:

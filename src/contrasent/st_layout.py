@@ -5,7 +5,7 @@ An ST directory is `modules.json`: Transformer, [WeightedLayerPooling], Pooling,
 both load unchanged. Poolings that ST's Pooling lacks are written with standard ST modules:
 
 - ``cls`` (BERT's pooler, dense + tanh on the CLS token) = Pooling("cls") + Dense(pooler weights, Tanh)
-- ``avg_top2`` / ``avg_first_last`` = WeightedLayerPooling (a weighted mean over the hidden states,
+- ``avg_top2`` / ``avg_first_last`` / ``avg_embeddings_last`` = WeightedLayerPooling (a weighted mean over the hidden states,
   config.json gets ``output_hidden_states``) + Pooling("mean")
 
 Files written in the legacy key format (``word_embedding_dimension``, ``pooling_mode_*_tokens``,
@@ -30,7 +30,14 @@ from contrasent.errors import UserError, where
 if TYPE_CHECKING:
     from contrasent.encoder import Encoder
 
-HIDDEN_STATE_POOLINGS = ("avg_top2", "avg_first_last")  # written as WeightedLayerPooling
+#: poolings averaging two hidden states (HF indexing: 0 = embedding-layer output, i = layer i),
+#: written as WeightedLayerPooling
+HIDDEN_STATE_PICKS = {
+    "avg_top2": (-1, -2),  # SimCSE / ConSERT "avg_top2"
+    "avg_first_last": (1, -1),  # SimCSE's models.py: hidden_states[1], the first layer
+    "avg_embeddings_last": (0, -1),  # the papers' "first-last avg." rows (BERT-flow's)
+}
+HIDDEN_STATE_POOLINGS = tuple(HIDDEN_STATE_PICKS)
 META_FILE = "contrasent_config.json"  # our own hints; ST and AutoModel ignore unknown files
 STModule = tuple[str, dict[str, Any], dict[str, Tensor] | None]  # (ST type, config, weights)
 _ST_CONFIGS = (
@@ -74,8 +81,9 @@ def st_modules(encoder: Encoder) -> list[STModule]:
     mods: list[STModule] = []
     if encoder.pooling in HIDDEN_STATE_POOLINGS:
         weights = torch.zeros(n_layers + 1)
-        weights[[-1, -2] if encoder.pooling == "avg_top2" else [1, -1]] = 1.0
-        start = n_layers - 1 if encoder.pooling == "avg_top2" else 1
+        picks = [i % (n_layers + 1) for i in HIDDEN_STATE_PICKS[encoder.pooling]]
+        weights.index_put_((torch.tensor(picks),), torch.ones(2), accumulate=True)
+        start = min(picks)
         cfg = {
             "word_embedding_dimension": h,
             "layer_start": start,
@@ -162,12 +170,18 @@ def write_st(encoder: Encoder, out: Path, modules: list[STModule]) -> None:
     _write_json(out / META_FILE, {**encoder.config_dict(), "contrasent": __version__})
 
 
+def temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """``.<name>.<kind>-<pid>-<random>`` beside ``path`` (the names repair_swaps looks for)."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename tmp -> path; an existing path is moved aside first and deleted after."""
+    """Rename tmp -> path; an existing path is moved aside first and deleted after (a kill
+    between the two renames is undone by :func:`repair_swaps`)."""
     if not path.exists():
         os.replace(tmp, path)
         return
-    old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = temp_sibling(path, "old")
     os.replace(path, old)
     try:
         os.replace(tmp, path)
@@ -175,6 +189,45 @@ def swap_into_place(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def repair_swaps(path: Path) -> None:
+    """Finish or undo a model-folder swap that a killed process left half done, and delete its
+    leftovers: with ``path`` missing, the newest COMPLETE new folder (its contrasent_config.json
+    is written last) takes its place, else the old one is put back."""
+    parent, name = path.parent, path.name
+    if not parent.is_dir():
+        return
+    tmps = sorted(parent.glob(f".{name}.tmp-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not path.exists():
+        done = [t for t in tmps if (t / META_FILE).is_file()]
+        if done:
+            os.replace(done[-1], path)
+        elif olds:
+            os.replace(olds[-1], path)
+    for leftover in [*tmps, *olds]:
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def link_model(src: Path, path: Path) -> None:
+    """``path`` as a copy of the model folder ``src`` made of hard links (no second copy of the
+    weights on disk; a plain copy where the filesystem has no hard links), swapped into place."""
+    tmp = temp_sibling(path)
+    try:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _version(package: str) -> str:
@@ -340,16 +393,16 @@ def _layer_poolings(layers: tuple[dict[str, Any], Tensor, Path], n_layers: int) 
         raise UserError(f"{sub}: WeightedLayerPooling does not match the model's {n_layers} layers")
     full[start:] = weights / weights.sum()
     found = []
-    for name, picks in (("avg_top2", [-1, -2]), ("avg_first_last", [1, -1])):
+    for name, picks in HIDDEN_STATE_PICKS.items():
         want = torch.zeros(n_layers + 1)
         # accumulate: with one layer both picks name the same layer, which then weighs 1
-        want.index_put_((torch.tensor(picks),), torch.full((2,), 0.5), accumulate=True)
+        want.index_put_((torch.tensor(list(picks)),), torch.full((2,), 0.5), accumulate=True)
         if torch.allclose(full, want, atol=1e-6):
             found.append(name)
     if not found:
         raise UserError(
             f"{sub}: WeightedLayerPooling weights {weights.tolist()} (layer_start {start}) "
-            "are not avg_top2 or avg_first_last; contrasent cannot represent them"
+            f"are not {', '.join(HIDDEN_STATE_PICKS)}; contrasent cannot represent them"
         )
     return found
 

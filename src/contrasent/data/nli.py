@@ -12,6 +12,9 @@ the positive and the contradiction the hard negative. Construction here:
 - neutral pairs are counted and unused; label "-" (no gold label, raw SNLI) is a counted skip;
   any other label is a UserError naming file:line.
 
+:func:`read_nli_pairs` keeps every labelled pair with its label (neutral included) for a
+classifier objective (SBERT's softmax head, ConSERT's supervision): data kind ``nli_pairs``.
+
 Grouping needs every premise in memory (SNLI+MNLI train is ~1M short lines: fine); the result is
 a list of tuples. A ready-made triplet file (SimCSE's `nli_for_simcse.csv`: sent0, sent1,
 hard_neg) is read as pairs instead: kind "pairs" with columns
@@ -24,10 +27,10 @@ from contextlib import ExitStack
 from itertools import zip_longest
 from pathlib import Path
 
+from contrasent.data.batches import NLI_LABELS as LABELS
 from contrasent.data.readers import BAD_UTF8, EMPTY_FIELD, OnError, ReadStats, open_binary
 from contrasent.errors import UserError, where
 
-LABELS = ("entailment", "neutral", "contradiction")
 NO_GOLD = "no gold label"
 
 
@@ -81,18 +84,18 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def read_nli_triplets(
+def read_nli_pairs(
     folder: str | Path, split: str = "train", on_error: OnError = "raise"
-) -> tuple[list[tuple[str, str, str]], ReadStats]:
-    """(premise, entailment, contradiction) triplets from one SentEval SNLI-style folder.
+) -> tuple[list[tuple[str, str, int]], ReadStats]:
+    """Every labelled (premise, hypothesis, label id) pair of one SentEval SNLI-style folder, in
+    file order; label ids index :data:`LABELS` (0 entailment, 1 neutral, 2 contradiction).
 
-    Returns the triplets (order of each premise's first appearance) and the counts:
-    `rows` = triplets; `info` = pairs per label, premises, premises without both labels,
-    unused hypotheses.
+    Label "-" (no gold label) and pairs with an empty side are counted skips; any other label is
+    a UserError naming file:line. ``stats.info`` counts the pairs per label.
     """
     files = nli_files(folder, split)
     stats = ReadStats(f"{Path(folder) / ('{s1,s2,labels}.' + split)}")
-    groups: dict[str, list] = {}  # premise -> [first entailment, first contradiction, n_e, n_c]
+    pairs: list[tuple[str, str, int]] = []
     counts = dict.fromkeys(LABELS, 0)
     for line, (premise, hypothesis, label) in _parallel_lines(files, stats, on_error):
         premise, hypothesis, label = premise.strip(), hypothesis.strip(), label.strip()
@@ -105,18 +108,39 @@ def read_nli_triplets(
             stats.skip(EMPTY_FIELD)
             continue
         counts[label] += 1
+        pairs.append((premise, hypothesis, LABELS.index(label)))
+    stats.rows = len(pairs)
+    stats.info = {f"{k} pairs": v for k, v in counts.items()}
+    if not pairs:
+        raise UserError(f"{folder}: no labelled pair in split {split!r} ({stats.summary()})")
+    return pairs, stats
+
+
+def read_nli_triplets(
+    folder: str | Path, split: str = "train", on_error: OnError = "raise"
+) -> tuple[list[tuple[str, str, str]], ReadStats]:
+    """(premise, entailment, contradiction) triplets from one SentEval SNLI-style folder.
+
+    Returns the triplets (order of each premise's first appearance) and the counts:
+    `rows` = triplets; `info` = pairs per label, premises, premises without both labels,
+    unused hypotheses.
+    """
+    pairs, stats = read_nli_pairs(folder, split, on_error)
+    entail, contra = LABELS.index("entailment"), LABELS.index("contradiction")
+    groups: dict[str, list] = {}  # premise -> [first entailment, first contradiction, n_e, n_c]
+    for premise, hypothesis, label in pairs:
         group = groups.setdefault(premise, [None, None, 0, 0])
-        if label == "entailment":
+        if label == entail:
             group[0] = group[0] if group[0] is not None else hypothesis
             group[2] += 1
-        elif label == "contradiction":
+        elif label == contra:
             group[1] = group[1] if group[1] is not None else hypothesis
             group[3] += 1
     triplets = [(p, g[0], g[1]) for p, g in groups.items() if g[0] is not None and g[1] is not None]
     stats.rows = len(triplets)
     unused = sum(g[2] + g[3] - 2 for g in groups.values() if g[0] is not None and g[1] is not None)
     stats.info = {
-        **{f"{k} pairs": v for k, v in counts.items()},
+        **stats.info,
         "premises": len(groups),
         "premises without entailment+contradiction": len(groups) - len(triplets),
         "unused hypotheses (beyond the first of a label)": unused,

@@ -46,6 +46,7 @@ EMPTY_LINE = "empty line"
 BAD_UTF8 = "invalid UTF-8"
 BAD_ROW = "malformed row"
 EMPTY_FIELD = "empty anchor/positive/negative"
+LONG_LINE = "line too long"
 REPLACED = "replaced lines"  # ReadStats.info key of on_error="replace"
 
 
@@ -113,6 +114,7 @@ def iter_lines(
     on_error: OnError | Literal["replace"] = "raise",
     keepends: bool = False,
     hint: str = "set on_error: skip to count and skip such lines",
+    max_line_bytes: int | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield `(line_number, decoded_line)` (1-based), streaming; .gz is decompressed on the fly.
 
@@ -120,10 +122,14 @@ def iter_lines(
     with ``on_error="skip"``, or with ``on_error="replace"`` is decoded with U+FFFD and counted in
     ``stats.info["replaced lines"]`` (callers that must keep every line, e.g. bulk embedding).
     A corrupt gzip stream always raises.
+
+    ``max_line_bytes`` bounds the memory one line may take (a file without newlines would
+    otherwise be read whole): a longer line is read past in chunks, never held, and is a
+    UserError, or a counted skip (``LONG_LINE``) with ``on_error="skip"``.
     """
     lineno = 0
     with open_binary(path) as fh:
-        lines = iter(fh)
+        lines = iter(fh) if max_line_bytes is None else _bounded_lines(fh, max_line_bytes)
         while True:
             try:
                 raw = next(lines)
@@ -133,6 +139,14 @@ def iter_lines(
                 raise UserError(f"{where(path, lineno + 1)}: cannot read ({e})") from e
             lineno += 1
             stats.lines += 1
+            if raw is None:  # longer than max_line_bytes
+                if on_error == "skip":
+                    stats.skip(LONG_LINE)
+                    continue
+                raise UserError(
+                    f"{where(path, lineno)}: line longer than {max_line_bytes} bytes; split the "
+                    "file into lines or set on_error: skip to count and skip such lines"
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -149,6 +163,20 @@ def iter_lines(
             if lineno == 1:
                 text = text.removeprefix("\ufeff")  # a BOM is not part of the first text
             yield lineno, (text if keepends else text.rstrip("\r\n"))
+
+
+def _bounded_lines(fh, limit: int) -> Iterator[bytes | None]:
+    """Raw lines of a binary file, None in place of a line longer than `limit` bytes."""
+    while True:
+        raw = fh.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) <= limit or (len(raw) == limit + 1 and raw.endswith(b"\n")):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):  # read past the rest of the line
+            raw = fh.readline(1 << 20)
+        yield None
 
 
 def read_texts(

@@ -1,7 +1,16 @@
-"""`DataSpec` (the data section of a training config) and `build_stream`, the loop's entry point.
+"""`DataSpec` (the data section of a training config), the registry of data kinds, and
+`build_stream`, the loop's entry point.
 
-The loop calls ``build_stream(spec, batch_size, seed)`` on every process and gets the same
-deterministic stream of GLOBAL batches everywhere (it slices each batch across processes
+A data kind is a registered builder (:func:`register_data_kind`): a name, the batch type it
+yields (objectives declare the batch type they consume, and the loop checks the two agree before
+the model loads), an optional typed options dataclass (``data.options`` in a recipe), and
+``build(spec, options, batch_size, seed, tokenizer) -> BatchStream``. Built in: ``text``
+(SentenceBatch), ``pairs`` and ``mixture`` (PairBatch), ``nli`` (SimCSE's (premise, entailment,
+contradiction) triplets as a PairBatch), ``nli_pairs`` (every labelled pair: NLIBatch) and
+``sts_texts`` (the unlabeled sentences of the STS sets: SentenceBatch, :mod:`.sts_texts`).
+
+The loop calls ``build_stream(spec, batch_size, seed, tokenizer)`` on every process and gets the
+same deterministic stream of GLOBAL batches everywhere (it slices each batch across processes
 itself). All files are opened and checked here, before training starts: header names, column
 indices, the first rows, and, with ``scan: true`` (default), every row, which also yields the
 row counts behind `steps_per_epoch`.
@@ -9,28 +18,50 @@ row counts behind `steps_per_epoch`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from contrasent.data.batches import NLIBatch, PairBatch, SentenceBatch
 from contrasent.data.data_config import load_data_config
-from contrasent.data.nli import read_nli_triplets
+from contrasent.data.nli import read_nli_pairs, read_nli_triplets
 from contrasent.data.readers import PairReader, ReadStats, detect_format, read_texts
-from contrasent.data.streams import BatchStream, EpochStream, MixtureStream, Row, RowSource
+from contrasent.data.streams import (
+    BatchStream,
+    EpochStream,
+    MixtureStream,
+    Row,
+    RowSource,
+    ToBatch,
+    pair_batch,
+    sentence_batch,
+)
 from contrasent.errors import UserError
+from contrasent.options import build_options, suggest
 
-__all__ = ["DataSpec", "build_stream"]
+__all__ = ["DATA_KINDS", "DataKind", "DataSpec", "build_stream", "register_data_kind"]
 
 
 @dataclass
 class DataSpec:
     """Training data: what to read and how to shuffle and batch it."""
 
-    kind: Literal["text", "pairs", "nli", "mixture"] = "text"
-    """text: one text a line (.txt/.txt.gz) -> SentenceBatch. pairs: a TSV/CSV/JSONL file of
-    (anchor, positive[, negatives]) -> PairBatch. nli: SentEval SNLI-layout folder(s) ->
-    (premise, entailment, contradiction) PairBatch. mixture: the datasets of `data_config` mixed
-    by weight -> PairBatch."""
+    kind: str = "text"
+    """A registered data kind. text: one text a line (.txt/.txt.gz) -> SentenceBatch. pairs: a
+    TSV/CSV/JSONL file of (anchor, positive[, negatives]) -> PairBatch. nli: SentEval SNLI-layout
+    folder(s) -> (premise, entailment, contradiction) PairBatch. nli_pairs: the same folders ->
+    every labelled (premise, hypothesis, label) pair, NLIBatch. sts_texts: a SentEval folder ->
+    the unlabeled sentences of its 7 STS sets, SentenceBatch. mixture: the datasets of
+    `data_config` mixed by weight -> PairBatch. Others: see `contrasent train --help`."""
+
+    max_seq_length: int | None = None
+    """Truncate training inputs to this many tokens (SimCSE: 32). Training only: evaluation and
+    the saved model use model.max_seq_length (default: the base model's limit), as SimCSE
+    truncates its training data but evaluates untruncated. None: the encoder's length."""
+
+    options: dict[str, Any] | None = None
+    """Options of the data kind itself (e.g. span sampling for documents); see its help."""
 
     path: str | list[str] | None = None
     """The file (text, pairs) or folder (nli); a list is read in order as one dataset."""
@@ -85,19 +116,36 @@ class DataSpec:
 
     def check(self) -> None:
         """Raise UserError for inconsistent settings (before any file is opened)."""
-        need = {"text": "path", "pairs": "path", "nli": "path", "mixture": "data_config"}
-        if getattr(self, need[self.kind]) in (None, "", []):
-            raise UserError(f"data.{need[self.kind]} is required for data.kind={self.kind!r}")
+        kind = data_kind(self.kind)
+        need = "data_config" if self.kind == "mixture" else "path"
+        if getattr(self, need) in (None, "", []):
+            raise UserError(f"data.{need} is required for data.kind={self.kind!r}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise UserError(f"data.max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.options and kind.options is None:
+            raise UserError(f"data.options: data.kind {self.kind!r} takes no options")
         if self.kind == "mixture" and self.path:
             raise UserError("data.path is unused for a mixture: list the files in data.data_config")
         if self.kind != "mixture" and self.data_config:
             raise UserError(f"data.data_config is only for kind 'mixture', not {self.kind!r}")
-        if self.columns is not None and self.kind in ("text", "nli"):
+        if self.columns is not None and self.kind not in ("pairs", "mixture"):
             raise UserError(f"data.columns does not apply to data.kind={self.kind!r}")
         if self.shuffle_buffer < 0:
             raise UserError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"data.epochs must be >= 1 or null (endless), got {self.epochs}")
+
+    def check_paths(self) -> None:
+        """The files and folders named here exist (a cheap check before the model loads);
+        relative paths are resolved against the current folder, which the error names."""
+        named = [("data.path", p) for p in self.paths]
+        named += [("data.data_config", self.data_config)] if self.data_config else []
+        named += [("data.data_dir", self.data_dir)] if self.data_dir else []
+        for key, p in named:
+            path = Path(p).expanduser()
+            if not path.exists():
+                where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+                raise UserError(f"{key} {p}: no such file or folder{where}", key)
 
     @property
     def paths(self) -> list[str]:
@@ -106,34 +154,102 @@ class DataSpec:
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
-def build_stream(spec: DataSpec, batch_size: int, seed: int) -> BatchStream:
+Build = Callable[[DataSpec, Any, int, int, Any], BatchStream]
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """A registered data kind: ``build(spec, options, batch_size, seed, tokenizer)``."""
+
+    name: str
+    batch_type: type
+    build: Build
+    options: type | None = None
+    summary: str = ""
+
+
+DATA_KINDS: dict[str, DataKind] = {}
+
+
+def register_data_kind(kind: DataKind) -> DataKind:
+    """Add a data kind under its name (one name, one kind)."""
+    if DATA_KINDS.get(kind.name, kind) is not kind:
+        raise ValueError(f"data kind {kind.name!r} is already registered")
+    DATA_KINDS[kind.name] = kind
+    return kind
+
+
+def data_kind(name: str) -> DataKind:
+    """The registered kind ``name``; UserError with the closest name otherwise."""
+    if name not in DATA_KINDS:
+        raise UserError(
+            f"unknown data.kind {name!r}{suggest(name, list(DATA_KINDS))}; "
+            f"known: {', '.join(sorted(DATA_KINDS))}",
+            "data.kind",
+        )
+    return DATA_KINDS[name]
+
+
+def data_options(spec: DataSpec) -> Any:
+    """The kind's typed options from ``spec.options`` (None for kinds without options)."""
+    kind = data_kind(spec.kind)
+    if kind.options is None:
+        return None
+    return build_options(
+        kind.options, spec.options, f"data.options (kind {spec.kind})", "data.options"
+    )
+
+
+def build_stream(spec: DataSpec, batch_size: int, seed: int, tokenizer: Any = None) -> BatchStream:
     """Open, check and (with spec.scan) count the data; return its global-batch stream.
 
     The stream is deterministic given (spec, batch_size, seed, file contents) and resumes
-    exactly through ``state_dict()`` / ``load_state_dict()``.
+    exactly through ``state_dict()`` / ``load_state_dict()``. ``tokenizer`` is the encoder's
+    (kinds that count tokens, e.g. span sampling, need it).
     """
     spec.check()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    fingerprint: dict[str, Any] = {
+    kind = data_kind(spec.kind)
+    return kind.build(spec, data_options(spec), batch_size, seed, tokenizer)
+
+
+def fingerprint_of(spec: DataSpec, batch_size: int, seed: int) -> dict[str, Any]:
+    """What must not change between a checkpoint and its resume for the stream to continue."""
+    return {
         "kind": spec.kind,
         "path": spec.paths,
         "columns": spec.columns,
         "format": spec.format,
-        "split": spec.split if spec.kind == "nli" else None,
+        "split": spec.split if spec.kind in ("nli", "nli_pairs") else None,
         "batch_size": batch_size,
         "seed": seed,
         "shuffle_buffer": spec.shuffle_buffer,
         "drop_last": spec.drop_last,
         "dedup_in_batch": spec.dedup_in_batch,
+        **({"options": spec.options} if spec.options else {}),
     }
-    build = {"text": _text_stream, "pairs": _pair_stream, "nli": _nli_stream}
-    if spec.kind == "mixture":
-        return _mixture_stream(spec, batch_size, seed, fingerprint)
-    source, rows, stats = build[spec.kind](spec, seed)
+
+
+def epoch_stream(
+    spec: DataSpec,
+    batch_size: int,
+    seed: int,
+    read: tuple[RowSource, int | None, list[ReadStats]],
+    to_batch: ToBatch,
+) -> EpochStream:
+    """The stream of a one-dataset kind: ``read`` is (source, row count or None, scan stats)."""
+    source, rows, stats = read
     source.scanned = bool(stats)
     stream = EpochStream(
-        source, batch_size, spec.epochs, spec.drop_last, spec.dedup_in_batch, fingerprint, rows
+        source,
+        batch_size,
+        spec.epochs,
+        spec.drop_last,
+        spec.dedup_in_batch,
+        fingerprint_of(spec, batch_size, seed),
+        rows,
+        to_batch,
     )
     stream.stats = stats
     return stream
@@ -204,26 +320,31 @@ def _pair_stream(spec: DataSpec, seed: int) -> tuple[RowSource, int | None, list
     return source, _counted(stats, spec.scan), stats
 
 
-def _nli_stream(spec: DataSpec, seed: int) -> tuple[RowSource, int | None, list[ReadStats]]:
-    triplets: list[Row] = []
+def _nli_stream(
+    spec: DataSpec, seed: int, reader: Callable[..., tuple[list, ReadStats]]
+) -> tuple[RowSource, int | None, list[ReadStats]]:
+    rows: list[Row] = []
     stats = []
     for folder in spec.paths:
-        found, s = read_nli_triplets(folder, spec.split, spec.on_error)
+        found, s = reader(folder, spec.split, spec.on_error)
         s.report()
-        triplets.extend(found)
+        rows.extend(found)
         stats.append(s)
 
     def read(stats: ReadStats) -> Iterator[Row]:
-        stats.rows = stats.lines = len(triplets)
-        return iter(triplets)
+        stats.rows = stats.lines = len(rows)
+        return iter(rows)
 
-    buffer = len(triplets) if spec.shuffle_buffer > 1 else 0  # in memory: shuffle it all
-    return RowSource(_dataset_name(spec.paths), read, buffer, seed, 0), len(triplets), stats
+    buffer = len(rows) if spec.shuffle_buffer > 1 else 0  # in memory: shuffle it all
+    return RowSource(_dataset_name(spec.paths), read, buffer, seed, 0), len(rows), stats
 
 
-def _mixture_stream(
-    spec: DataSpec, batch_size: int, seed: int, fingerprint: dict[str, Any]
-) -> MixtureStream:
+def nli_batch(rows: list[Row], dataset: str | None = None) -> NLIBatch:
+    """``(premise, hypothesis, label id)`` rows -> :class:`NLIBatch`."""
+    return NLIBatch([r[0] for r in rows], [r[1] for r in rows], [int(r[2]) for r in rows])
+
+
+def _mixture_stream(spec: DataSpec, batch_size: int, seed: int) -> MixtureStream:
     assert spec.data_config is not None
     defaults = {"columns": spec.columns, "format": spec.format, "header": spec.header}
     entries = load_data_config(spec.data_config, spec.data_dir, **defaults)
@@ -261,7 +382,7 @@ def _mixture_stream(
     for source in sources:
         source.scanned = spec.scan
     fingerprint = {
-        **fingerprint,
+        **fingerprint_of(spec, batch_size, seed),
         "data_config": [[e.name, e.weight] for e in entries],
         "batch_from_one_dataset": spec.batch_from_one_dataset,
     }
@@ -279,3 +400,63 @@ def _mixture_stream(
     stream.steps_per_epoch = steps
     stream.stats = stats
     return stream
+
+
+register_data_kind(
+    DataKind(
+        "text",
+        SentenceBatch,
+        lambda spec, _o, bs, seed, _t: epoch_stream(
+            spec, bs, seed, _text_stream(spec, seed), sentence_batch
+        ),
+        summary="one text a line (.txt, .txt.gz)",
+    )
+)
+register_data_kind(
+    DataKind(
+        "pairs",
+        PairBatch,
+        lambda spec, _o, bs, seed, _t: epoch_stream(
+            spec, bs, seed, _pair_stream(spec, seed), pair_batch
+        ),
+        summary="(anchor, positive[, negatives]) rows of a TSV/CSV/JSONL file",
+    )
+)
+register_data_kind(
+    DataKind(
+        "nli",
+        PairBatch,
+        lambda spec, _o, bs, seed, _t: epoch_stream(
+            spec, bs, seed, _nli_stream(spec, seed, read_nli_triplets), pair_batch
+        ),
+        summary="SimCSE's (premise, entailment, contradiction) triplets from SNLI-layout folders",
+    )
+)
+register_data_kind(
+    DataKind(
+        "nli_pairs",
+        NLIBatch,
+        lambda spec, _o, bs, seed, _t: epoch_stream(
+            spec, bs, seed, _nli_stream(spec, seed, read_nli_pairs), nli_batch
+        ),
+        summary="every labelled (premise, hypothesis, label) pair of SNLI-layout folders",
+    )
+)
+register_data_kind(
+    DataKind(
+        "mixture",
+        PairBatch,
+        lambda spec, _o, bs, seed, _t: _mixture_stream(spec, bs, seed),
+        summary="pair datasets of a 1B-style data_config.json, mixed by weight",
+    )
+)
+
+
+def _register_more() -> None:
+    """Data kinds that live in their own modules (imported here so every kind is known)."""
+    from contrasent.data import document_stream, sts_texts  # noqa: F401 (registers itself)
+
+    sts_texts.register()
+
+
+_register_more()

@@ -10,6 +10,7 @@ and yields exactly the batches an uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -17,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.data.batches import PairBatch, SentenceBatch
+from contrasent.data.batches import Batch, PairBatch, SentenceBatch
 from contrasent.data.readers import ReadStats
 from contrasent.errors import UserError
+from contrasent.rng import keyed_rng
 
 log = logging.getLogger(__name__)
 
-Row = str | tuple[str, ...]
-Batch = SentenceBatch | PairBatch
+Row = str | tuple
+#: rows of one batch (and the dataset name, for a mixture) -> the data kind's typed batch. A
+#: to_batch that declares a keyword ``index`` also gets the global batch number, for randomness
+#: keyed inside it (DeCLUTR's span draws: ``keyed_rng(seed, KEY, index, row)``); the stream sets
+#: ``batch.index`` afterwards either way.
+ToBatch = Callable[..., Batch]
 MIX = 0x6D6978  # key of the mixture's dataset draws, apart from any dataset index
 STATE_VERSION = 1
-
-
-def keyed_rng(seed: int, *keys: int) -> np.random.Generator:
-    """A generator determined by (seed, keys) alone."""
-    return np.random.default_rng(np.random.SeedSequence([seed % 2**63, *keys]))
 
 
 def buffer_shuffle(items: Iterable[Row], size: int, rng: np.random.Generator) -> Iterator[Row]:
@@ -58,14 +59,35 @@ def buffer_shuffle(items: Iterable[Row], size: int, rng: np.random.Generator) ->
         yield buf[j]
 
 
+def takes_index(to_batch: ToBatch) -> bool:
+    """Whether ``to_batch`` declares the keyword ``index`` (see :data:`ToBatch`)."""
+    try:
+        return "index" in inspect.signature(to_batch).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def make_batch(to_batch: ToBatch, rows: list[Row], dataset: str | None, index: int) -> Batch:
+    """``to_batch(rows, dataset[, index=index])`` with ``batch.index`` set to ``index``."""
+    batch = (
+        to_batch(rows, dataset, index=index) if takes_index(to_batch) else to_batch(rows, dataset)
+    )
+    batch.index = index  # the global batch number (keys per-row randomness)
+    return batch
+
+
 def texts_of(row: Row) -> tuple[str, ...]:
-    return (row,) if isinstance(row, str) else row
+    """The texts of a row (non-text fields such as an NLI label are not texts)."""
+    return (row,) if isinstance(row, str) else tuple(t for t in row if isinstance(t, str))
 
 
-def make_batch(rows: list[Row], dataset: str | None = None) -> Batch:
-    """Rows of one kind -> a SentenceBatch (texts) or PairBatch (anchor, positive, *negatives)."""
-    if isinstance(rows[0], str):
-        return SentenceBatch(texts=list(rows))  # type: ignore[arg-type]
+def sentence_batch(rows: list[Row], dataset: str | None = None) -> SentenceBatch:
+    """One text a row -> :class:`SentenceBatch`."""
+    return SentenceBatch(texts=list(rows))  # type: ignore[arg-type]
+
+
+def pair_batch(rows: list[Row], dataset: str | None = None) -> PairBatch:
+    """``(anchor, positive, *negatives)`` rows (all of one width) -> :class:`PairBatch`."""
     width = len(rows[0])
     return PairBatch(
         anchors=[r[0] for r in rows],
@@ -206,9 +228,11 @@ class EpochStream(BatchStream):
         dedup: bool,
         fingerprint: dict[str, Any],
         num_rows: int | None = None,
+        to_batch: ToBatch = sentence_batch,
     ) -> None:
         super().__init__(fingerprint)
         self.source, self.batch_size, self.epochs = source, batch_size, epochs
+        self.to_batch = to_batch
         self.drop_last, self.dedup = drop_last, dedup
         if num_rows is not None:
             per = num_rows // batch_size if drop_last else math.ceil(num_rows / batch_size)
@@ -236,8 +260,9 @@ class EpochStream(BatchStream):
             ):
                 if made <= skip:
                     continue  # fast-forward after a resume
+                batch = make_batch(self.to_batch, rows_, self.source.name, self.step)
                 self.epoch, self.batch_in_epoch, self.step = epoch, made, self.step + 1
-                yield make_batch(rows_, self.source.name if not isinstance(rows_[0], str) else None)
+                yield batch
             if made < skip:
                 raise UserError(
                     f"{self.source.name}: epoch {epoch} has {made} batches but the saved state "
@@ -327,8 +352,10 @@ class MixtureStream(BatchStream):
         seed: int,
         fingerprint: dict[str, Any],
         max_steps: int | None = None,
+        to_batch: ToBatch = pair_batch,
     ) -> None:
         super().__init__(fingerprint)
+        self.to_batch = to_batch
         self.cursors = [_Cursor(s) for s in sources]
         total = float(sum(weights))
         self.p = np.array([w / total for w in weights])
@@ -358,8 +385,9 @@ class MixtureStream(BatchStream):
                 rows = [self._draw(self.cursors[k], seen) for k in picks]
                 names = {self.cursors[k].source.name for k in picks}
                 name = names.pop() if len(names) == 1 else None
+            batch = make_batch(self.to_batch, rows, name, self.step)
             self.step += 1
-            yield make_batch(rows, name)
+            yield batch
 
     def dataset_counts(self) -> dict[str, int]:
         """Rows taken from each dataset so far in its current epoch (for reports and tests)."""

@@ -75,18 +75,31 @@ class Pairs:
 # ----------------------------------------------------------------------------- reading
 
 
+#: where the data lives beside a checkout of this repository (the README's layout)
+DEFAULT_DIRS = (
+    Path("../shared/data/senteval"),
+    Path(__file__).resolve().parents[3].parent / "shared" / "data" / "senteval",
+)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The SentEval ``downstream`` folder: the argument, else ``$CONTRASENT_DATA``."""
+    """The SentEval ``downstream`` folder: the argument, else ``$CONTRASENT_DATA``, else
+    ``../shared/data/senteval`` (from the current folder or beside this checkout)."""
     if data_dir is None:
         data_dir = os.environ.get(ENV_VAR)
-        if not data_dir:
+    if not data_dir:
+        found = next((d for d in DEFAULT_DIRS if (d / "STS").is_dir()), None)
+        if found is None:
             raise UserError(
-                f"no STS data directory: pass data_dir (--data-dir) or set {ENV_VAR} to the "
-                "SentEval downstream folder (the one holding STS/ and SICK/)"
+                f"no STS data directory: pass --data-dir or set {ENV_VAR} to the SentEval "
+                f"downstream folder (the one holding STS/ and SICK/); looked in "
+                f"{', '.join(str(d.absolute()) for d in DEFAULT_DIRS)}"
             )
+        return found
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"STS data directory {root} does not exist or is not a directory")
+        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+        raise UserError(f"STS data directory {root} does not exist or is not a folder{where}")
     return root
 
 
@@ -139,20 +152,15 @@ def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
     """One STS12-16 subset: ``STS.input.<subset>.txt`` + ``STS.gs.<subset>.txt``."""
     folder = root / "STS" / f"{task}-en-test"
     inp, gs = folder / f"STS.input.{subset}.txt", folder / f"STS.gs.{subset}.txt"
-    in_lines, gs_lines = _read_lines(inp, task, root), _read_lines(gs, task, root)
-    if len(in_lines) != len(gs_lines):
+    pairs = read_sts_inputs(root, task, subset)
+    gs_lines = _read_lines(gs, task, root)
+    if len(pairs) != len(gs_lines):
         raise UserError(
-            f"{task}: {inp} has {len(in_lines)} lines but {gs} has {len(gs_lines)}; "
+            f"{task}: {inp} has {len(pairs)} lines but {gs} has {len(gs_lines)}; "
             "line i of the gold file scores the pair on line i"
         )
     s1, s2, gold, skipped = [], [], [], 0
-    for i, (line, g) in enumerate(zip(in_lines, gs_lines, strict=True), 1):
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise UserError(
-                f"{where(inp, i)}: expected 2 tab-separated sentences, found {len(fields)} fields"
-            )
-        a, b = _clean(fields[0], inp, i), _clean(fields[1], inp, i)
+    for i, ((a, b), g) in enumerate(zip(pairs, gs_lines, strict=True), 1):
         if not g.strip():  # STS15/16: pair shipped without a gold score
             skipped += 1
             continue
@@ -160,6 +168,21 @@ def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
         s1.append(a)
         s2.append(b)
     return Pairs(s1, s2, np.asarray(gold, dtype=np.float64), skipped)
+
+
+def read_sts_inputs(root: Path, task: str, subset: str) -> list[tuple[str, str]]:
+    """Every sentence pair of an STS12-16 subset's input file, scored or not (the unlabeled
+    texts of the transductive setting: ``data.kind: sts_texts``)."""
+    path = root / "STS" / f"{task}-en-test" / f"STS.input.{subset}.txt"
+    pairs = []
+    for i, line in enumerate(_read_lines(path, task, root), 1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise UserError(
+                f"{where(path, i)}: expected 2 tab-separated sentences, found {len(fields)} fields"
+            )
+        pairs.append((_clean(fields[0], path, i), _clean(fields[1], path, i)))
+    return pairs
 
 
 def read_stsb(root: Path, split: str) -> Pairs:
@@ -181,8 +204,10 @@ def read_stsb(root: Path, split: str) -> Pairs:
 
 
 def read_sick(root: Path, split: str) -> Pairs:
-    """``SICK_trial.txt`` (dev) / ``SICK_test_annotated.txt`` (test), columns named in a header."""
-    name = {"dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}[split]
+    """``SICK_trial.txt`` (dev) / ``SICK_test_annotated.txt`` (test) / ``SICK_train.txt``,
+    columns named in a header."""
+    name = {"dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt", "train": "SICK_train.txt"}
+    name = name[split]
     path = root / "SICK" / name
     lines = _read_lines(path, "SICKRelatedness", root)
     header = lines[0].split("\t") if lines else []
@@ -252,11 +277,18 @@ def _as_float64(x: Any) -> np.ndarray:
 
 
 def embed_unique(
-    encode: Encode, sentences: Iterable[str], batch_size: int
+    encode: Encode,
+    sentences: Iterable[str],
+    batch_size: int,
+    label: str = "encode",
+    progress: bool = False,
 ) -> tuple[dict[str, int], np.ndarray]:
     """Embed each distinct sentence once; longest first so padding is small and OOM comes early."""
+    from tqdm.auto import tqdm
+
     uniq = sorted(set(sentences), key=lambda s: (-len(s), s))
     parts = []
+    bar = tqdm(total=len(uniq), desc=label, unit="sent", disable=not progress, leave=False)
     for start in range(0, len(uniq), batch_size):
         chunk = uniq[start : start + batch_size]
         emb = _as_float64(encode(chunk))
@@ -266,6 +298,8 @@ def embed_unique(
                 "expected (n_sentences, dim)"
             )
         parts.append(emb)
+        bar.update(len(chunk))
+    bar.close()
     matrix = np.concatenate(parts) if parts else np.zeros((0, 1))
     return {s: i for i, s in enumerate(uniq)}, matrix
 
@@ -330,12 +364,14 @@ def evaluate_sts(
     mode: str = "test",
     tasks: str | Iterable[str] | None = None,
     batch_size: int = 128,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``encode`` (list of sentences -> [n, dim] array) on the STS tasks.
 
     ``mode="dev"``: STS-B dev + SICK-R trial only (model selection while training).
     ``mode="test"``: every task; STS-B and SICK-R report both test and dev.
-    ``batch_size``: sentences per ``encode`` call. Returns a JSON-ready dict (see module doc);
+    ``batch_size``: sentences per ``encode`` call; ``progress``: a bar per task (sentences/s).
+    Returns a JSON-ready dict (see module doc);
     ``avg`` is the mean of the summary Spearman column ("all" for STS12-16, "test" for STS-B and
     SICK-R; the dev numbers in dev mode). An undefined correlation (e.g. a collapsed model giving
     constant scores) is None, and so is ``avg`` then.
@@ -350,7 +386,7 @@ def evaluate_sts(
     for task, data in loaded.items():
         start = time.perf_counter()
         index, emb = embed_unique(
-            encode, (s for p in data.values() for s in (*p.s1, *p.s2)), batch_size
+            encode, (s for p in data.values() for s in (*p.s1, *p.s2)), batch_size, task, progress
         )
         preds = {name: cosine_scores(pairs, index, emb) for name, pairs in data.items()}
         scorer = score_year if task in STS_YEARS else score_splits
@@ -377,18 +413,41 @@ def summary_row(results: dict[str, Any]) -> dict[str, float | None]:
     return row
 
 
+def table_caption(results: dict[str, Any]) -> str:
+    """What the numbers of :func:`format_table` are."""
+    if results["mode"] == "dev":
+        return "STS dev: Spearman x100 of cosine similarity (STS-B dev, SICK-R trial)"
+    return (
+        "STS: Spearman x100 of cosine similarity; STS12-16 'all' (the year's subsets merged), "
+        "STS-B and SICK-R test"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The SimCSE README table: one column per task (table order) + Avg., Spearman x100."""
-    row = summary_row(results)
-    names = [t for t in TASKS if t in row] + ["Avg."]
-    cells = ["-" if row[n] is None else f"{row[n]:.2f}" for n in names]
-    widths = [max(len(n), len(c)) + 2 for n, c in zip(names, cells, strict=True)]
+    return format_rows([(None, results)])
+
+
+def format_rows(rows: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
+    """Several results (e.g. before training and after each stage) as rows of one table; a
+    label column when the rows are labelled. Tasks: the union, in table order."""
+    summaries = [(label, summary_row(res)) for label, res in rows]
+    tasks = {t for _, row in summaries for t in row}
+    names = [t for t in TASKS if t in tasks] + ["Avg."]
+    labelled = any(label is not None for label, _ in summaries)
+    header = ([""] if labelled else []) + names
+    body = [
+        ([label or ""] if labelled else [])
+        + ["-" if row.get(n) is None else f"{row[n]:.2f}" for n in names]
+        for label, row in summaries
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) + 2 for i in range(len(header))]
     rule = "+" + "+".join("-" * w for w in widths) + "+"
 
     def line(values: list[str]) -> str:
         return "|" + "|".join(v.center(w) for v, w in zip(values, widths, strict=True)) + "|"
 
-    return "\n".join([rule, line(names), rule, line(cells), rule])
+    return "\n".join([rule, line(header), rule, *[line(b) for b in body], rule])
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:

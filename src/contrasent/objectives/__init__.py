@@ -1,8 +1,9 @@
-"""Training objectives and their registry (config name -> class).
+"""Training objectives and their registry (recipe name -> class).
 
-``build_objective(name, encoder, **options)`` constructs an objective from a recipe and runs its
-``setup(encoder)`` (training-only heads such as SimCSE's MLP or the MLM head need the encoder's
-sizes and must exist before the optimizer is built).
+``build_objective(name, encoder, **options)`` validates ``options`` against the objective's
+``Config`` dataclass (an unknown option names the closest valid one), constructs the objective
+and runs its ``setup(encoder)`` (training-only heads such as SimCSE's MLP or the MLM head need
+the encoder's sizes and must exist before the optimizer is built).
 """
 
 from __future__ import annotations
@@ -10,44 +11,90 @@ from __future__ import annotations
 from typing import Any
 
 from contrasent.errors import UserError
-from contrasent.objectives.base import InBatchObjective, Objective
+from contrasent.objectives.base import LossPart, Objective, View
+from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
+from contrasent.objectives.declutr import DeCLUTR
+from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
+from contrasent.objectives.tsdae import TSDAE
+from contrasent.options import build_options, suggest
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "simcse_unsup": SimCSEUnsup,
-    "simcse_sup": SimCSESup,
-    "pairs": PairsInBatch,
-}
+OBJECTIVES: dict[str, type[Objective]] = {}
 
 
-def register(name: str, cls: type[Objective]) -> None:
-    """Add an objective class under a recipe name (one name, one class)."""
-    if OBJECTIVES.get(name, cls) is not cls:
-        raise ValueError(f"objective name {name!r} is already taken by {OBJECTIVES[name].__name__}")
-    OBJECTIVES[name] = cls
+def register(cls: type[Objective]) -> type[Objective]:
+    """Add an objective class under its ``name`` (one name, one class); usable as a decorator."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if OBJECTIVES.get(cls.name, cls) is not cls:
+        raise ValueError(
+            f"objective name {cls.name!r} is already taken by {OBJECTIVES[cls.name].__name__}"
+        )
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+for _cls in (
+    SimCSEUnsup,
+    SimCSESup,
+    PairsInBatch,
+    DeCLUTR,
+    ConSERT,
+    ConSERTJoint,
+    ConSERTJointAdv,
+    NLISoftmax,
+):
+    register(_cls)
+register(TSDAE)
+
+
+def objective_class(name: str) -> type[Objective]:
+    """The registered class ``name``; UserError with the closest name otherwise."""
+    if name not in OBJECTIVES:
+        raise UserError(
+            f"unknown objective {name!r}{suggest(name, list(OBJECTIVES))}; "
+            f"known: {', '.join(sorted(OBJECTIVES))}",
+            "objective.name",
+        )
+    return OBJECTIVES[name]
+
+
+def objective_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The typed options of objective ``name`` (checked; no model needed)."""
+    return build_options(objective_class(name).Config, options, f"objective {name}", "objective")
 
 
 def build_objective(name: str, encoder: Any = None, **options: Any) -> Objective:
     """Instantiate the objective ``name`` with ``options`` and set it up on ``encoder``."""
-    if name not in OBJECTIVES:
-        raise UserError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
-    try:
-        objective = OBJECTIVES[name](**options)
-    except TypeError as err:  # an unknown or misspelt option in the recipe
-        raise UserError(f"objective {name}: {err}") from None
-    if encoder is not None and hasattr(objective, "setup"):
+    objective = objective_class(name)(objective_config(name, options))
+    if encoder is not None:
         objective.setup(encoder)
     return objective
 
 
+def describe_objectives() -> str:
+    """Every objective with its options and defaults (``contrasent train --help``)."""
+    return "\n\n".join(OBJECTIVES[n].describe() for n in sorted(OBJECTIVES))
+
+
 __all__ = [
     "OBJECTIVES",
-    "InBatchObjective",
+    "ConSERT",
+    "ConSERTJoint",
+    "ConSERTJointAdv",
+    "DeCLUTR",
+    "LossPart",
+    "NLISoftmax",
     "Objective",
     "PairsInBatch",
     "SimCSESup",
     "SimCSEUnsup",
+    "TSDAE",
+    "View",
     "build_objective",
+    "describe_objectives",
+    "objective_class",
+    "objective_config",
     "register",
 ]

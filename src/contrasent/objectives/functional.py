@@ -20,7 +20,7 @@ Conventions of :func:`info_nce`:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -41,9 +41,22 @@ def logit_scale(temperature: float | None = None, scale: float | None = None) ->
     return float(scale)
 
 
+def fp32(x: Tensor) -> Tensor:
+    """``x`` in float32 (a no-op for float32 and float64 inputs)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def cosine_logits(queries: Tensor, keys: Tensor, scale: float) -> Tensor:
-    """``scale * cos(q_i, k_j)`` for every pair: [Q, K]."""
-    return scale * F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T
+    """``scale * cos(q_i, k_j)`` for every pair: [Q, K], always in float32 (or float64).
+
+    Autocast is switched off here: in bf16 the resolution near cos 1 is about 0.004, i.e. 0.08
+    at scale 20, as large as the differences the loss has to rank; the normalisation, the
+    matmul and the cross-entropy after it run in full precision (as sentence-transformers and
+    SimCSE do under fp16 only by accident of their op lists)."""
+    with torch.autocast(queries.device.type, enabled=False):
+        q = F.normalize(fp32(queries), dim=-1)
+        k = F.normalize(fp32(keys), dim=-1)
+        return scale * q @ k.T.to(q.dtype)
 
 
 def _hard_negative_blocks(hard_negatives: Tensor | Sequence[Tensor] | None, n: int) -> list[Tensor]:
@@ -165,6 +178,82 @@ def info_nce_with_logits(
     )
     rev = _apply_mask(cosine_logits(candidates[labels], pool, s), reverse_mask, rev_labels)
     return (loss + F.cross_entropy(rev, rev_labels)) / 2, logits, labels
+
+
+#: anchor rows per chunk of the similarity matrix (see :func:`chunked_info_nce`)
+LOSS_CHUNK_ROWS = 1024
+
+MaskFn = Callable[[int, int], "Tensor | None"]
+
+
+def _chunk_ce(
+    rows: Tensor,
+    pool: Tensor,
+    labels: Tensor,
+    scale: float,
+    bias_cols: Tensor | None,
+    bias: float,
+    mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy SUM and correct-count of ``rows`` against ``pool`` (one chunk)."""
+    logits = cosine_logits(rows, pool, scale)
+    if bias_cols is not None:
+        logits = logits.index_put(
+            (torch.arange(len(rows), device=logits.device)[:, None], bias_cols),
+            torch.full(bias_cols.shape, bias, device=logits.device, dtype=logits.dtype),
+            accumulate=True,
+        )
+    logits = _apply_mask(logits, mask, labels)
+    with torch.autocast(logits.device.type, enabled=False):
+        ce = F.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.detach().argmax(dim=-1) == labels).sum()
+    return ce, correct
+
+
+def chunked_info_nce(
+    rows: Tensor,
+    pool: Tensor,
+    labels: Tensor,
+    *,
+    scale: float,
+    hard_negative_cols: Tensor | None = None,
+    hard_negative_weight: float = 0.0,
+    mask_fn: MaskFn | None = None,
+    chunk_rows: int = LOSS_CHUNK_ROWS,
+) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy of ``rows`` [B, H] against ``pool`` [C, H] (row ``i``'s positive at
+    ``pool[labels[i]]``) and the detached accuracy, computed in chunks of ``chunk_rows`` rows.
+
+    The B x C logits are never held at once: each chunk's logits are recomputed in the backward
+    pass (activation checkpointing), so the loss step needs O(chunk_rows x C) memory, as
+    sentence-transformers' cached losses compute theirs mini-batch by mini-batch; the result is
+    the same as one pass. ``hard_negative_cols`` [B, K] are the columns getting SimCSE's
+    log-weight; ``mask_fn(start, stop)`` gives the bool mask [stop - start, C] of a chunk.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    b = rows.shape[0]
+    total = rows.new_zeros((), dtype=torch.float32 if rows.dtype != torch.float64 else rows.dtype)
+    correct = torch.zeros((), dtype=torch.long, device=rows.device)
+    needs_graph = torch.is_grad_enabled() and (rows.requires_grad or pool.requires_grad)
+    for start in range(0, b, max(1, chunk_rows)):
+        stop = min(b, start + max(1, chunk_rows))
+        args = (
+            rows[start:stop],
+            pool,
+            labels[start:stop],
+            scale,
+            None if hard_negative_cols is None else hard_negative_cols[start:stop],
+            hard_negative_weight,
+            None if mask_fn is None else mask_fn(start, stop),
+        )
+        if needs_graph and b > chunk_rows:
+            ce, ok = checkpoint(_chunk_ce, *args, use_reentrant=False, preserve_rng_state=False)
+        else:
+            ce, ok = _chunk_ce(*args)
+        total = total + ce
+        correct = correct + ok
+    return total / b, correct.float() / b
 
 
 def in_batch_accuracy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -9,8 +9,8 @@ This module holds the pieces:
   ``AutoModelForMaskedLM``), else a fresh BERT-style head (with a logged warning); its decoder is
   tied to the encoder's input embeddings *at call time*, so the head registers no encoder
   parameter (no duplicates in the optimizer, no encoder weights in the objective's state);
-* :class:`MLMAuxiliary`: ``setup(encoder)`` then ``mlm(encoder, texts) -> loss``;
-* :func:`with_mlm`: ``{"loss": contrastive + w * mlm, "contrastive", "mlm", ...}``.
+* :func:`mask_rows_keyed`: the same masking with one keyed generator per row;
+* :class:`MLMAuxiliary`: the loss as a view (mode "mlm") of the objective that uses it.
 
 The head is a training-only module of the objective: it is never saved with the encoder.
 """
@@ -24,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrasent.distributed import all_reduce_sum, world_size
 from contrasent.errors import UserError
+from contrasent.objectives.base import LossPart, View
+from contrasent.objectives.functional import fp32
+from contrasent.rng import keyed_generator
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +187,54 @@ class MLMHead(nn.Module):
         return self.head(hidden)
 
 
-class MLMAuxiliary(nn.Module):
-    """MLM loss on (re-tokenized, masked) texts through the encoder's transformer and an LM head.
+def mask_rows_keyed(
+    input_ids: Tensor,
+    maskable: Tensor,
+    keys: list[tuple[int, ...]],
+    *,
+    seed: int,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+) -> tuple[Tensor, Tensor]:
+    """:func:`mask_tokens` with each row drawn from its own generator keyed by
+    ``(seed, *keys[i])``, over the row's own length only: a row gets the same mask whatever batch,
+    padding width, gradient-cache chunk or process it lands in, and after any resume."""
+    inputs, labels = (
+        input_ids.detach().cpu().clone(),
+        torch.full_like(input_ids.cpu(), IGNORE_INDEX),
+    )
+    ok = maskable.detach().cpu().bool()
+    lengths = ok.flip(1).int().argmax(1)  # trailing non-maskable positions (padding, [SEP])
+    for i, key in enumerate(keys):
+        width = int(ok.shape[1] - lengths[i]) if ok[i].any() else 0
+        if width == 0:
+            continue
+        row_in, row_lab = mask_tokens(
+            input_ids[i : i + 1, :width].cpu(),
+            ok[i : i + 1, :width],
+            mask_token_id=mask_token_id,
+            vocab_size=vocab_size,
+            generator=keyed_generator(seed, *key),
+            probability=probability,
+        )
+        inputs[i, :width], labels[i, :width] = row_in[0], row_lab[0]
+    return inputs.to(input_ids.device), labels.to(input_ids.device)
 
-    Like SimCSE's ``mlm_input_ids``, the masked copies go through a separate encoder pass. The
-    loss is the mean cross-entropy over the selected tokens of the local batch.
+
+class MLMAuxiliary(nn.Module):
+    """The MLM loss as a view of its objective: per-row sums the loop can run like embeddings.
+
+    ``view(texts, keys)`` is a :class:`~contrasent.objectives.base.View` of mode ``"mlm"``;
+    ``row_losses`` (the objective's ``embed`` for that mode) masks each text with its keyed
+    generator, runs the encoder's transformer and the LM head, and returns ``[rows, 2]``: the
+    cross-entropy SUM over the row's selected tokens and their count. ``part(out)`` normalises by
+    the count of selected tokens over the whole GLOBAL batch (summed over processes): one
+    process, several processes and any gradient-cache chunking give the same loss and gradients,
+    the mean over selected tokens that SimCSE's ``do_mlm`` computes on one GPU.
     """
+
+    MODE = "mlm"
 
     def __init__(
         self, probability: float = 0.15, seed: int = 0, pretrained_head: bool = True
@@ -200,54 +246,67 @@ class MLMAuxiliary(nn.Module):
         self.seed = seed
         self.pretrained_head = pretrained_head
         self.head: MLMHead | None = None
-        self.generator = torch.Generator()
 
     def setup(self, encoder: Any) -> None:
-        from contrasent.train.distributed import rank
-
         if encoder.tokenizer.mask_token_id is None:
-            raise UserError("the MLM auxiliary loss needs a tokenizer with a mask token")
+            raise UserError(
+                f"the MLM loss needs a tokenizer with a mask token; "
+                f"{getattr(encoder.model, 'name_or_path', 'this model')}'s has none"
+            )
         self.head = MLMHead.from_encoder(encoder, pretrained=self.pretrained_head)
-        self.generator.manual_seed(self.seed + rank())  # different masks on different processes
 
-    def forward(self, encoder: Any, texts: list[str]) -> Tensor:
+    def view(self, texts: list[str], keys: list[tuple[int, ...]], name: str = "mlm") -> View:
+        return View(name, list(texts), mode=self.MODE, keys=list(keys))
+
+    def row_losses(self, encoder: Any, view: View, features: dict[str, Tensor]) -> Tensor:
+        """``[rows, 2]``: the masked texts' MLM loss sums and counts, from their own pass."""
+        inputs, labels = self.mask(encoder, view, features)
+        hidden = encoder.model(**{**features, "input_ids": inputs}).last_hidden_state
+        return self.token_sums(encoder, hidden, labels)
+
+    def mask(self, encoder: Any, view: View, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(input_ids with masks, labels)`` of the view's rows, each keyed by its row key."""
         if self.head is None:
             raise RuntimeError("MLMAuxiliary.setup(encoder) must run before the optimizer is built")
+        if view.keys is None:
+            raise ValueError("an MLM view needs per-row keys")
         tok = encoder.tokenizer
-        features = encoder.tokenize(texts)
         ids = features["input_ids"]
         maskable = maskable_positions(ids, features["attention_mask"], tok.all_special_ids)
-        inputs, labels = mask_tokens(
+        return mask_rows_keyed(
             ids,
             maskable,
+            view.keys,
+            seed=self.seed,
             mask_token_id=tok.mask_token_id,
             vocab_size=encoder.model.get_input_embeddings().weight.shape[0],
-            generator=self.generator,
             probability=self.probability,
         )
-        hidden = encoder.model(**{**features, "input_ids": inputs}).last_hidden_state
+
+    def token_sums(self, encoder: Any, hidden: Tensor, labels: Tensor) -> Tensor:
+        """``[rows, 2]``: cross-entropy sum over each row's selected tokens (``labels`` not
+        -100) of the LM head on the token states ``hidden`` [rows, T, H], and their count."""
+        assert self.head is not None
         selected = labels != IGNORE_INDEX
+        rows = selected.nonzero()[:, 0]
         self.head.tie(encoder)
         logits = self.head(hidden[selected])  # only the selected tokens: [M, V]
-        if logits.shape[0] == 0:  # nothing drawn (tiny batch): a zero that keeps the graph
-            return hidden.sum() * 0.0
-        return F.cross_entropy(logits, labels[selected])
+        with torch.autocast(hidden.device.type, enabled=False):
+            ce = F.cross_entropy(fp32(logits), labels[selected], reduction="none")
+        sums = torch.zeros(len(labels), device=hidden.device, dtype=ce.dtype).index_add(0, rows, ce)
+        sums = sums + hidden.sum() * 0.0  # keeps the graph when nothing was drawn (tiny batch)
+        counts = selected.sum(1).to(sums.dtype)
+        return torch.stack([sums, counts], dim=1)
 
-    def get_extra_state(self) -> dict[str, Tensor]:
-        """The masking generator's state, so a resumed run draws the same masks."""
-        return {"generator": self.generator.get_state()}
+    def part(self, out: Tensor, weight: float) -> LossPart:
+        """The globally normalised MLM loss of the local rows' ``[rows, 2]`` outputs.
 
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+        ``W * local_sum / global_count``: DDP averages gradients over the W processes, so the
+        update is that of ``global_sum / global_count``, and so is the mean of the logged values.
+        """
+        count = all_reduce_sum(out[:, 1].detach().sum())
+        scale = world_size() / count.clamp(min=1.0)
+        return LossPart(out[:, 0].sum() * scale, weight)
 
     def config_dict(self) -> dict[str, Any]:
         return {"mlm_probability": self.probability, "mlm_seed": self.seed}
-
-
-def with_mlm(parts: dict[str, Tensor], mlm_loss: Tensor, weight: float) -> dict[str, Tensor]:
-    """Combine: ``loss = contrastive + weight * mlm``; logged parts are detached."""
-    out = {k: v.detach() for k, v in parts.items() if k != "loss"}
-    out["contrastive"] = parts["loss"].detach()
-    out["mlm"] = mlm_loss.detach()
-    out["loss"] = parts["loss"] + weight * mlm_loss
-    return out

@@ -24,16 +24,16 @@ Mapping of SimCSE's options to ours (``simcse/models.py``, ``train.py``):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from contrasent.data.batches import PairBatch, SentenceBatch
-from contrasent.errors import UserError
-from contrasent.objectives.base import InBatchObjective
+from contrasent.data.batches import PairBatch, SentenceBatch, row_keys
+from contrasent.objectives.base import Objective, Parts, View
 from contrasent.objectives.functional import logit_scale
-from contrasent.objectives.mlm import MLMAuxiliary, with_mlm
-from contrasent.objectives.pairs import DEDUP, in_batch_loss
+from contrasent.objectives.inbatch import DEDUP, in_batch_parts
+from contrasent.objectives.mlm import MLMAuxiliary
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +47,63 @@ def mlp_layer(encoder: Any) -> nn.Module:
     return mlp.to(device=encoder.device, dtype=encoder.model.dtype)
 
 
-class _SimCSEBase(InBatchObjective):
+@dataclass
+class SimCSEUnsupConfig:
+    """Options of unsupervised SimCSE.
+
+    Attributes:
+        temperature: Softmax temperature of the cosine logits (SimCSE: 0.05).
+        mlp: Put SimCSE's training-only MLP (dense + tanh) over the pooled output; never saved.
+        dedup: "mask": in-batch columns whose text equals the row's are not negatives; "none".
+        do_mlm: Add SimCSE's masked-LM auxiliary loss (``--do_mlm``) on the batch's texts.
+        mlm_weight: Weight of the MLM loss (SimCSE's ``--mlm_weight``, 0.1).
+        mlm_probability: Fraction of tokens selected for masking (BERT's 80/10/10 rule).
+        mlm_seed: Seed of the MLM masks (each row's mask is keyed by this and its place in the run).
+    """
+
+    temperature: float = 0.05
+    mlp: bool = True
+    dedup: Literal["mask", "none"] = "none"
+    do_mlm: bool = False
+    mlm_weight: float = 0.1
+    mlm_probability: float = 0.15
+    mlm_seed: int = 0
+
+    def __post_init__(self) -> None:
+        logit_scale(temperature=self.temperature)  # ValueError: must be > 0
+        if self.dedup not in DEDUP:
+            raise ValueError(f"dedup must be one of {DEDUP}, got {self.dedup!r}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mlm_weight < 0:
+            raise ValueError(f"mlm_weight must be >= 0, got {self.mlm_weight}")
+
+
+@dataclass
+class SimCSESupConfig(SimCSEUnsupConfig):
+    """Options of supervised SimCSE.
+
+    Attributes:
+        hard_negative_weight: SimCSE's log-weight added to each row's own hard-negative logit
+            (0: weight 1).
+    """
+
+    hard_negative_weight: float = 0.0
+
+
+class _SimCSEBase(Objective):
     """Temperature, the training-only MLP, optional dedup masking and the MLM auxiliary."""
 
-    name = ""
-
-    def __init__(
-        self,
-        temperature: float = 0.05,
-        mlp: bool = True,
-        dedup: Literal["mask", "none"] = "none",
-        do_mlm: bool = False,
-        mlm_weight: float = 0.1,
-        mlm_probability: float = 0.15,
-        mlm_seed: int = 0,
-    ) -> None:
-        super().__init__()
-        try:
-            logit_scale(temperature=temperature)
-        except ValueError as err:
-            raise UserError(f"objective {self.name}: {err}") from None
-        if dedup not in DEDUP:
-            raise UserError(f"objective {self.name}: dedup must be one of {DEDUP}, got {dedup!r}")
-        self.temperature, self.use_mlp, self.dedup = temperature, mlp, dedup
-        self.do_mlm, self.mlm_weight = do_mlm, mlm_weight
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        c = self.config
         self.mlp: nn.Module | None = None
-        self.mlm = MLMAuxiliary(mlm_probability, seed=mlm_seed) if do_mlm else None
+        self.mlm = MLMAuxiliary(c.mlm_probability, seed=c.mlm_seed) if c.do_mlm else None
         self._ready = False
 
     def setup(self, encoder: Any) -> None:
         """Build the training-only heads (they need the encoder's sizes) before the optimizer."""
-        if self.use_mlp:
+        if self.config.mlp:
             self.mlp = mlp_layer(encoder)
             if encoder.pooling == "cls":
                 log.warning(
@@ -85,47 +111,37 @@ class _SimCSEBase(InBatchObjective):
                     "setting is pooling 'cls_before_pooler' with the objective's MLP"
                 )
         if getattr(encoder, "normalize", False):
-            log.warning(
-                "encoder normalize=True: SimCSE embeds unnormalised (cosine is taken in the loss)"
-            )
+            log.debug("encoder normalize=True: the loss takes cosines, the saved model normalises")
         if self.mlm is not None:
             self.mlm.setup(encoder)
         self._ready = True
 
-    def embed(self, encoder: nn.Module, features: dict[str, Tensor]) -> Tensor:
+    def text_views(self, batch: Any) -> list[View]:
+        raise NotImplementedError
+
+    def views(self, batch: Any) -> list[View]:
+        views = self.text_views(batch)
+        if self.mlm is not None:  # SimCSE masks every sentence of the batch, each copy apart
+            texts = [t for v in views for t in v.texts]
+            keys = [k for i, v in enumerate(views) for k in row_keys(batch, salt=i)]
+            views.append(self.mlm.view(texts, keys))
+        return views
+
+    def embed(self, encoder: Any, view: View, features: dict[str, Tensor]) -> Tensor:
         if not self._ready:
             raise RuntimeError(
                 f"{type(self).__name__}.setup(encoder) must run before training "
                 "(it builds heads the optimizer must see); use build_objective"
             )
-        z = encoder(features)
+        if view.mode == MLMAuxiliary.MODE:
+            return self.mlm.row_losses(encoder, view, features)
+        z = encoder(features, augment=view.augment)
         return self.mlp(z) if self.mlp is not None else z
 
-    def auxiliary(self, encoder: nn.Module, batch: Any) -> Tensor | None:
-        """The MLM loss (a per-example loss, so a gradient-cache loop can run it chunk-wise)."""
-        if self.mlm is None:
-            return None
-        return self.mlm(encoder, [t for view in self.views(batch) for t in view])
-
-    def combine(self, parts: dict[str, Tensor], aux: Tensor | None) -> dict[str, Tensor]:
-        """Contrastive parts + ``mlm_weight`` x the MLM loss (SimCSE's ``do_mlm``)."""
-        return parts if aux is None else with_mlm(parts, aux, self.mlm_weight)
-
-    def forward(self, encoder: nn.Module, batch: Any) -> dict[str, Tensor]:
-        return self.combine(super().forward(encoder, batch), self.auxiliary(encoder, batch))
-
-    def config_dict(self) -> dict[str, Any]:
-        cfg = {
-            "name": self.name,
-            "temperature": self.temperature,
-            "mlp": self.use_mlp,
-            "dedup": self.dedup,
-            "do_mlm": self.do_mlm,
-            "mlm_weight": self.mlm_weight,
-        }
+    def with_mlm(self, parts: Parts, outputs: dict[str, Tensor]) -> Parts:
         if self.mlm is not None:
-            cfg.update(self.mlm.config_dict())
-        return cfg
+            parts["mlm"] = self.mlm.part(outputs["mlm"], self.config.mlm_weight)
+        return parts
 
 
 class SimCSEUnsup(_SimCSEBase):
@@ -135,15 +151,22 @@ class SimCSEUnsup(_SimCSEBase):
     """
 
     name = "simcse_unsup"
+    Config = SimCSEUnsupConfig
     batch_type = SentenceBatch
 
-    def views(self, batch: SentenceBatch) -> list[list[str]]:
-        return [batch.texts, batch.texts]
+    def text_views(self, batch: SentenceBatch) -> list[View]:
+        return [View("anchor", batch.texts), View("positive", batch.texts)]
 
-    def loss(self, embeddings: list[Tensor], batch: SentenceBatch) -> dict[str, Tensor]:
-        return in_batch_loss(
-            embeddings, batch.texts, batch.texts, [], dedup=self.dedup, temperature=self.temperature
+    def loss(self, outputs: dict[str, Tensor], batch: SentenceBatch) -> Parts:
+        parts = in_batch_parts(
+            [outputs["anchor"], outputs["positive"]],
+            batch.texts,
+            batch.texts,
+            [],
+            dedup=self.config.dedup,
+            temperature=self.config.temperature,
         )
+        return self.with_mlm(parts, outputs)
 
 
 class SimCSESup(_SimCSEBase):
@@ -154,25 +177,22 @@ class SimCSESup(_SimCSEBase):
     """
 
     name = "simcse_sup"
+    Config = SimCSESupConfig
     batch_type = PairBatch
 
-    def __init__(self, *args: Any, hard_negative_weight: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.hard_negative_weight = hard_negative_weight
+    def text_views(self, batch: PairBatch) -> list[View]:
+        negatives = [View(f"negative_{k}", col) for k, col in enumerate(batch.negatives)]
+        return [View("anchor", batch.anchors), View("positive", batch.positives), *negatives]
 
-    def views(self, batch: PairBatch) -> list[list[str]]:
-        return [batch.anchors, batch.positives, *batch.negatives]
-
-    def loss(self, embeddings: list[Tensor], batch: PairBatch) -> dict[str, Tensor]:
-        return in_batch_loss(
-            embeddings,
+    def loss(self, outputs: dict[str, Tensor], batch: PairBatch) -> Parts:
+        k = len(batch.negatives)
+        parts = in_batch_parts(
+            [outputs["anchor"], outputs["positive"], *(outputs[f"negative_{i}"] for i in range(k))],
             batch.anchors,
             batch.positives,
             batch.negatives,
-            dedup=self.dedup,
-            temperature=self.temperature,
-            hard_negative_weight=self.hard_negative_weight,
+            dedup=self.config.dedup,
+            temperature=self.config.temperature,
+            hard_negative_weight=self.config.hard_negative_weight,
         )
-
-    def config_dict(self) -> dict[str, Any]:
-        return {**super().config_dict(), "hard_negative_weight": self.hard_negative_weight}
+        return self.with_mlm(parts, outputs)

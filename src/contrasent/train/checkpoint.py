@@ -7,11 +7,14 @@ A checkpoint is the folder ``<output_dir>/checkpoints/step-00001234/`` holding
 * ``stream.pt``: the data stream's ``state_dict()`` (position and shuffling state);
 * ``rng-<rank>.pt``: python, numpy, torch CPU and CUDA generator states of each process, and
   the private ``torch.Generator`` s of the objective (MLM masking);
-* ``trainer_state.json``: step, best metric, ... Written last: it marks the checkpoint complete.
+* ``trainer_state.json``: step, best metric, ... and the SHA-256 of every other file. Written
+  last: it marks the checkpoint complete.
 
-Everything is first written to ``checkpoints/.tmp-step-...`` and moved in place with one
-``os.replace``, so a process killed mid-write leaves at worst a ``.tmp-`` folder that is never
-read (and is deleted by the next save), and the previous checkpoints intact.
+Everything is first written (and fsynced) to ``checkpoints/.tmp-step-...`` and moved in place
+with one ``os.replace``, so a process killed mid-write leaves at worst a ``.tmp-`` folder that is
+never read (and is deleted by the next save), and the previous checkpoints intact. A checkpoint
+damaged after the fact (a truncated or corrupted file: a full disk, a copy cut short) fails its
+checksums: ``resume_from: latest`` then warns and takes the newest checkpoint that verifies.
 
 Multi-node runs must write ``output_dir`` to a filesystem every node sees (each rank writes its
 RNG file; rank 0 writes the rest and renames).
@@ -20,6 +23,7 @@ These ``.pt`` files are unpickled on resume: only resume from checkpoints you wr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -106,20 +110,42 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+def verify(path: Path) -> str | None:
+    """None when every file of checkpoint ``path`` matches its recorded SHA-256, else why not."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"unreadable {STATE_FILE} ({err})"
+    for name, digest in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if _sha256(file) != digest:
+            return f"{name} does not match its checksum (truncated or corrupted)"
+    return None
+
+
 def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """``None`` -> fresh start; ``"latest"`` -> newest complete checkpoint of ``output_dir`` (or a
-    fresh start when there is none yet, so a restarted job script needs no edit); a path -> that
-    checkpoint, which must be complete."""
+    """``None`` -> fresh start; ``"latest"`` -> newest complete checkpoint of ``output_dir`` that
+    passes its checksums (a damaged newer one is skipped with a warning; a fresh start when there
+    is none yet, so a restarted job script needs no edit); a path -> that checkpoint, which must
+    be complete and intact."""
     if not resume_from:
         return None
     if resume_from == "latest":
         found = list_checkpoints(output_dir)
-        if not found:
-            log.warning(
-                "resume_from: latest, but %s has no checkpoint yet: fresh start", output_dir
+        for path in reversed(found):
+            problem = verify(path)
+            if problem is None:
+                return path
+            log.warning("checkpoint %s is damaged: %s; trying the one before it", path, problem)
+        if found:
+            raise UserError(
+                f"every checkpoint in {Path(output_dir) / CHECKPOINTS} is damaged (see the "
+                "warnings above); start over with --overwrite_output_dir true"
             )
-            return None
-        return found[-1]
+        log.warning("resume_from: latest, but %s has no checkpoint yet: fresh start", output_dir)
+        return None
     path = Path(resume_from)
     if not path.is_dir():
         raise UserError(f"resume_from: {path} is not a directory")
@@ -128,6 +154,9 @@ def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike) -> Pa
             f"resume_from: {path} is not a complete checkpoint (no {STATE_FILE}); "
             "a run killed while saving leaves such folders; use an older checkpoint"
         )
+    problem = verify(path)
+    if problem is not None:
+        raise UserError(f"resume_from: checkpoint {path} is damaged: {problem}")
     return path
 
 
@@ -163,17 +192,18 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    torch.save(rng_state(trainable), tmp / f"rng-{rank}.pt")
+    _save(rng_state(trainable), tmp / f"rng-{rank}.pt")
     if is_main:
-        torch.save(trainable.state_dict(), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(stream.state_dict(), tmp / "stream.pt")
+        _save(trainable.state_dict(), tmp / "trainable.pt")
+        _save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save(stream.state_dict(), tmp / "stream.pt")
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            _save(scaler.state_dict(), tmp / "scaler.pt")
     barrier()
     if is_main:
-        _write_json(tmp / STATE_FILE, {**trainer_state, "step": step})
+        files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        _write_json(tmp / STATE_FILE, {**trainer_state, "step": step, "files": files})
         if final.exists():  # the same step saved twice (e.g. a resumed run's end)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -192,9 +222,11 @@ def load_checkpoint(
     scheduler: Any,
     stream: Any,
     scaler: Any = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
     """Restore everything :func:`save_checkpoint` wrote into the live objects (every process);
-    returns the trainer state. RNG states are restored last: call right before the next step."""
+    returns the trainer state and whether this rank's RNG state was there (a resume on more
+    processes has none for the new ranks). RNG states are restored last: call right before the
+    next step."""
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     try:
         trainable.load_state_dict(_load(path / "trainable.pt"))
@@ -210,9 +242,26 @@ def load_checkpoint(
     rng_file = path / f"rng-{rank}.pt"
     if rng_file.is_file():
         set_rng_state(_load(rng_file), trainable)
-    else:  # resumed on more processes than saved: deterministic, but not the original stream
-        log.warning("%s has no RNG state for rank %d: dropout masks will differ", path, rank)
-    return state
+        return state, True
+    # resumed on more processes than saved: the caller reseeds this rank deterministically
+    log.warning("%s has no RNG state for rank %d: dropout masks will differ", path, rank)
+    return state, False
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save, flushed to disk before the folder is renamed into place."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _load(path: Path) -> Any:

@@ -1,28 +1,33 @@
 """Training configuration: nested dataclasses, one section per concern.
 
-The CLI is generated from these classes (jsonargparse reads the field types and the docstrings),
-so a YAML recipe mirrors them::
+The CLI is generated from these classes (``contrasent.cliparse`` reads the field types and the
+docstrings), so a YAML recipe mirrors them::
 
-    model: {name_or_path: bert-base-uncased, pooling: cls, max_seq_length: 32}
-    objective: {name: simcse_unsup, temperature: 0.05, mlp_only_train: true}
-    data: {kind: text, path: wiki1m_for_simcse.txt, epochs: 1}   # contrasent.data.DataSpec
+    model: {name_or_path: bert-base-uncased, pooling: cls_before_pooler}
+    objective: {name: simcse_unsup, temperature: 0.05, mlp: true}   # typed per objective
+    data: {kind: text, path: wiki1m_for_simcse.txt, epochs: 1, max_seq_length: 32}
     train: {batch_size: 64, lr: 3.0e-5, seed: 42}
     eval: {every_steps: 125, metric: stsb}
     output_dir: runs/unsup-simcse-bert
 
 and any field can be overridden: ``--train.lr 1e-5``, ``--objective.temperature 0.1``.
+
+A recipe may also list ``stages`` (:func:`stage_configs`): runs in sequence in one call, each
+starting from the previous stage's final encoder (ConSERT's sup-unsup and joint-unsup).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
 from contrasent.data.sources import DataSpec
 from contrasent.errors import UserError
 
-Pooling = Literal["cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last"]
+Pooling = Literal[
+    "cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last", "avg_embeddings_last"
+]  # encoder.POOLINGS (spelled out: importing the encoder would load torch for --help)
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
@@ -37,8 +42,9 @@ class ModelConfig:
             (sentence-transformers) or mean.
         normalize: L2-normalise the saved model's embeddings; default: the folder's own or
             off.
-        max_seq_length: Truncate inputs to this many tokens (SimCSE: 32); default: the
-            model's limit.
+        max_seq_length: The encoder's inference length: evaluation truncates here and the
+            saved model records it; default: the base model's limit. Training truncation is
+            ``data.max_seq_length``.
     """
 
     name_or_path: str = ""
@@ -106,6 +112,8 @@ class EvalConfig:
             ``tasks.STSBenchmark.pearson.dev``. Higher is better.
         keep_best: Save the best model by ``metric`` to ``output_dir/best``.
         batch_size: Sentences per forward while evaluating.
+        patience: Stop training after this many evaluations in a row without a new best
+            ``metric`` (ConSERT: 10); 0: never stop early.
     """
 
     every_steps: int = 0
@@ -116,6 +124,7 @@ class EvalConfig:
     metric: str = "stsb"
     keep_best: bool = True
     batch_size: int = 128
+    patience: int = 0
 
 
 @dataclass
@@ -155,12 +164,9 @@ class TrainConfig:
     Attributes:
         model: The encoder to start from.
         objective: ``name`` of the objective plus its options, e.g. ``{name: simcse_unsup,
-            temperature: 0.05}`` (override one with ``--objective.temperature 0.1``).
-            ``simcse_unsup``: temperature=0.05, mlp=true (training-only MLP over the pooled
-            output), dedup=none|mask, do_mlm=false, mlm_weight=0.1, mlm_probability=0.15,
-            mlm_seed=0. ``simcse_sup``: the same plus hard_negative_weight=0.0 (log-weight).
-            ``pairs``: scale=20 (or temperature), symmetric=false|true|auto, dedup=mask|none,
-            hard_negative_weight=0.0. Details in each objective's docstring.
+            temperature: 0.05}`` (override one with ``--objective.temperature 0.1``). The
+            objectives and their options are listed at the end of ``contrasent train --help``;
+            one objective's: ``contrasent train --objective.help NAME``.
         data: Training data (``contrasent.data.sources.DataSpec``): what to read, epochs,
             shuffling, batching.
         train: Batching, optimisation and precision.
@@ -173,6 +179,11 @@ class TrainConfig:
             ``output_dir``; fresh start when there is none).
         overwrite_output_dir: Allow a fresh run in an ``output_dir`` that already holds
             checkpoints (they are deleted).
+        stages: Several runs in sequence, each a mapping that may set ``name``, ``objective``,
+            ``data`` (each replacing the top-level one), ``train``, ``eval``, ``checkpoint``,
+            ``logging`` and ``model`` (pooling, normalize, max_seq_length; merged key by key
+            over the top-level ones). Stage ``i`` starts from stage ``i-1``'s final encoder and
+            writes ``output_dir/stage-<i>-<name>/``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -185,6 +196,7 @@ class TrainConfig:
     output_dir: str = "runs/contrasent"
     resume_from: str | None = None
     overwrite_output_dir: bool = False
+    stages: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -202,13 +214,28 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from nested mappings (a parsed YAML file, a jsonargparse Namespace's dict)."""
-        return _build(cls, data, "")
+        from contrasent.cliparse import build
+
+        if is_dataclass(data):
+            data = asdict(data)
+        return build(cls, data, {})
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise :class:`UserError` for every inconsistent setting."""
+        """Raise :class:`UserError` for every inconsistent setting (no model or data is loaded:
+        objective options, data kind and batch type, gradient-cache support are checked too)."""
+        if self.stages:
+            for _, stage in stage_configs(self):
+                stage.validate(world_size)
+            return
+        self._validate_numbers(world_size)
+        check_objective_and_data(self)
+
+    def _validate_numbers(self, world_size: int) -> None:
         t = self.train
         if not self.model.name_or_path:
             raise UserError("model.name_or_path is required")
+        if self.model.max_seq_length is not None and self.model.max_seq_length < 1:
+            raise UserError(f"model.max_seq_length must be >= 1, got {self.model.max_seq_length}")
         if not self.objective_name:
             raise UserError("objective.name is required (e.g. simcse_unsup, simcse_sup, pairs)")
         if t.batch_size < 1:
@@ -234,10 +261,114 @@ class TrainConfig:
             raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
+        from contrasent.train.evaluation import METRIC_PATHS
+
+        metric = self.eval.metric
+        if metric not in METRIC_PATHS and not metric.startswith("tasks."):
+            from contrasent.options import suggest
+
+            raise UserError(
+                f"eval.metric {metric!r}{suggest(metric, list(METRIC_PATHS))}: use "
+                f"{', '.join(METRIC_PATHS)} or a dotted path into the results "
+                "(tasks.STSBenchmark.pearson.dev)",
+                "eval.metric",
+            )
+        if self.eval.batch_size < 1:
+            raise UserError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
+        if self.checkpoint.keep_last < 0:
+            raise UserError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")
+        if self.eval.patience < 0:
+            raise UserError(f"eval.patience must be >= 0, got {self.eval.patience}")
+        if self.eval.patience and not self.eval.every_steps:
+            raise UserError("eval.patience needs periodic evaluation: set eval.every_steps > 0")
         if self.logging.log_every < 1:
             raise UserError(f"logging.log_every must be >= 1, got {self.logging.log_every}")
         if not self.output_dir:
             raise UserError("output_dir is required")
+
+
+def check_objective_and_data(cfg: TrainConfig) -> None:
+    """The objective's options, the data kind, and that they fit together (before any loading).
+
+    The objective consumes one batch type and the data kind yields one: they must agree. An
+    objective whose step the gradient cache cannot run refuses ``train.mini_batch_size``.
+    """
+    from contrasent.data.sources import data_kind, data_options
+    from contrasent.objectives import objective_class, objective_config
+
+    cls = objective_class(cfg.objective_name)
+    objective_config(cfg.objective_name, cfg.objective_options)
+    cfg.data.check()
+    data_options(cfg.data)
+    kind = data_kind(cfg.data.kind)
+    if not issubclass(kind.batch_type, cls.batch_type):
+        from contrasent.data.sources import DATA_KINDS
+
+        fits = sorted(n for n, k in DATA_KINDS.items() if issubclass(k.batch_type, cls.batch_type))
+        raise UserError(
+            f"objective {cls.name} consumes {cls.batch_type.__name__} batches but data.kind "
+            f"{cfg.data.kind!r} yields {kind.batch_type.__name__}; use data.kind "
+            f"{' or '.join(fits) or '(none registered)'}"
+        )
+    if cfg.train.mini_batch_size and not cls.supports_gradient_cache:
+        raise UserError(
+            f"objective {cls.name} does not run under the gradient cache (train.mini_batch_size="
+            f"{cfg.train.mini_batch_size}): set train.mini_batch_size: 0"
+            + (f" ({cls.gradient_cache_hint})" if getattr(cls, "gradient_cache_hint", "") else "")
+        )
+
+
+STAGE_KEYS = ("name", "objective", "data", "train", "eval", "checkpoint", "logging", "model")
+_REPLACED = ("objective", "data")  # a stage's own; merging two objectives' options is wrong
+_MODEL_KEYS = ("pooling", "normalize", "max_seq_length")
+
+
+def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """``(folder name, config)`` of each stage: the top level with the stage's sections over it.
+
+    Stage ``i > 0`` starts from ``<stage i-1 folder>/final``; every stage writes to its own
+    folder under ``output_dir`` and resumes there.
+    """
+    from pathlib import Path
+
+    if not cfg.stages:
+        return [("", cfg)]
+    base = asdict(cfg)
+    base.pop("stages")
+    out: list[tuple[str, TrainConfig]] = []
+    for i, raw in enumerate(cfg.stages, 1):
+        if not isinstance(raw, Mapping):
+            raise UserError(f"stages[{i - 1}] must be a mapping, got {raw!r}")
+        unknown = sorted(set(raw) - set(STAGE_KEYS))
+        if unknown:
+            from contrasent.options import suggest
+
+            raise UserError(
+                f"stages[{i - 1}]: unknown key {unknown[0]!r}{suggest(unknown[0], STAGE_KEYS)}; "
+                f"a stage may set {', '.join(STAGE_KEYS)}"
+            )
+        bad_model = sorted(set(raw.get("model") or {}) - set(_MODEL_KEYS))
+        if bad_model:
+            raise UserError(
+                f"stages[{i - 1}].model: {bad_model[0]!r} cannot change between stages (a stage "
+                f"starts from the previous stage's model); it may set {', '.join(_MODEL_KEYS)}"
+            )
+        name = str(raw.get("name") or raw.get("objective", {}).get("name") or f"stage{i}")
+        folder = f"stage-{i}-{name}"
+        merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+        for key, value in raw.items():
+            if key == "name":
+                continue
+            if key in _REPLACED or not isinstance(value, Mapping):
+                merged[key] = value
+            else:
+                merged[key] = {**merged.get(key, {}), **value}
+        merged["output_dir"] = str(Path(cfg.output_dir) / folder)
+        if out:
+            merged["model"]["name_or_path"] = str(Path(out[-1][1].output_dir) / "final")
+        merged["resume_from"] = None
+        out.append((folder, TrainConfig.from_dict(merged)))
+    return out
 
 
 def as_train_config(config: Any) -> TrainConfig:
@@ -249,34 +380,3 @@ def as_train_config(config: Any) -> TrainConfig:
     if isinstance(config, Mapping):
         return TrainConfig.from_dict(config)
     raise TypeError(f"expected TrainConfig or a mapping, got {type(config).__name__}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if is_dataclass(data):
-        data = asdict(data)
-    if not isinstance(data, Mapping):
-        raise UserError(f"config section {prefix or '<root>'} must be a mapping, got {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UserError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        sub = _SECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub is not None else value
-    return cls(**kwargs)
-
-
-_SECTIONS: dict[tuple[type, str], type] = {
-    (TrainConfig, "model"): ModelConfig,
-    (TrainConfig, "data"): DataSpec,
-    (TrainConfig, "train"): OptimConfig,
-    (TrainConfig, "eval"): EvalConfig,
-    (TrainConfig, "checkpoint"): CheckpointConfig,
-    (TrainConfig, "logging"): LoggingConfig,
-}

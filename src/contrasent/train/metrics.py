@@ -109,7 +109,7 @@ class ProgressBar:
     def update(self, loss: float, lr: float, sentences_per_s: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(
-                loss=f"{loss:.4f}", lr=f"{lr:.2e}", sent_s=f"{sentences_per_s:.0f}", refresh=False
+                loss=f"{loss:.4g}", lr=f"{lr:.2e}", sent_s=f"{sentences_per_s:.0f}", refresh=False
             )
             self.bar.update(1)
 

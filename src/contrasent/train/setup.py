@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from contrasent.errors import UserError
 from contrasent.objectives.base import Objective
-from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import TrainConfig
 
 
@@ -60,11 +55,31 @@ def make_accelerator(mixed_precision: str):
     return accelerator
 
 
-def build_objective_from(cfg: TrainConfig, encoder: nn.Module) -> Objective:
-    """``config.objective`` through the objective registry (its heads set up on ``encoder``)."""
-    from contrasent.objectives import build_objective
+def check_custom_objective(cfg: TrainConfig, objective: Objective) -> None:
+    """An objective instance passed from Python must fit the data kind and the cache setting."""
+    from contrasent.data.sources import data_kind
 
-    return build_objective(cfg.objective_name, encoder, **cfg.objective_options)
+    kind = data_kind(cfg.data.kind)
+    if not issubclass(kind.batch_type, objective.batch_type):
+        raise UserError(
+            f"{type(objective).__name__} consumes {objective.batch_type.__name__} batches but "
+            f"data.kind {cfg.data.kind!r} yields {kind.batch_type.__name__}"
+        )
+    if cfg.train.mini_batch_size and not objective.supports_gradient_cache:
+        raise UserError(
+            f"{type(objective).__name__} does not run under the gradient cache: "
+            "set train.mini_batch_size: 0"
+        )
+
+
+def reseed_missing_rank(seed: int, rank: int, step: int) -> None:
+    """Seed a process that a checkpoint has no RNG state for (a resume on more processes): from
+    (seed, rank, step), so each new process gets its own stream, reproducibly."""
+    from accelerate.utils import set_seed
+
+    from contrasent.rng import keyed_rng
+
+    set_seed(int(keyed_rng(seed, rank, step).integers(2**31)))
 
 
 def total_steps(cfg: TrainConfig, stream: Any) -> int:
@@ -79,26 +94,3 @@ def total_steps(cfg: TrainConfig, stream: Any) -> int:
             "without lines): set train.max_steps"
         )
     return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
-
-
-RUN_OUTPUTS = (ckpt.CHECKPOINTS, "best", "final", "tensorboard")
-
-
-def prepare_output_dir(cfg: TrainConfig, out: Path, resume: Path | None, is_main: bool) -> None:
-    """A fresh run never mixes with an earlier one: it refuses a folder holding a run's outputs
-    unless ``overwrite_output_dir`` (then they are deleted, so no stale ``best/`` survives).
-    Every process checks (they all raise together); only the main one writes."""
-    previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if resume is None and previous and not cfg.overwrite_output_dir:
-        raise UserError(
-            f"output_dir {out} already holds checkpoints or models of a run "
-            f"({', '.join(previous)}); set resume_from: latest to continue it, "
-            "overwrite_output_dir: true to start over, or choose another folder"
-        )
-    if not is_main:
-        return
-    if resume is None:
-        for name in previous:
-            shutil.rmtree(out / name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

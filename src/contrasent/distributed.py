@@ -1,4 +1,6 @@
-"""Cross-process gathering of embeddings for in-batch negatives.
+"""Cross-process gathering and reduction (below objectives/ and train/, which both use it).
+
+Gathering of embeddings for in-batch negatives:
 
 Every process embeds its own slice of the global batch; the objective gathers the embeddings of
 all slices so each row sees every other row of the global batch as a negative.
@@ -87,3 +89,50 @@ def all_gather_no_grad(t: Tensor) -> Tensor:
 def row_offset(local_rows: int) -> int:
     """Index of this process's first row in the gathered batch (equal slices)."""
     return rank() * local_rows
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """The sum of ``t`` over processes (no gradient), e.g. a count of masked tokens; ``t`` itself
+    when not distributed."""
+    if not is_distributed():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def average_gradients(parameters, bucket_bytes: int = 25 * 2**20) -> None:
+    """Average ``.grad`` over processes in flat buckets, as DDP's reducer would.
+
+    The gradient cache runs several forward/backward passes per step (embedding views in
+    mini-batches, per-token losses) whose parameters differ from pass to pass, so it does not
+    leave the reduction to DDP's hooks, which fire for the parameters of one forward only: it
+    runs every pass under ``no_sync`` and calls this once at the synchronisation point. A
+    parameter without a gradient anywhere keeps none (as on one process: the optimizer skips
+    it); one with a gradient on some processes only is averaged with zeros for the others."""
+    if not is_distributed():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    has = has.to(params[0].device)
+    dist.all_reduce(has)
+    params = [p for p, n in zip(params, has.tolist(), strict=True) if n > 0]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    world = float(world_size())
+    bucket: list[Tensor] = []
+    size = 0
+    for p in [*params, None]:
+        if p is not None:
+            bucket.append(p.grad)
+            size += p.grad.numel() * p.grad.element_size()
+        if bucket and (p is None or size >= bucket_bytes):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat /= world
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                g.copy_(part.view_as(g))
+            bucket, size = [], 0

@@ -1,0 +1,195 @@
+"""Mistakes as a user makes them, each run as its own process: exit status 2, ONE line on stderr
+naming the problem (the recipe file:line where there is one), no traceback, and nothing in the
+output folder changed (it holds an earlier run's model throughout).
+
+The processes are forked from one driver process that imported the CLI once (a fresh
+interpreter per case would spend most of the test importing torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DRIVER = r"""
+import json, os, sys
+from contrasent import cli
+import contrasent.train.config, contrasent.objectives, contrasent.eval.sts  # imported once
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.dup2(write, 2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    results.append({"argv": argv, "code": os.waitstatus_to_exitcode(status), "stderr": err})
+print(json.dumps(results))
+"""
+
+RECIPE = """\
+model:
+  name_or_path: {tiny}
+  pooling: cls_before_pooler
+objective:
+  name: simcse_unsup
+  temperature: 0.05
+data:
+  kind: text
+  path: {corpus}
+train:
+  batch_size: 8
+  max_steps: 2
+eval:
+  at_end: false
+checkpoint:
+  every_steps: 0
+logging:
+  progress_bar: false
+  tensorboard: false
+output_dir: {out}
+"""
+
+# (name, recipe edit (old, new) or None, extra argv, expected text, expected recipe line or None)
+TRAIN_CASES = [
+    ("yaml syntax", ("  pooling: cls_before_pooler", "  pooling: cls: x"), [], "not valid YAML: mapping values are not allowed here", 3),
+    ("unknown section", ("train:", "trian:"), [], "unknown option 'trian' (did you mean train?)", 10),
+    ("unknown key", ("  batch_size: 8", "  bach_size: 8"), [], "did you mean batch_size?", 11),
+    ("wrong type", ("  max_steps: 2", "  max_steps: many"), [], "train.max_steps must be a whole number", 12),
+    ("objective typo", ("  temperature: 0.05", "  temprature: 0.05"), [], "'temprature' (did you mean temperature?)", 6),
+    ("objective name", ("  name: simcse_unsup", "  name: simcse"), [], "unknown objective 'simcse'", 5),
+    ("data kind", ("  kind: text", "  kind: txt"), [], "unknown data.kind 'txt' (did you mean text?)", 8),
+    ("objective vs data", ("  name: simcse_unsup", "  name: pairs"), [], "consumes PairBatch batches but data.kind 'text'", None),
+    ("lr not a number", None, ["--train.lr", "abc"], "--train.lr must be a number, got 'abc'", None),
+    ("negative lr", None, ["--train.lr", "-1e-5"], "train.lr must be > 0", None),
+    ("batch 0", None, ["--train.batch_size", "0"], "train.batch_size must be >= 1", None),
+    ("batch 2.5", None, ["--train.batch_size", "2.5"], "--train.batch_size must be a whole number", None),
+    ("max_seq_length -5", None, ["--model.max_seq_length", "-5"], "model.max_seq_length must be >= 1", None),
+    ("max_seq_length 0", None, ["--model.max_seq_length", "0"], "model.max_seq_length must be >= 1, got 0", None),
+    ("data max_seq_length", None, ["--data.max_seq_length=0"], "data.max_seq_length must be >= 1", None),
+    ("pooling", None, ["--model.pooling", "bogus"], "--model.pooling must be one of 'cls'", None),
+    ("precision", None, ["--train.mixed_precision", "fp8"], "must be one of 'no', 'fp16', 'bf16'", None),
+    ("warmup ratio", None, ["--train.warmup_ratio", "1.5"], "warmup_ratio must be in [0, 1)", None),
+    ("warmup both", None, ["--train.warmup_steps", "10", "--train.warmup_ratio", "0.1"], "not both", None),
+    ("grad_accum", None, ["--train.grad_accum", "0"], "train.grad_accum must be >= 1", None),
+    ("mini batch", None, ["--train.mini_batch_size", "-1"], "train.mini_batch_size must be >= 0", None),
+    ("eval every", None, ["--eval.every_steps", "-1"], "must be >= 0", None),
+    ("patience", None, ["--eval.patience", "3"], "eval.patience needs periodic evaluation", None),
+    ("metric", None, ["--eval.metric", "stbs"], "eval.metric 'stbs' (did you mean stsb?)", None),
+    ("eval mode", None, ["--eval.mode", "final"], "--eval.mode must be one of 'dev', 'test'", None),
+    ("log every", None, ["--logging.log_every", "0"], "logging.log_every must be >= 1", None),
+    ("data path", ("  path: {corpus}", "  path: {corpus}x"), [], "no such file or folder", 9),
+    ("shuffle buffer", None, ["--data.shuffle_buffer", "-1"], "data.shuffle_buffer must be >= 0", None),
+    ("epochs", None, ["--data.epochs", "0"], "data.epochs must be >= 1", None),
+    ("sts data dir", None, ["--eval.at_end", "true", "--eval.data_dir", "/nonexistent/sts"], "does not exist", None),
+    ("--data-dir alias", None, ["--eval.at_end", "true", "--data-dir", "/nonexistent/x"], "/nonexistent/x does not exist", None),
+    ("earlier run", None, [], "already holds a run", None),
+    ("output is a file", None, ["--output_dir", "{recipe}"], "exists and is not a folder", None),
+    ("resume path", None, ["--resume_from", "/nonexistent/ckpt"], "resume_from: /nonexistent/ckpt is not a directory", None),
+    ("temperature 0", None, ["--objective.temperature", "0"], "temperature must be > 0", None),
+    ("mlm probability", None, ["--objective.mlm_probability", "1.5"], "mlm_probability must be in (0, 1)", None),
+    ("dedup", None, ["--objective.dedup", "drop"], "option dedup must be one of 'mask', 'none', got 'drop'", None),
+    ("stray argument", None, ["extra.yaml"], "unexpected argument 'extra.yaml'", None),
+    ("config missing", None, ["--config", "/nonexistent/r.yaml"], "recipe /nonexistent/r.yaml not found", None),
+    ("option without value", None, ["--train.lr"], "--train.lr needs a value", None),
+    ("stage key", None, ["--stages", "[{{objectiv: {{name: pairs}}}}]"], "'objectiv' (did you mean objective?)", None),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_bert_dir, shared_data, senteval_dir):
+    """A recipe, and an output folder holding an earlier run (its model must survive)."""
+    from contrasent.cli import main
+
+    root = tmp_path_factory.mktemp("mistakes")
+    out = root / "run"
+    fields = {"tiny": tiny_bert_dir, "corpus": shared_data / "corpus" / "wiki1m-head.txt",
+              "out": out, "recipe": root / "good.yaml"}  # fmt: skip
+    (root / "good.yaml").write_text(RECIPE.format(**fields))
+    assert main(["train", str(root / "good.yaml")]) == 0
+    return root, fields
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _run_all(cases: list[list[str]], cwd: Path) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _other_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
+    folder = str(fields["out"])
+    return [
+        ("eval missing model", ["eval", "--model", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
+        ("eval pooling", ["eval", "--model", str(tiny), "--pooling", "bogus"], "--pooling must be one of"),
+        ("eval task", ["eval", "--model", str(tiny), "--tasks", "sts99"], "unknown STS task 'sts99'"),
+        ("eval dev task", ["eval", "--model", str(tiny), "--mode", "dev", "--tasks", "sts12"], "STS12 has no dev split"),
+        ("eval output folder", ["eval", "--model", str(tiny), "--output", folder], "is a folder; give a file name"),
+        ("eval batch", ["eval", "--model", str(tiny), "--batch_size", "0"], "--batch_size must be >= 1"),
+        ("eval data dir", ["eval", "--model", str(tiny), "--data-dir", "/nonexistent/d"], "/nonexistent/d does not exist"),
+        ("eval typo", ["eval", "--modle", str(tiny)], "unknown option --modle (did you mean model?)"),
+        ("eval max length", ["eval", "--model", str(tiny), "--max_seq_length", "-5"], "--max_seq_length must be >= 1"),
+        ("embed no input", ["embed", "--model", str(tiny)], "embed needs --input FILE and --output FILE.npy"),
+        ("embed missing input", ["embed", "--model", str(tiny), "--input", "/nonexistent/in.txt", "--output", "x.npy"], "--input /nonexistent/in.txt: no such file"),
+        ("embed output folder", ["embed", "--model", str(tiny), "--input", str(fields["corpus"]), "--output", folder], "is a folder"),
+        ("unknown command", ["trian", "x.yaml"], "unknown command 'trian' (did you mean train?)"),
+        ("help section", ["train", "--help", "trian"], "no help section 'trian' (did you mean train?)"),
+    ]  # fmt: skip
+
+
+def test_forty_mistakes_one_line_each_and_nothing_changed(setup, tiny_bert_dir):
+    root, fields = setup
+    before = _snapshot(fields["out"])
+    good = (root / "good.yaml").read_text()
+    runs, expect = [], []
+    for i, (name, edit, extra, text, line) in enumerate(TRAIN_CASES):
+        recipe = root / f"case{i}.yaml"
+        content = good
+        if edit is not None:
+            old, new = (part.format(**fields) for part in edit)
+            assert old in content, name
+            content = content.replace(old, new, 1)
+        recipe.write_text(content)
+        args = [a.format(**fields) for a in extra]
+        runs.append(["train", str(recipe), *args])
+        expect.append((name, text, f"{recipe}:{line}:" if line else None))
+    for name, argv, text in _other_cases(fields, tiny_bert_dir):
+        runs.append(argv)
+        expect.append((name, text, None))
+    assert len(runs) >= 40
+    for (name, text, where), result in zip(expect, _run_all(runs, root), strict=True):
+        err = result["stderr"]
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert result["code"] == 2, (name, err)
+        assert "Traceback" not in err, (name, err)
+        assert len(lines) == 1, (name, lines)
+        assert text in lines[0], (name, lines[0])
+        if where:
+            assert where in lines[0], (name, lines[0])
+        assert _snapshot(fields["out"]) == before, name

@@ -1,0 +1,144 @@
+"""Multi-stage recipes: stages run in sequence, each from the previous stage's final encoder,
+resumable across the stage boundary, with one before/after table; early stopping (patience)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contrasent.errors import UserError
+from contrasent.train.config import TrainConfig, stage_configs
+from contrasent.train.loop import train
+
+
+class Killed(Exception):
+    """Stands for the process dying."""
+
+
+def _recipe(tiny: Path, shared: Path, senteval: Path, out: Path, eval_at_end=False) -> dict:
+    return {
+        "model": {"name_or_path": str(tiny), "pooling": "mean"},
+        "train": {"batch_size": 8, "max_steps": 3, "lr": 1e-3},
+        "eval": {
+            "at_end": eval_at_end,
+            "at_start": eval_at_end,
+            "mode": "dev",
+            "data_dir": str(senteval),
+        },  # fmt: skip
+        "checkpoint": {"every_steps": 1, "keep_last": 1},
+        "logging": {"tensorboard": False, "progress_bar": False, "log_every": 1},
+        "output_dir": str(out),
+        "stages": [
+            {
+                "name": "pairs",
+                "objective": {"name": "pairs"},
+                "data": {
+                    "kind": "pairs",
+                    "path": str(shared / "pairs" / "wiki-split-tune.tsv"),
+                    "max_seq_length": 16,
+                },  # fmt: skip
+                "train": {"max_steps": 2},
+            },
+            {
+                "objective": {"name": "simcse_unsup", "mlp": False},
+                "data": {"kind": "text", "path": str(shared / "corpus" / "wiki1m-head.txt")},
+            },
+        ],
+    }
+
+
+def test_stage_configs_merge_and_chain(tiny_bert_dir, shared_data, senteval_dir, tmp_path):
+    cfg = TrainConfig.from_dict(_recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path))
+    (f1, s1), (f2, s2) = stage_configs(cfg)
+    assert (f1, f2) == ("stage-1-pairs", "stage-2-simcse_unsup")
+    assert s1.train.max_steps == 2 and s2.train.max_steps == 3  # merged key by key
+    assert s1.train.lr == s2.train.lr == 1e-3 and s1.data.max_seq_length == 16
+    assert s2.data.max_seq_length is None  # data replaced whole, not merged
+    assert s2.model.name_or_path == str(tmp_path / f1 / "final") and s2.model.pooling == "mean"
+    cfg.validate()
+    bad = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path)
+    bad["stages"][1]["objectiv"] = {}
+    with pytest.raises(UserError, match="'objectiv'.*did you mean objective"):
+        TrainConfig.from_dict(bad).validate()
+    bad["stages"][1] = {"model": {"name_or_path": "x"}}
+    with pytest.raises(UserError, match="name_or_path.*cannot change between stages"):
+        TrainConfig.from_dict(bad).validate()
+
+
+def test_stages_chain_and_resume_across_the_boundary(
+    tiny_bert_dir, shared_data, senteval_dir, tmp_path
+):
+    raw = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path / "straight")
+    straight = train(raw)
+    assert [f for f, _ in straight.stages] == ["stage-1-pairs", "stage-2-simcse_unsup"]
+    assert (
+        straight.steps == 5
+        and (tmp_path / "straight" / "final").resolve()
+        == (tmp_path / "straight" / "stage-2-simcse_unsup" / "final").resolve()
+    )
+    stage2 = json.loads((tmp_path / "straight/stage-2-simcse_unsup/config.json").read_text())
+    assert stage2["model"]["name_or_path"] == str(tmp_path / "straight/stage-1-pairs/final")
+    first = load_file(tmp_path / "straight/stage-1-pairs/final/model.safetensors")
+    last = load_file(tmp_path / "straight/final/model.safetensors")
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # stage 2 trained on
+
+    killed = {**raw, "output_dir": str(tmp_path / "killed")}
+    calls = []
+
+    def die_in_stage_two(step, record):
+        calls.append(step)
+        if len(calls) == 4:  # stage 1's steps 1-2, then stage 2's steps 1-2 (saved), then die
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(killed, callbacks=[die_in_stage_two])
+    assert (tmp_path / "killed/stage-1-pairs/stage_done.json").is_file()
+    assert not (tmp_path / "killed/stage-2-simcse_unsup/stage_done.json").exists()
+    resumed = train({**killed, "resume_from": "latest"})
+    assert resumed.stages[0][1].steps == 2 and resumed.stages[1][1].steps == 3
+    again = load_file(tmp_path / "killed/final/model.safetensors")
+    assert all(torch.equal(last[k], again[k]) for k in last)  # bitwise equal to the straight run
+
+
+def test_staged_cli_run_prints_one_before_after_table(
+    tiny_bert_dir, shared_data, senteval_dir, tmp_path, capsys
+):
+    import yaml
+
+    from contrasent.cli import main
+
+    recipe = tmp_path / "staged.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(tiny_bert_dir, shared_data, senteval_dir,
+                                             tmp_path / "run", eval_at_end=True)))  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("STS dev: Spearman x100") :]
+    assert "before (step 0)" in table
+    assert "after (stage-1-pairs, step 2)" in table
+    assert "after (stage-2-simcse_unsup, step 3)" in table
+    assert table.count("STSBenchmark") == 1  # one table, one row per stage
+
+
+def test_patience_stops_after_evaluations_without_gain(tiny_bert_dir, shared_data, senteval_dir,
+                                                       tmp_path):  # fmt: skip
+    """lr 0: the metric never improves after the first evaluation, so patience 2 stops the run
+    at the third evaluation (steps 1, 2, 3) of 20 steps; best/ is the first evaluation."""
+    cfg = TrainConfig.from_dict({
+        "model": {"name_or_path": str(tiny_bert_dir), "pooling": "mean"},
+        "objective": {"name": "simcse_unsup"},
+        "data": {"kind": "text", "path": str(shared_data / "corpus" / "wiki1m-head.txt")},
+        "train": {"batch_size": 8, "max_steps": 20, "lr": 1e-12},
+        "eval": {"every_steps": 1, "patience": 2, "mode": "dev", "metric": "sickr",
+                 "data_dir": str(senteval_dir)},
+        "checkpoint": {"every_steps": 0},
+        "logging": {"tensorboard": False, "progress_bar": False},
+        "output_dir": str(tmp_path),
+    })  # fmt: skip
+    result = train(cfg)
+    assert result.stopped_early and result.steps == 3 and result.best_step == 1
+    with pytest.raises(UserError, match="patience needs periodic evaluation"):
+        TrainConfig.from_dict({**cfg.to_dict(), "eval": {"patience": 3}}).validate()
