@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) the separate venv that bench/st_onnx_peer.py runs in and print its python.
 #   bench/make_st_onnx_env.sh [DIR]      default: ${XDG_CACHE_HOME:-~/.cache}/contrasent/st-onnx-env
-# Rebuilt only when bench/st-onnx-requirements.txt changed (~45 s on a 2-core machine).
+# Rebuilt only when bench/st-onnx-requirements.txt changed (~1.5 min on a 2-core machine).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/contrasent/st-onnx-env}"

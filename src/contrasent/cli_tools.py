@@ -63,8 +63,7 @@ def _check_faiss(engine: str | None) -> None:
 # ----------------------------------------------------------------------------- options
 @dataclass
 class EmbedArgs(ModelArgs):
-    """Embed a text file (one text a line, .txt or .txt.gz) into .npy, .parquet or .jsonl, in
-    resumable chunks; --shard I/N embeds one of N parts (join them with `embed merge`).
+    """Embed a text file (one text a line) into .npy, .parquet or .jsonl; resumable, shardable.
 
     Args:
         input: Input text file; every line (empty ones too) becomes one row.
@@ -219,8 +218,7 @@ class SearchArgs:
 
 @dataclass
 class ExportArgs(ModelArgs):
-    """Export an encoder to ONNX in the sentence-transformers layout: contrasent export MODEL
-    --output DIR --format onnx [--quantize int8] (onnx/model.onnx, onnx/model_qint8_*.onnx).
+    """Export MODEL to ONNX in the sentence-transformers layout (onnx/model.onnx, int8 optional).
 
     Args:
         output: Output folder (a sentence-transformers directory with an onnx/ subfolder).
@@ -246,7 +244,9 @@ class ExportArgs(ModelArgs):
         if Path(self.output).absolute() == Path(self.model).absolute():
             raise UserError("--output must differ from the model folder")
         if not 13 <= self.opset <= 21:
-            raise UserError(f"--opset must be in [13, 21] (torch's exporter), got {self.opset}")
+            raise UserError(
+                f"--opset must be in [13, 21] (what this export supports), got {self.opset}"
+            )
 
 
 # ----------------------------------------------------------------------------- runners
