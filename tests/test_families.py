@@ -262,6 +262,21 @@ def test_mlm_uses_the_family_head(name, family_dir):
     assert head._decoder._embeddings is enc.model.get_input_embeddings()
 
 
+@pytest.mark.parametrize("name", ["distilbert", "roberta"])
+def test_a_checkpoint_without_its_head_gets_a_fresh_one(name, family_dir, tmp_path, caplog):
+    """A bare encoder checkpoint (no LM head weights) trains the MLM loss with a fresh head, and
+    says so, rather than loading a half-random family head."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = family_dir(name)
+    AutoModel.from_pretrained(str(folder)).save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(tmp_path))
+    enc = Encoder.from_pretrained(tmp_path, pooling="mean", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="contrasent.objectives.mlm"):
+        head = MLMHead.from_encoder(enc)
+    assert not head.pretrained and "no pretrained masked-LM head" in caplog.text
+
+
 # ------------------------------------------------------------------ positions and token types
 class FixedPositions:
     """An augmentation that hands the model given position ids (a drawn shuffle, replayed)."""
