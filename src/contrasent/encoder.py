@@ -216,17 +216,21 @@ class Encoder(nn.Module):
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
+        moved = nullcontext()
         if hasattr(augment, "positions"):
             feats["position_ids"] = augment.positions(self.position_ids(feats), mask)
+            moved = _relative_bias_from(self.model, feats["position_ids"])
         if not hasattr(augment, "embeddings"):
-            return self._embed(feats, self.normalize)
+            with moved:
+                return self._embed(feats, self.normalize)
 
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
             return augment.embeddings(output, mask)
 
         handle = self.embedding_layer().register_forward_hook(hook)
         try:
-            return self._embed(feats, self.normalize)
+            with moved:
+                return self._embed(feats, self.normalize)
         finally:
             handle.remove()
 
@@ -382,6 +386,34 @@ class Encoder(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+@contextmanager
+def _relative_bias_from(model: Any, position_ids: Tensor) -> Iterator[None]:
+    """Make a relative position bias follow the given position ids during one forward.
+
+    MPNet adds to every attention layer a bias of the bucketed distance between positions, which
+    its encoder computes from ``arange(T)`` whatever position ids the model was given: a token
+    shuffle would move only the absolute position embeddings. Here the bias is computed from
+    ``position_ids`` (distances only, so the ``padding_idx + 1`` offset cancels). Models
+    without one are untouched.
+    """
+    encoder = getattr(model.base_model, "encoder", None)
+    if not callable(getattr(encoder, "compute_position_bias", None)):
+        yield
+        return
+
+    def bias(_hidden: Tensor, num_buckets: int = 32) -> Tensor:
+        # num_buckets: the default MPNetEncoder.forward relies on (it passes only the states)
+        rel = position_ids[:, None, :] - position_ids[:, :, None]  # memory - context, [B, T, T]
+        bucket = encoder.relative_position_bucket(rel, num_buckets=num_buckets)
+        return encoder.relative_attention_bias(bucket).permute(0, 3, 1, 2).contiguous()
+
+    encoder.compute_position_bias = bias  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del encoder.compute_position_bias
 
 
 # -------------------------------------------------------------------- helpers: HF loading
