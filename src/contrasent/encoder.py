@@ -122,6 +122,9 @@ class Encoder(nn.Module):
         self.normalize = bool(normalize)
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
+        # a tokenizer may return token types the model has none of (a BERT tokenizer shipped
+        # with DistilBERT or MPNet): they are never sent to the model
+        self.unused_inputs = _unused_inputs(model)
         limit = _position_limit(model)
         self.max_seq_length = int(max_seq_length or _default_max_len(model, tokenizer))
         if limit is not None and self.max_seq_length > limit:
@@ -200,7 +203,7 @@ class Encoder(nn.Module):
             max_length=min(max_length or self.max_seq_length, self.max_seq_length),
             return_tensors="pt",
         )
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: v.to(self.device) for k, v in enc.items() if k not in self.unused_inputs}
 
     def forward(self, features: dict[str, Tensor], augment: Any = None) -> Tensor:
         """Pooled sentence embeddings [B, hidden_size] of tokenized ``features``.
@@ -338,7 +341,7 @@ class Encoder(nn.Module):
         }
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         batch = {}
-        for key in enc:
+        for key in (k for k in enc if k not in self.unused_inputs):
             arr = np.full((len(idx), width), pads.get(key, 0), dtype=np.int64)
             for j, i in enumerate(idx):
                 seq = enc[key][i]
@@ -475,6 +478,15 @@ def _autocast(device: torch.device, precision: str) -> Any:
     if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise UserError("precision 'bf16' is not supported on this GPU; use 'fp16' or 'fp32'")
     return torch.autocast("cuda", dtype=dtype)
+
+
+def _unused_inputs(model: Any) -> frozenset[str]:
+    """Tokenizer outputs the model's forward does not name (its ``**kwargs`` would swallow them
+    silently, or older transformers raise)."""
+    import inspect
+
+    named = inspect.signature(model.forward).parameters
+    return frozenset(k for k in ("token_type_ids",) if k not in named)
 
 
 def _position_limit(model: Any) -> int | None:
