@@ -186,7 +186,7 @@ def run_config(folder: Path, out: Path, cell: str, paths: dict[str, str], poolin
         data["options"] = SPANS
     return TrainConfig.from_dict({
         "model": {"name_or_path": str(folder), "pooling": pooling},
-        "objective": objective,
+        "objective": dict(objective),
         "data": data,
         "train": {"batch_size": 8, "max_steps": 2, "lr": 1e-3, "seed": 0},
         "eval": {"at_end": False},
@@ -222,13 +222,25 @@ def test_matrix(cell, name, family_dir, data_paths, tmp_path, caplog):
     after = assert_loads_everywhere(result.final_dir, pooling)
     assert np.abs(after - start).max() > 1e-4  # it trained
     assert "no pretrained masked-LM head" not in caplog.text  # MLM: the family's own head
-    if cell == "tsdae":  # the decoder is tied: its word embeddings ARE the encoder's
-        emb = objective.decoder.hf_model.get_input_embeddings().weight
-        assert objective.decoder.tied and emb is result_encoder_embeddings(objective)
+    if cell == "tsdae":  # tied: the decoder's word embeddings ARE the encoder's; it owns
+        decoder = objective.decoder  # only cross-attention and the LM head's transform
+        emb = decoder.hf_model.get_input_embeddings().weight
+        assert decoder.tied and emb is decoder._encoder_model.get_input_embeddings().weight
+        assert any("crossattention" in n for n in decoder.own)
 
 
-def result_encoder_embeddings(objective):
-    return objective.decoder._encoder_model.get_input_embeddings().weight
+@pytest.mark.parametrize("name", ["distilbert", "mpnet"])
+def test_tsdae_untied_decoder_for_a_family_without_causal_lm(
+    name, family_dir, data_paths, tmp_path
+):
+    """What the refusal points to: an untied decoder of another family (BERT, same hidden size)
+    trains, its own tokenizer reading the targets, and the encoder saves as usual."""
+    cfg = run_config(family_dir(name), tmp_path / "run", "tsdae", data_paths, "cls_before_pooler")
+    cfg.objective.update(tie_decoder=False, decoder_name_or_path=str(family_dir("bert")))
+    objective = build_objective("tsdae", **cfg.objective_options)
+    result = train(cfg, objective=objective)
+    assert not objective.decoder.tied and objective.decoder.hf_model.config.model_type == "bert"
+    assert_loads_everywhere(result.final_dir, "cls_before_pooler")
 
 
 def test_cls_without_a_pooler_is_refused_before_training(family_dir, data_paths, tmp_path):
