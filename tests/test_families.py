@@ -155,9 +155,9 @@ RUNS = {  # objective cell -> (objective options, data, pooling)
     "nli_softmax": ({"name": "nli_softmax"}, NLI_PAIRS, "avg_top2"),
 }
 REFUSED = {  # (cell, family) -> what the one-line UserError says
-    ("tsdae", "distilbert"): "has no causal-LM class",
-    ("tsdae", "mpnet"): "has no causal-LM class",
+    ("tsdae", n): "has no causal-LM class" for n, f in FAMILIES.items() if not f.causal_lm
 }
+assert set(REFUSED) == {("tsdae", "distilbert"), ("tsdae", "mpnet")}
 SPANS = {"min_span_len": 6, "max_span_len": 16}
 
 
@@ -269,6 +269,8 @@ def test_mlm_uses_the_family_head(name, family_dir):
         ours = head.eval()(hidden)
         theirs = reference(**feats).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    family_head = reference.get_submodule(FAMILIES[name].mlm_head)
+    assert any(type(m) is type(family_head) for m in head.modules())
     # the decoder is tied to the encoder's embeddings: no copy of them in the head
     assert not any(p is enc.model.get_input_embeddings().weight for p in head.parameters())
     assert head._decoder._embeddings is enc.model.get_input_embeddings()
