@@ -122,6 +122,9 @@ class Encoder(nn.Module):
         self.normalize = bool(normalize)
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
+        # a tokenizer may return token types the model has none of (a BERT tokenizer shipped
+        # with DistilBERT or MPNet): they are never sent to the model
+        self.unused_inputs = _unused_inputs(model)
         limit = _position_limit(model)
         self.max_seq_length = int(max_seq_length or _default_max_len(model, tokenizer))
         if limit is not None and self.max_seq_length > limit:
@@ -213,7 +216,7 @@ class Encoder(nn.Module):
             max_length=min(max_length or self.max_seq_length, self.max_seq_length),
             return_tensors="pt",
         )
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: v.to(self.device) for k, v in enc.items() if k not in self.unused_inputs}
 
     def forward(self, features: dict[str, Tensor], augment: Any = None) -> Tensor:
         """Pooled sentence embeddings [B, hidden_size] of tokenized ``features``.
@@ -229,17 +232,21 @@ class Encoder(nn.Module):
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
+        moved = nullcontext()
         if hasattr(augment, "positions"):
             feats["position_ids"] = augment.positions(self.position_ids(feats), mask)
+            moved = _relative_bias_from(self.model, feats["position_ids"])
         if not hasattr(augment, "embeddings"):
-            return self._embed(feats, self.normalize)
+            with moved:
+                return self._embed(feats, self.normalize)
 
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
             return augment.embeddings(output, mask)
 
         handle = self.embedding_layer().register_forward_hook(hook)
         try:
-            return self._embed(feats, self.normalize)
+            with moved:
+                return self._embed(feats, self.normalize)
         finally:
             handle.remove()
 
@@ -364,7 +371,7 @@ class Encoder(nn.Module):
         }
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         batch = {}
-        for key in enc:
+        for key in (k for k in enc if k not in self.unused_inputs):
             arr = np.full((len(idx), width), pads.get(key, 0), dtype=np.int64)
             for j, i in enumerate(idx):
                 seq = enc[key][i]
@@ -426,6 +433,34 @@ def count_truncated(enc: Any, max_length: int) -> int:
     return sum(len(ids) >= max_length for ids in enc["input_ids"])
 
 
+@contextmanager
+def _relative_bias_from(model: Any, position_ids: Tensor) -> Iterator[None]:
+    """Make a relative position bias follow the given position ids during one forward.
+
+    MPNet adds to every attention layer a bias of the bucketed distance between positions, which
+    its encoder computes from ``arange(T)`` whatever position ids the model was given: a token
+    shuffle would move only the absolute position embeddings. Here the bias is computed from
+    ``position_ids`` (distances only, so the ``padding_idx + 1`` offset cancels). Models
+    without one are untouched.
+    """
+    encoder = getattr(model.base_model, "encoder", None)
+    if not callable(getattr(encoder, "compute_position_bias", None)):
+        yield
+        return
+
+    def bias(_hidden: Tensor, num_buckets: int = 32) -> Tensor:
+        # num_buckets: the default MPNetEncoder.forward relies on (it passes only the states)
+        rel = position_ids[:, None, :] - position_ids[:, :, None]  # memory - context, [B, T, T]
+        bucket = encoder.relative_position_bucket(rel, num_buckets=num_buckets)
+        return encoder.relative_attention_bias(bucket).permute(0, 3, 1, 2).contiguous()
+
+    encoder.compute_position_bias = bias  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del encoder.compute_position_bias
+
+
 # -------------------------------------------------------------------- helpers: HF loading
 def _model_source(name_or_path: str | os.PathLike, path: Path) -> str:
     if path.exists():
@@ -485,6 +520,15 @@ def _autocast(device: torch.device, precision: str) -> Any:
     if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise UserError("precision 'bf16' is not supported on this GPU; use 'fp16' or 'fp32'")
     return torch.autocast("cuda", dtype=dtype)
+
+
+def _unused_inputs(model: Any) -> frozenset[str]:
+    """Tokenizer outputs the model's forward does not name (its ``**kwargs`` would swallow them
+    silently, or older transformers raise)."""
+    import inspect
+
+    named = inspect.signature(model.forward).parameters
+    return frozenset(k for k in ("token_type_ids",) if k not in named)
 
 
 def _position_limit(model: Any) -> int | None:
