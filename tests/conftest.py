@@ -60,3 +60,21 @@ def build_tiny_bert(path: Path, minilm: Path, seed: int = 0, **overrides) -> Pat
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
+    """``family_dir(name)``: the folder of a tiny random model of family ``name`` (bert, roberta,
+    distilbert, xlmr, mpnet; see tests/families.py), built once per session on first use."""
+    from families import FAMILIES, build_family
+
+    corpus = shared_data / "corpus" / "wiki1m-head.txt"
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            folder = tmp_path_factory.mktemp(f"family_{name}")
+            built[name] = build_family(FAMILIES[name], folder, corpus)
+        return built[name]
+
+    return get

@@ -128,6 +128,10 @@ def setup(tmp_path_factory, tiny_bert_dir, shared_data, senteval_dir):
               "out": out, "recipe": root / "good.yaml"}  # fmt: skip
     (root / "good.yaml").write_text(RECIPE.format(**fields))
     assert main(["train", str(root / "good.yaml")]) == 0
+    fields["index"] = root / "idx"  # a real index, for the search options checked after it
+    (root / "few.txt").write_text("one text\nanother text\n")
+    build = ["index", "build", "--model", str(tiny_bert_dir), "--input", str(root / "few.txt")]
+    assert main([*build, "--output", str(fields["index"])]) == 0
     return root, fields
 
 
@@ -159,7 +163,7 @@ def _other_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
         ("eval data dir", ["eval", "--model", str(tiny), "--data-dir", "/nonexistent/d"], "/nonexistent/d does not exist"),
         ("eval typo", ["eval", "--modle", str(tiny)], "unknown option --modle (did you mean model?)"),
         ("eval max length", ["eval", "--model", str(tiny), "--max_seq_length", "-5"], "--max_seq_length must be >= 1"),
-        ("embed no input", ["embed", "--model", str(tiny)], "embed needs --input FILE and --output FILE.npy"),
+        ("embed no input", ["embed", "--model", str(tiny)], "embed needs --input FILE and --output FILE (.npy, .parquet or .jsonl)"),
         ("embed missing input", ["embed", "--model", str(tiny), "--input", "/nonexistent/in.txt", "--output", "x.npy"], "--input /nonexistent/in.txt: no such file"),
         ("embed output folder", ["embed", "--model", str(tiny), "--input", str(fields["corpus"]), "--output", folder], "is a folder"),
         ("report no folder", ["report"], "report needs a run folder: contrasent report RUN_DIR"),
@@ -169,8 +173,50 @@ def _other_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
         ("report a file", ["report", str(fields["corpus"])], "is a file, not a training run folder"),
         ("report two folders", ["report", folder, folder], "unexpected argument"),
         ("report typo", ["report", folder, "--checkpoint"], "unknown option --checkpoint (did you mean checkpoints?)"),
+        *_tool_cases(fields, tiny),
         ("unknown command", ["trian", "x.yaml"], "unknown command 'trian' (did you mean train?)"),
         ("help section", ["train", "--help", "trian"], "no help section 'trian' (did you mean train?)"),
+    ]  # fmt: skip
+
+
+def _tool_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
+    """embed (formats, shards), embed merge, index build, search, export, --backend onnx."""
+    folder, corpus, recipe = str(fields["out"]), str(fields["corpus"]), str(fields["recipe"])
+    embed = ["embed", "--model", str(tiny), "--input", corpus, "--output"]
+    idx, q = str(fields["index"]), ["search", "--index", str(fields["index"]), "a query"]
+    build = ["index", "build", "--model", str(tiny), "--input", corpus, "--output"]
+    return [
+        ("embed suffix", [*embed, "x.csv"], "--output x.csv: unknown format; use a name ending in .npy, .parquet, .jsonl"),
+        ("embed shard", [*embed, "x.npy", "--shard", "2/2"], "--shard 2/2: need 0 <= I < N"),
+        ("embed shard form", [*embed, "x.npy", "--shard", "half"], "--shard must look like I/N"),
+        ("embed text in npy", [*embed, "x.npy", "--with_text", "true"], "--with_text needs a .parquet or .jsonl"),
+        ("embed chunk lines", [*embed, "x.npy", "--chunk_lines", "0"], "--chunk_lines must be >= 1"),
+        ("embed input folder", ["embed", "--model", str(tiny), "--input", folder, "--output", "x.npy"], "is a folder; give a text file"),
+        ("merge no output", ["embed", "merge"], "embed merge needs --output FILE"),
+        ("merge no shards", ["embed", "merge", "--output", "none.npy"], "no shard folders none.npy.shard-*-of-*"),
+        ("index no action", ["index", "--model", str(tiny)], "give an action: index build"),
+        ("index build no output", ["index", "build", "--model", str(tiny), "--input", corpus], "index build needs --input FILE and --output DIR"),
+        ("index build onto file", [*build, recipe], "exists and is a file; give a folder"),
+        ("index build onto run", [*build, folder], "is not an index folder (no index.json); refusing"),
+        ("index build embeddings", [*build, "idx2", "--embeddings", "/nonexistent/e.npy"], "--embeddings /nonexistent/e.npy: no such file"),
+        ("index build engine", [*build, "idx2", "--engine", "annoy"], "--engine must be one of 'auto', 'exact', 'faiss'"),
+        ("search no index", ["search", "a query"], "search needs --index DIR"),
+        ("search not an index", ["search", "--index", folder, "a query"], "is not a contrasent index (no index.json)"),
+        ("search no query", ["search", "--index", idx], "at least one QUERY argument or --queries FILE"),
+        ("search both", [*q, "--queries", corpus], "not both"),
+        ("search empty query", ["search", "--index", idx, "ok", " "], "query 2 is empty"),
+        ("search queries file", ["search", "--index", idx, "--queries", "/nonexistent/q.txt"], "--queries /nonexistent/q.txt: no such file"),
+        ("search top_k", [*q, "--top_k", "0"], "--top_k must be >= 1, got 0"),
+        ("search threshold", [*q, "--threshold", "2"], "--threshold is a cosine in [-1, 1], got 2.0"),
+        ("search output suffix", [*q, "--output", "hits.json"], "--output hits.json: unknown format; use a name ending in .jsonl"),
+        ("search nprobe", [*q, "--nprobe", "0"], "--nprobe must be >= 1"),
+        ("export no output", ["export", str(tiny)], "export needs --output DIR"),
+        ("export onto run", ["export", str(tiny), "--output", folder], "is not a model folder (no modules.json)"),
+        ("export format", ["export", str(tiny), "--output", "o", "--format", "tflite"], "--format must be one of 'onnx'"),
+        ("export quantize", ["export", str(tiny), "--output", "o", "--quantize", "int4"], "--quantize must be one of 'int8'"),
+        ("export opset", ["export", str(tiny), "--output", "o", "--opset", "9"], "--opset must be in"),
+        ("onnx backend on torch model", ["eval", "--model", str(tiny), "--backend", "onnx"], "no onnx/contrasent_onnx.json"),
+        ("file_name without onnx", ["eval", "--model", str(tiny), "--file_name", "model.onnx"], "--file_name picks an ONNX file: it needs --backend onnx"),
     ]  # fmt: skip
 
 

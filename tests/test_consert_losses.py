@@ -5,8 +5,6 @@ sentence-transformers' SoftmaxLoss."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -89,10 +87,11 @@ def test_nt_xent_rejects_bad_inputs():
 
 
 # ------------------------------------------------------------------ two real processes
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other tests or jobs on the machine
+    init = f"file://{Path(out_dir) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         z1, z2 = views(8, 6, seed=9)
         b = len(z1) // world
@@ -112,14 +111,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     z1, z2 = views(8, 6, seed=9)
     z1.requires_grad_(True)
     z2.requires_grad_(True)

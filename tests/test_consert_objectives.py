@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -236,10 +234,11 @@ def _consert_step(tiny_dir, rows: slice, seeds: list[int]):
     return loss.item(), grads
 
 
-def _worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other tests or jobs on the machine
+    init = f"file://{Path(out_dir) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         half = len(TEXTS) // world
         loss, grads = _consert_step(tiny_dir, slice(rank * half, (rank + 1) * half), [100 + rank])
@@ -254,10 +253,7 @@ def _worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> No
 
 
 def test_two_gloo_processes_equal_one_process(tiny_bert_dir, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
     ref_loss, ref_grads = _consert_step(str(tiny_bert_dir), slice(0, len(TEXTS)), [100, 101])
     for r in range(2):
         loss, grads = torch.load(tmp_path / f"rank{r}.pt")

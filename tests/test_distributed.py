@@ -8,8 +8,6 @@ single-process run (dropout off), in float64 to ~1e-10, far tighter than 1e-5.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -62,10 +60,11 @@ def run_case(tiny_dir: str, name: str, rows: slice) -> tuple[float, dict[str, to
     return out["loss"].item(), grads
 
 
-def _worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other tests or jobs on the machine
+    init = f"file://{Path(out_dir) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         assert D.rank() == rank and D.world_size() == world and D.is_distributed()
         results = {}
@@ -89,12 +88,6 @@ def _worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> No
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_not_distributed_is_identity():
     t = torch.randn(3, 2, requires_grad=True)
     assert D.all_gather_with_grad(t) is t and D.all_gather_no_grad(t) is t
@@ -102,7 +95,7 @@ def test_not_distributed_is_identity():
 
 
 def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r in range(2):
         assert "equal per-process batch slices" in per_rank[r]["unequal"]
@@ -143,10 +136,11 @@ def run_mlm_cache(tiny_dir: str, rows: slice, world: int, mini_batch: int | None
     return parts, grads
 
 
-def _mlm_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str) -> None:
+def _mlm_worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other tests or jobs on the machine
+    init = f"file://{Path(out_dir) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         half = 16 // world
         parts, grads = run_mlm_cache(tiny_dir, slice(rank * half, (rank + 1) * half), world, 3)
@@ -163,7 +157,7 @@ def test_mlm_under_cache_two_processes_equal_one_process(tiny_bert_dir, tmp_path
     step on one process with the global batch: masks are keyed per global row, the MLM loss is
     normalised by the global count of masked tokens, and every gradient (MLM head included) is
     averaged explicitly after the cache's passes."""
-    mp.spawn(_mlm_worker, args=(2, free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2)
+    mp.spawn(_mlm_worker, args=(2, str(tiny_bert_dir), str(tmp_path)), nprocs=2)
     ref_parts, ref_grads = run_mlm_cache(str(tiny_bert_dir), slice(0, 16), 1, None)
     assert ref_parts["mlm"].item() > 0 and any(k.startswith("mlm.") for k in ref_grads)
     for r in range(2):

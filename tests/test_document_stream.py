@@ -205,9 +205,12 @@ def test_non_utf8(tmp_path):
     [
         ({"min_span_len": 6}, "min_span_len .6. must be <= max_span_len .5."),
         ({"num_anchors": 0}, "num_anchors must be a positive integer, got 0"),
-        ({"sampling_strategy": "overlap"}, "option sampling_strategy='overlap' is not 'none'"),
+        (
+            {"sampling_strategy": "overlap"},
+            "option sampling_strategy must be one of 'none', 'subsuming', 'adjacent' or null, got 'overlap'",
+        ),
         ({"max_span_length": 5}, "unknown option 'max_span_length' .did you mean max_span_len.."),
-        ({"document_format": "wiki"}, "option document_format='wiki' is not 'lines' | 'wikitext'"),
+        ({"document_format": "wiki"}, "option document_format must be one of 'lines', 'wikitext'"),
         ({"window_words": 0}, "window_words must be >= 1"),
     ],
 )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ from contrasent.train.config import (
 )
 from contrasent.train.gradcache import gradcache_step
 from contrasent.train.loop import train
-from test_distributed import free_port
 from test_resume import SAVE_EVERY, STEPS, Killed, _assert_bitwise, _kill_after, _state
 
 TEXTS = ["a man is playing a guitar on the stage tonight", "the cat sleeps on the warm mat",
@@ -169,10 +167,11 @@ def test_gradient_cache_equals_plain_step(tiny_bert_dir):
     assert_same(run_steps(str(tiny_bert_dir), slice(0, 8), 3), plain)
 
 
-def _worker(rank: int, world: int, port: int, tiny: str, out: str) -> None:
+def _worker(rank: int, world: int, tiny: str, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other tests or jobs on the machine
+    init = f"file://{Path(out) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         half = len(TEXTS) // world
         rows = slice(rank * half, (rank + 1) * half)
@@ -191,7 +190,7 @@ def _worker(rank: int, world: int, port: int, tiny: str, out: str) -> None:
 def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
     """Half the batch on each of 2 gloo processes (plain, and under the cache with 3 rows a
     pass) == one process with the whole batch: keyed noise, global token normalisation."""
-    mp.spawn(_worker, args=(2, free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, str(tiny_bert_dir), str(tmp_path)), nprocs=2)
     one = run_steps(str(tiny_bert_dir), slice(0, 8), None)
     for r in range(2):
         results = torch.load(tmp_path / f"rank{r}.pt")
@@ -243,7 +242,7 @@ def test_resume_is_exact_and_only_the_encoder_is_saved(tmp_path, tiny_bert_dir, 
 
 # ---------------------------------------------------------------- bad input
 def test_bad_options_are_one_clear_line():
-    with pytest.raises(UserError, match="option noise='drop' is not 'delete'"):
+    with pytest.raises(UserError, match="option noise must be one of 'delete', 'swap'"):
         objective_config("tsdae", {"noise": "drop"})
     with pytest.raises(UserError, match=r"noise_ratio must be in \[0, 1\], got 1.5"):
         objective_config("tsdae", {"noise_ratio": 1.5})

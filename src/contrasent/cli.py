@@ -35,6 +35,9 @@ class ModelArgs:
         device: "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
         precision: Inference precision: fp16/bf16 only on GPU.
         batch_size: Sentences per forward pass.
+        backend: "onnx" runs a folder written by `contrasent export` with ONNX Runtime.
+        file_name: ONNX file of that folder (e.g. model_qint8_avx512_vnni.onnx); default
+            model.onnx.
     """
 
     model: str = ""
@@ -44,6 +47,8 @@ class ModelArgs:
     device: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 64
+    backend: Literal["torch", "onnx"] = "torch"
+    file_name: str | None = None
 
     def validate(self) -> None:
         """Every check that needs no model (so a mistake costs no model-loading time)."""
@@ -53,6 +58,14 @@ class ModelArgs:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise UserError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.backend == "onnx":
+            from contrasent.onnx_backend import check_export
+
+            check_export(self.model, self.file_name, self.pooling)
+            if self.precision != "fp32":
+                raise UserError(f"--precision {self.precision}: --backend onnx runs fp32 or int8")
+        elif self.file_name is not None:
+            raise UserError("--file_name picks an ONNX file: it needs --backend onnx")
 
     def load(self):
         from contrasent.encoder import Encoder
@@ -64,6 +77,8 @@ class ModelArgs:
             normalize=self.normalize,
             max_seq_length=self.max_seq_length,
             device=self.device,
+            backend=self.backend,
+            file_name=self.file_name,
         )
 
 
@@ -162,30 +177,6 @@ class ReportArgs:
             read_stsb(resolve_data_dir(self.data_dir), "dev")
 
 
-@dataclass
-class EmbedArgs(ModelArgs):
-    """Embed a text file (one text a line, .txt or .txt.gz) into a .npy matrix, streaming.
-
-    Args:
-        input: Input text file; every line (empty ones too) becomes one row.
-        output: Output .npy file (float32, rows in input order).
-        errors: Invalid UTF-8: "strict" stops with the line number; "replace" substitutes U+FFFD
-            and reports how many lines were affected.
-    """
-
-    input: str = ""
-    output: str = ""
-    errors: Literal["strict", "replace"] = "strict"
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.input or not self.output:
-            raise UserError("embed needs --input FILE and --output FILE.npy")
-        if not Path(self.input).is_file():
-            raise UserError(f"--input {self.input}: no such file")
-        check_output_file(self.output, "--output")
-
-
 def _run_eval(args: EvalArgs) -> None:
     import time
 
@@ -219,21 +210,6 @@ def _run_report(args: ReportArgs) -> None:
 
     path = build_report(args.run_dir, from_checkpoints=args.checkpoints, data_dir=args.data_dir)
     print(f"report written to {path}")
-
-
-def _run_embed(args: EmbedArgs) -> None:
-    from contrasent.embed import embed_file
-
-    encoder = args.load()
-    summary = embed_file(
-        encoder,
-        args.input,
-        args.output,
-        batch_size=args.batch_size,
-        errors=args.errors,
-        precision=args.precision,
-    )
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
 def _quiet_transformers() -> None:
@@ -341,13 +317,32 @@ def _train_config() -> type:
     return TrainConfig
 
 
+def _tools(name: str) -> Callable[[], type]:
+    """An options class of `contrasent.cli_tools`, imported on first use (it imports this)."""
+
+    def options() -> type:
+        from contrasent import cli_tools
+
+        return getattr(cli_tools, name)
+
+    return options
+
+
+def _tools_run(name: str) -> Callable[[Any], None]:
+    def run(args: Any) -> None:
+        from contrasent import cli_tools
+
+        getattr(cli_tools, name)(args)
+
+    return run
+
+
 COMMANDS: dict[str, Command] = {
     "eval": Command(
         lambda: EvalArgs,
         _run_eval,
         "Evaluate on STS / SentEval transfer tasks (prints tables, writes JSON, plots).",
     ),
-    "embed": Command(lambda: EmbedArgs, _run_embed, "Embed a text file into a .npy matrix."),
     "report": Command(
         lambda: ReportArgs,
         _run_report,
@@ -362,6 +357,32 @@ COMMANDS: dict[str, Command] = {
         recipe_first=True,
         check=_check_train,
     ),
+    # ---- embed (resumable, sharded), search and export: options and runners in cli_tools.py
+    "embed": Command(
+        _tools("EmbedArgs"),
+        _tools_run("run_embed"),
+        "Embed a text file into .npy / .parquet / .jsonl (resumable chunks, --shard I/N).",
+    ),
+    "embed merge": Command(
+        _tools("MergeArgs"), _tools_run("run_merge"), "Join the shards of `embed --shard I/N`."
+    ),
+    "index build": Command(
+        _tools("IndexBuildArgs"),
+        _tools_run("run_index_build"),
+        "Build a search index from a corpus file (one text a line).",
+    ),
+    "search": Command(
+        _tools("SearchArgs"),
+        _tools_run("run_search"),
+        "Search an index: QUERY... or --queries FILE (table, or --output hits.jsonl).",
+        positional=("query",),
+    ),
+    "export": Command(
+        _tools("ExportArgs"),
+        _tools_run("run_export"),
+        "Export MODEL to ONNX (--output DIR --format onnx [--quantize int8]).",
+        positional=("model",),
+    ),
 }
 
 
@@ -369,7 +390,8 @@ def _top_help() -> str:
     from contrasent import __version__
 
     lines = [f"contrasent {__version__}: train and evaluate sentence encoders", "", "commands:"]
-    lines += [f"  {name:<7} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {cmd.summary}" for name, cmd in COMMANDS.items()]
     lines += ["", "contrasent COMMAND --help for a command's options; contrasent --version"]
     return "\n".join(lines)
 
@@ -378,7 +400,11 @@ def _command_help(name: str, topic: str | None) -> str:
     from contrasent import cli_help
 
     cmd = COMMANDS[name]
-    return cli_help.render(name, cmd.options(), topic, cmd.positional)
+    text = cli_help.render(name, cmd.options(), topic)
+    if cmd.positional:  # search QUERY..., export MODEL
+        words = " ".join(f"{p.upper()}..." if p == "query" else p.upper() for p in cmd.positional)
+        text = text.replace(f"contrasent {name} [", f"contrasent {name} {words} [", 1)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,6 +426,13 @@ def _main(argv: list[str]) -> int:
         print(f"contrasent {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: embed merge, index build
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    words = [c.split(" ", 1)[1] for c in COMMANDS if c.startswith(f"{name} ")]
+    if name not in COMMANDS and words:  # `contrasent index` without (or with a wrong) action
+        print(f"contrasent {name}: error: give an action: {', '.join(f'{name} {w}' for w in words)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if name not in COMMANDS:
         from contrasent.options import suggest
 

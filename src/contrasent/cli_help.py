@@ -35,12 +35,12 @@ more:
 """
 
 
-def render(command: str, options: type, topic: str | None, positional: tuple = ()) -> str:
+def render(command: str, options: type, topic: str | None) -> str:
     if command != "train":
         doc = (options.__doc__ or "").strip().split("\n\n")[0]
-        bare = "".join(f"{name.upper()} " for name in positional)
-        usage = f"usage: contrasent {command} {bare}[--option VALUE ...]"
-        return f"{usage}\n\n{doc}\n\n" + describe_fields(options)
+        return f"usage: contrasent {command} [--option VALUE ...]\n\n{doc}\n\n" + describe_fields(
+            options
+        )
     from contrasent.objectives import OBJECTIVES
 
     names = [*sections(options), "objective", "run"]

@@ -36,8 +36,10 @@ def _edits(a: str, b: str) -> int:
 
 def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean X?)`` for the closest of ``valid`` (fewest edits, then the most similar
-    length and spelling), or an empty string when nothing is close."""
-    close = difflib.get_close_matches(name, list(valid), n=5, cutoff=0.6)
+    length and spelling), or an empty string when nothing is close. A shortened name
+    (``mlm_prob``) means the options it starts (``mlm_probability``), however many edits away."""
+    close = [v for v in valid if len(name) >= 4 and v.startswith(name)]
+    close = close or difflib.get_close_matches(name, list(valid), n=5, cutoff=0.6)
     if not close:
         return ""
     best = min(

@@ -18,6 +18,7 @@ The head is a training-only module of the objective: it is never saved with the 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -128,22 +129,41 @@ def _load_pretrained_head(encoder: Any) -> tuple[nn.Module, TiedDecoder] | None:
         return None
     finally:
         hf_logging.set_verbosity(verbosity)
-    heads = [(n, m) for n, m in mlm.named_children() if n != mlm.base_model_prefix]
     out = mlm.get_output_embeddings()
-    if len(heads) != 1 or out is None:  # e.g. DistilBERT: several top-level head modules
+    found = _head_modules(mlm)
+    if found is None or out is None:
         return None
-    name, head = heads[0]
+    head, prefix = found  # prefix: how the head's parameter names start in the checkpoint
     dec_name = next((n for n, m in head.named_modules() if m is out), None)
     if dec_name is None:
         return None
-    tied = {f"{name}.{dec_name}.weight", f"{name}.{dec_name}.bias"}  # tied: not in checkpoints
-    if {k for k in info["missing_keys"] if k.startswith(name + ".")} - tied:
+    tied = {f"{prefix}{dec_name}.weight", f"{prefix}{dec_name}.bias"}  # tied: not in checkpoints
+    starts = tuple(f"{prefix}{n}." for n, _ in head.named_children()) if not prefix else (prefix,)
+    if {k for k in info["missing_keys"] if k.startswith(starts)} - tied:
         return None  # the checkpoint has no (complete) LM head, e.g. a bare BertModel
     parent = head.get_submodule(dec_name.rpartition(".")[0]) if "." in dec_name else head
     bias = out.bias if out.bias is not None else nn.Parameter(torch.zeros(out.out_features))
     decoder = TiedDecoder(bias)
     setattr(parent, dec_name.rpartition(".")[2], decoder)
     return head, decoder
+
+
+# Masked-LM classes whose head is several top-level modules rather than one: their order in the
+# class's forward (DistilBertForMaskedLM: transform, GELU, LayerNorm, projector).
+SPLIT_HEADS = {
+    "distilbert": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+}
+
+
+def _head_modules(mlm: nn.Module) -> tuple[nn.Module, str] | None:
+    """The masked-LM model's head as one module, and the prefix of its checkpoint keys."""
+    split = SPLIT_HEADS.get(getattr(mlm.config, "model_type", ""))
+    if split is not None:
+        return nn.Sequential(OrderedDict((n, mlm.get_submodule(n)) for n in split)), ""
+    heads = [(n, m) for n, m in mlm.named_children() if n != mlm.base_model_prefix]
+    if len(heads) != 1:  # an unknown layout: a fresh head rather than a guess at the order
+        return None
+    return heads[0][1], heads[0][0] + "."
 
 
 class MLMHead(nn.Module):
