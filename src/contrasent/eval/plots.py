@@ -101,7 +101,10 @@ def training_curves(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[
         if any(not math.isnan(v) for v in values):
             ax_sts.plot(e_steps, values, marker="o", ms=3, lw=1, label=name)
     ax_sts.set_title("STS Spearman (eval)", fontsize=10)
-    ax_sts.legend(fontsize=8)
+    if ax_sts.get_legend_handles_labels()[0]:  # a run without evaluations has none to name
+        ax_sts.legend(fontsize=8)
+    else:
+        ax_sts.text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax_sts.transAxes)
     for ax in (ax_loss, ax_lr, ax_sts):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
