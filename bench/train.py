@@ -69,12 +69,15 @@ class Run:
     cpu: list[float] = field(default_factory=list)
     tallies: list = field(default_factory=list)
     counter: object = None
+    on_mark: object = None  # called after each mark (profile_step.py's section timers)
 
     def mark(self) -> None:
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
         if self.counter is not None:
             self.tallies.append(self.counter.take())
+        if self.on_mark is not None:
+            self.on_mark()
 
     def timed_tallies(self, warmup: int) -> list:
         return self.tallies[warmup:]
@@ -237,8 +240,11 @@ def run_st(method: str, args: argparse.Namespace, dataset, out: str, run: Run) -
 # ----------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(
+    argv: list[str] | None = None, ap: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """The benchmark's options (``ap``: a parser to add them to, as profile_step.py does)."""
+    ap = ap or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model dir or id (default: the MiniLM package)")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
