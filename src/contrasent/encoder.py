@@ -120,6 +120,9 @@ class Encoder(nn.Module):
                 f"{type(model).__name__} has none: use 'cls_before_pooler'"
             )
         self.normalize = bool(normalize)
+        #: length buckets of ``forward`` (see :meth:`forward`); the training loop sets it from
+        #: ``train.length_buckets``; not saved (how a pass runs, not what the model is)
+        self.length_buckets = 1
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
         limit = _position_limit(model)
@@ -213,6 +216,8 @@ class Encoder(nn.Module):
         embeddings after LayerNorm and dropout), before the first transformer layer.
         """
         if augment is None:
+            if self.length_buckets > 1:
+                return self._embed_bucketed(features, self.length_buckets)
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
@@ -229,6 +234,39 @@ class Encoder(nn.Module):
             return self._embed(feats, self.normalize)
         finally:
             handle.remove()
+
+    def _embed_bucketed(self, features: dict[str, Tensor], buckets: int) -> Tensor:
+        """``_embed`` run as ``buckets`` passes over rows of similar length, outputs in row order.
+
+        Rows are sorted by real length (longest first) and cut into equal parts; each part is
+        padded only to its own longest row, so padding costs less of the compute. Every output
+        row depends on its own row only (a transformer, pooling and heads are row-wise), so the
+        result is the one-pass result up to float rounding of other matmul shapes; only dropout
+        draws differ (other shapes: other masks, the same distribution). Runs in one pass when
+        there is nothing to trim, for left padding (trimming would shift absolute positions)
+        and for ``inputs_embeds``.
+        """
+        mask = features.get("attention_mask")
+        width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
+        if (
+            not width
+            or features.get("inputs_embeds") is not None
+            or getattr(self.tokenizer, "padding_side", "right") == "left"
+        ):
+            return self._embed(features, self.normalize)
+        lengths = mask.sum(dim=1)
+        parts = length_buckets(lengths.tolist(), buckets)
+        if len(parts) == 1 and parts[0][1] == width:
+            return self._embed(features, self.normalize)
+        outs = []
+        for rows, longest in parts:
+            index = torch.as_tensor(rows, device=mask.device)
+            part = {k: _rows(v, index, width, longest) for k, v in features.items()}
+            outs.append(self._embed(part, self.normalize))
+        order = torch.as_tensor([r for rows, _ in parts for r in rows], device=mask.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(outs)[inverse]
 
     def embedding_layer(self) -> nn.Module:
         """The HF model's embeddings module (its output feeds the first transformer layer)."""
@@ -382,6 +420,64 @@ class Encoder(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+#: a length bucket (one more encoder pass) must save this fraction of the one-pass token slots
+BUCKET_MIN_SAVING = 0.03
+
+
+def length_buckets(lengths: Sequence[int], buckets: int) -> list[tuple[list[int], int]]:
+    """Rows grouped into at most ``buckets`` passes of similar length, padded slots minimised.
+
+    Returns ``[(row indices, longest length), ...]``, longest bucket first, rows of equal length
+    in row order (pure function). The split is the optimum over cut points between sorted
+    lengths (dynamic programming over the distinct lengths: cost of a bucket = its rows times
+    its longest); a bucket is only added when it removes at least ``BUCKET_MIN_SAVING`` of the
+    one-pass slots (each pass has a fixed cost, and smaller matmuls run slower per FLOP).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not order:
+        return []
+    # the cut points: between distinct lengths, coarsened to <= 64 groups (the DP is quadratic)
+    step = -(-max(int(x) for x in lengths) // 64)
+    key = [-(-int(lengths[i]) // step) * step for i in order]
+    values = sorted(set(key), reverse=True)
+    starts = [0]  # rows before each group, longest first
+    for v in values:
+        starts.append(starts[-1] + key.count(v))
+    g = len(values)
+    inf = float("inf")
+    # best[k][j]: fewest slots for the first j length groups in k buckets; cut[k][j]: last start
+    best = [[inf] * (g + 1) for _ in range(buckets + 1)]
+    cut = [[0] * (g + 1) for _ in range(buckets + 1)]
+    best[0][0] = 0
+    for k in range(1, buckets + 1):
+        for j in range(1, g + 1):
+            for i in range(j):  # bucket = groups i..j-1, its longest is values[i]
+                cost = best[k - 1][i] + (starts[j] - starts[i]) * values[i]
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    one = best[1][g]
+    k = 1
+    for more in range(2, min(buckets, g) + 1):
+        if best[k][g] - best[more][g] >= BUCKET_MIN_SAVING * one * (more - k):
+            k = more
+    bounds, j = [], g
+    for level in range(k, 0, -1):
+        i = cut[level][j]
+        bounds.append((i, j))
+        j = i
+    return [(order[starts[i] : starts[j]], values[i]) for i, j in reversed(bounds) if j > i]
+
+
+def _rows(value: Any, index: Tensor, width: int, longest: int) -> Any:
+    """Rows ``index`` of one feature, token columns (right padding) trimmed to ``longest``."""
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return value
+    value = value.index_select(0, index)
+    if value.dim() >= 2 and value.shape[1] == width:
+        value = value[:, :longest]
+    return value
 
 
 # -------------------------------------------------------------------- helpers: HF loading
