@@ -85,9 +85,10 @@ class OptimConfig:
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
             loss up to float rounding; dropout draws differ (same distribution). 1: off (one
             pass padded to the batch's longest). Applies to the encoder's sentence passes
-            (not the MLM pass or TSDAE's decoder, nor embedding-level augmentations). On CPU
-            4 measured fastest at batch 64 (bench/train.py); on a GPU, measure first: small
-            passes leave it idle.
+            (not the MLM pass or TSDAE's decoder, nor embedding-level augmentations); a pass is
+            only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
+            length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI triplets) faster
+            (bench/profile_step.py); on a GPU, measure first: small passes may leave it idle.
         compile: ``torch.compile`` the encoder's transformer (dynamic shapes; the first steps
             compile, their time is written to ``metrics.jsonl`` as a ``compile`` record and
             shown). Off where torch.compile is unavailable (a warning); graphs that fail to
