@@ -1,17 +1,20 @@
 """Benchmark: contrasent training vs sentence-transformers' trainer, same model, data and settings.
 
-Two methods, each trained by both sides in ONE process, alternating which side runs first,
-repeated N times (median reported):
+Each method is trained by both sides in ONE process, alternating which side runs first, repeated
+N times (median reported):
 
 * ``simcse``: our ``simcse_unsup`` objective on ``corpus/wiki1m-head.txt`` vs ST's
   MultipleNegativesRankingLoss on (s, s) pairs (how ST documents unsupervised SimCSE);
+* ``simcse_sup``: our ``simcse_sup`` on the (premise, entailment, contradiction) triplets of
+  ``senteval/SNLI`` (dev split: the train split is not in the shared data) vs MNRL on the same
+  (anchor, positive, negative) rows (the hard negative as an extra column);
 * ``pairs``: our ``pairs`` objective on ``pairs/wiki-split-tune.tsv`` vs MNRL on the same
   (anchor, positive) rows;
 * ``tsdae``: our ``tsdae`` objective (tied decoder, deletion 0.6) on ``corpus/wiki1m-head.txt``
   vs ST's DenoisingAutoEncoderLoss (tied) on (damaged, original) rows damaged beforehand with
   the same noise; both truncate input and target at ``--max-seq-length``. ST's trainer leaves
   its decoder module in eval mode (no decoder dropout); ours trains it with dropout, as the
-  paper's ``fit`` did. Run with ``simcse`` at the same batch size to compare the two methods.
+  paper's ``fit`` did. Not an in-batch method (no 1.3x target).
 
 Our side runs through the public API, ``contrasent.train.loop.train(TrainConfig(...))``; ST's
 through ``SentenceTransformerTrainer.train()``. Both: same model folder, batch size, max sequence
@@ -21,18 +24,18 @@ step on each side; the first ``--warmup-steps`` steps (and all setup: model load
 excluded, so a rate covers steps ``warmup+1 .. steps`` including batching, tokenization, forward,
 backward, clipping and the optimizer.
 
-    OMP_NUM_THREADS=2 python bench/train.py [--steps 12 --warmup-steps 3 --repeats 3]
-        [--batch-size 32 --max-seq-length 32 --methods simcse pairs --precision fp32]
-
-Prints one table per clock (wall, and process CPU time: fairer on a shared CPU; use wall on a
-GPU): steps/s of both sides, the ratio ours/ST (> 1: ours is faster), and sentences/s
-(batch rows per second, the loop's ``sentences_per_s``; a pairs row holds two texts).
+What each step ran is counted on both sides alike (``throughput.PassCounter``: every model call's
+real tokens, padded slots and analytic FLOPs; the formula is in ``throughput.py``), and the fp32
+matmul peak of the model's FFN shape is timed here at start and after every repeat (same threads,
+same clock). Prints one table: steps/s of both sides, the ratio ours/ST (> 1: ours is faster) by
+``--clock`` (default: process CPU time on CPU, fairer on a shared machine; wall on a GPU) and by
+the other clock, the padding fraction of the token slots each side ran, the achieved GFLOP/s
+(useful training FLOPs per second) and its fraction of the measured peak.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import os
@@ -45,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("simcse", "pairs", "tsdae")
+METHODS = ("simcse", "simcse_sup", "pairs", "tsdae")
 SIDES = ("ours", "st")
+NLI_SPLIT = "dev"  # SNLI's train split is not in the shared data; dev has 9842 pairs
 FUSED = "ours+fused"  # what-if side: our loop with a fused AdamW (a proposed src change)
 
 
@@ -58,14 +62,26 @@ def default_model() -> str:
 
 @dataclass
 class Run:
-    """Timestamps (wall, cpu) at the end of every optimizer step of one training run."""
+    """Timestamps (wall, cpu) at the end of every optimizer step of one training run, and what
+    each step ran (tokens, padding, FLOPs: ``throughput.Tally``)."""
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    tallies: list = field(default_factory=list)
+    counter: object = None
+    on_mark: object = None  # called after each mark (profile_step.py's section timers)
+    compile_s: float | None = None  # train.compile: the first step's seconds (compiling)
 
     def mark(self) -> None:
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
+        if self.counter is not None:
+            self.tallies.append(self.counter.take())
+        if self.on_mark is not None:
+            self.on_mark()
+
+    def timed_tallies(self, warmup: int) -> list:
+        return self.tallies[warmup:]
 
     def steps_per_s(self, warmup: int, clock: str) -> float:
         ts = self.wall if clock == "wall" else self.cpu
@@ -80,11 +96,12 @@ class Run:
 def data_files(root: Path) -> dict[str, Path]:
     files = {
         "simcse": root / "corpus" / "wiki1m-head.txt",
+        "simcse_sup": root / "senteval" / "SNLI",
         "pairs": root / "pairs" / "wiki-split-tune.tsv",
         "tsdae": root / "corpus" / "wiki1m-head.txt",
     }
     for p in files.values():
-        if not p.is_file():
+        if not p.exists():
             sys.exit(f"data file not found: {p} (set --data-root)")
     return files
 
@@ -93,6 +110,12 @@ def st_dataset(method: str, path: Path):
     """The same rows as our readers, as a datasets.Dataset with (anchor, positive) columns."""
     from datasets import Dataset
 
+    if method == "simcse_sup":  # the triplets our nli reader builds, in the same order
+        from contrasent.data.nli import read_nli_triplets
+
+        rows, _ = read_nli_triplets(path, split=NLI_SPLIT)
+        columns = ("anchor", "positive", "negative")
+        return Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(columns)})
     with open(path, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f]
     if method == "tsdae":  # damaged beforehand, with our noise (keyed by the line number)
@@ -112,29 +135,9 @@ def st_dataset(method: str, path: Path):
 # ----------------------------------------------------------------------------- the two sides
 
 
-@contextlib.contextmanager
-def fused_adamw():
-    """What-if: our loop with ``torch.optim.AdamW(fused=True)`` (what ST's trainer uses), same
-    parameter groups. Patches ``contrasent.train.loop.build_optimizer`` for the block only."""
-    import torch
-
-    import contrasent.train.loop as loop
-
-    original = loop.build_optimizer
-
-    def build(model, lr, weight_decay, *args, **kwargs):
-        groups = original(model, lr, weight_decay, *args, **kwargs).param_groups
-        plain = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups]
-        return torch.optim.AdamW(plain, lr=lr, weight_decay=0.0, fused=True)
-
-    loop.build_optimizer = build
-    try:
-        yield
-    finally:
-        loop.build_optimizer = original
-
-
-def run_ours(method: str, args: argparse.Namespace, files: dict[str, Path], out: str) -> Run:
+def run_ours(
+    method: str, args: argparse.Namespace, files: dict[str, Path], out: str, run: Run
+) -> Run:
     from contrasent.data.sources import DataSpec
     from contrasent.train.config import (
         CheckpointConfig,
@@ -150,6 +153,9 @@ def run_ours(method: str, args: argparse.Namespace, files: dict[str, Path], out:
         # MNRL has no MLP head; mlp=False keeps the math identical (the head costs < 1%)
         objective = {"name": "simcse_unsup", "temperature": 0.05, "mlp": args.simcse_mlp}
         data = DataSpec(kind="text", path=str(files["simcse"]), epochs=None)
+    elif method == "simcse_sup":
+        objective = {"name": "simcse_sup", "temperature": 0.05, "mlp": args.simcse_mlp}
+        data = DataSpec(kind="nli", path=str(files["simcse_sup"]), split=NLI_SPLIT, epochs=None)
     elif method == "tsdae":
         objective = {"name": "tsdae", "max_target_length": args.max_seq_length}
         data = DataSpec(kind="text", path=str(files["tsdae"]), epochs=None)
@@ -168,18 +174,33 @@ def run_ours(method: str, args: argparse.Namespace, files: dict[str, Path], out:
             grad_clip=1.0,
             mixed_precision={"fp32": "no"}.get(args.precision, args.precision),
             seed=args.seed,
+            length_buckets=args.length_buckets,
+            compile=args.compile,
         ),
         eval=EvalConfig(every_steps=0, at_end=False),
         checkpoint=CheckpointConfig(every_steps=0),
         logging=LoggingConfig(log_every=args.log_every, tensorboard=False, progress_bar=False),
         output_dir=out,
     )
-    run = Run()
     train(cfg, callbacks=[lambda step, record: run.mark()])
+    run.compile_s = compile_seconds(Path(out) / "metrics.jsonl")
     return run
 
 
-def run_st(method: str, args: argparse.Namespace, dataset, out: str) -> Run:
+def compile_seconds(metrics: Path) -> float | None:
+    """The loop's ``compile`` record (train.compile on): seconds of the compiling first step."""
+    import json
+
+    if not metrics.is_file():
+        return None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "compile":
+            return record["first_step_s"]
+    return None
+
+
+def run_st(method: str, args: argparse.Namespace, dataset, out: str, run: Run) -> Run:
     import torch
     from sentence_transformers import (
         SentenceTransformer,
@@ -219,7 +240,6 @@ def run_st(method: str, args: argparse.Namespace, dataset, out: str) -> Run:
         report_to="none",
         disable_tqdm=True,
     )
-    run = Run()
     trainer = SentenceTransformerTrainer(
         model=model,
         args=targs,
@@ -237,8 +257,11 @@ def run_st(method: str, args: argparse.Namespace, dataset, out: str) -> Run:
 # ----------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(
+    argv: list[str] | None = None, ap: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """The benchmark's options (``ap``: a parser to add them to, as profile_step.py does)."""
+    ap = ap or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model dir or id (default: the MiniLM package)")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -253,10 +276,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
-        "--what-if-fused",
-        action="store_true",
-        help=f"also time our loop with a fused AdamW ({FUSED!r}; patches build_optimizer)",
+        "--clock", choices=["cpu", "wall"], default=None, help="default: cpu on CPU, wall on GPU"
     )
+    ap.add_argument(
+        "--length-buckets", type=int, default=1, help="our train.length_buckets (speed option)"
+    )
+    ap.add_argument("--compile", action="store_true", help="our train.compile (speed option)")
     ap.add_argument("--simcse-mlp", action="store_true", help="our SimCSE MLP head on (ST: none)")
     ap.add_argument(
         "--pairs-dedup",
@@ -286,65 +311,104 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     import torch
 
+    from throughput import PassCounter, matmul_peak
+
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model = args.model or default_model()
+    args.clock = args.clock or ("wall" if torch.cuda.is_available() else "cpu")
     files = data_files(Path(args.data_root))
     datasets = {m: st_dataset(m, files[m]) for m in args.methods}
-    sides = (*SIDES, FUSED) if args.what_if_fused else SIDES
-    runs: dict[tuple[str, str], list[Run]] = {(m, s): [] for m in args.methods for s in sides}
+    runs: dict[tuple[str, str], list[Run]] = {(m, s): [] for m in args.methods for s in SIDES}
+    peaks = [peak_gflops(args.model, matmul_peak, args.clock)]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for rep in range(args.repeats):
             for method in args.methods:
-                for side in sides if rep % 2 == 0 else sides[::-1]:
+                for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
                     out = os.path.join(tmp, f"{method}-{side}-{rep}")
-                    if side == "st":
-                        run = run_st(method, args, datasets[method], out)
-                    else:
-                        with fused_adamw() if side == FUSED else contextlib.nullcontext():
-                            run = run_ours(method, args, files, out)
+                    with PassCounter() as counter:
+                        run = Run(counter=counter)
+                        if side == "st":
+                            run_st(method, args, datasets[method], out, run)
+                        else:
+                            run_ours(method, args, files, out, run)
                     runs[method, side].append(run)
                     gc.collect()
-                    w = run.steps_per_s(args.warmup_steps, "wall")
-                    print(f"  rep {rep} {method:6s} {side:10s} {w:6.3f} steps/s (wall)", flush=True)
-    report(args, runs)
+                    r = run.steps_per_s(args.warmup_steps, args.clock)
+                    print(f"  rep {rep} {method:10s} {side:4s} {r:6.3f} steps/s ({args.clock})")
+            peaks.append(
+                peak_gflops(args.model, matmul_peak, args.clock)
+            )  # the peak drifts with the load
+    report(args, runs, statistics.median(peaks))
 
 
-def report(args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]]) -> None:
+def peak_gflops(model: str, matmul_peak, clock: str) -> float:
+    """The matmul peak for this model's FFN shape (see throughput.py)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    ffn = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
+    return matmul_peak(cfg.hidden_size, ffn, clock=clock)
+
+
+def step_stats(runs: list[Run], warmup: int, clock: str) -> tuple[float, float, float]:
+    """Median steps/s, padding fraction and achieved GFLOP/s (3x forward FLOPs per step)."""
+    rate = statistics.median(r.steps_per_s(warmup, clock) for r in runs)
+    tallies = [t for r in runs for t in r.timed_tallies(warmup)]
+    real = sum(t.real for t in tallies)
+    slots = sum(t.slots for t in tallies)
+    flops_per_step = 3 * sum(t.flops for t in tallies) / max(len(tallies), 1)
+    return rate, 1 - real / slots if slots else 0.0, rate * flops_per_step / 1e9
+
+
+def report(args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]], peak: float) -> None:
     import torch
 
     timed = args.steps - args.warmup_steps
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
         f"\nmodel {args.model}\nbatch {args.batch_size}, max_seq_length {args.max_seq_length}, "
         f"lr {args.lr}, {args.precision}, {timed} timed steps after {args.warmup_steps} warm-up, "
-        f"median of {args.repeats}, torch threads {torch.get_num_threads()}, "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, load {os.getloadavg()[0]:.2f}"
+        f"median of {args.repeats}, torch threads {torch.get_num_threads()}, device {device}, "
+        f"load {os.getloadavg()[0]:.2f}\nour speed options: {our_options(args) or 'none'}\n"
+        f"fp32 matmul peak (FFN shape, {args.clock} clock, median of {args.repeats + 1}): "
+        f"{peak:.1f} GFLOP/s"
     )
-    for clock in ("wall", "cpu"):
-        print(f"\n[{clock} clock]")
+    other = "wall" if args.clock == "cpu" else "cpu"
+    print(
+        f"\n[{args.clock} clock; ratio = ours/ST, > 1: ours is faster; pad = padding fraction of "
+        f"the token slots run; GFLOP/s = useful training FLOPs per second]"
+    )
+    print(
+        f"{'method':10s} {'ours st/s':>9s} {'ST st/s':>8s} {'ratio':>6s} {other + ' ratio':>10s} "
+        f"{'pad ours':>8s} {'pad ST':>6s} {'GFLOP/s ours':>12s} {'ST':>5s} "
+        f"{'%peak ours':>10s} {'ST':>5s}"
+    )
+    for method in args.methods:
+        ours, pad_o, gf_o = step_stats(runs[method, "ours"], args.warmup_steps, args.clock)
+        st, pad_s, gf_s = step_stats(runs[method, "st"], args.warmup_steps, args.clock)
+        o2 = step_stats(runs[method, "ours"], args.warmup_steps, other)[0]
+        s2 = step_stats(runs[method, "st"], args.warmup_steps, other)[0]
         print(
-            f"{'method':8s} {'ours steps/s':>12s} {'ST steps/s':>11s} {'ours/ST':>8s} "
-            f"{'ours sent/s':>12s} {'ST sent/s':>10s}"
+            f"{method:10s} {ours:9.3f} {st:8.3f} {ours / st:5.2f}x {o2 / s2:9.2f}x "
+            f"{pad_o:8.1%} {pad_s:6.1%} {gf_o:12.1f} {gf_s:5.1f} "
+            f"{gf_o / peak:10.1%} {gf_s / peak:5.1%}"
         )
-        for method in args.methods:
-            rate = {
-                s: statistics.median(
-                    r.steps_per_s(args.warmup_steps, clock) for r in runs[method, s]
-                )
-                for (m, s) in runs
-                if m == method
-            }
-            ratio = rate["ours"] / rate["st"]
-            print(
-                f"{method:8s} {rate['ours']:12.3f} {rate['st']:11.3f} {ratio:7.3f}x "
-                f"{rate['ours'] * args.batch_size:12.1f} {rate['st'] * args.batch_size:10.1f}"
-            )
-            if FUSED in rate:
-                print(
-                    f"  what-if {FUSED}: {rate[FUSED]:.3f} steps/s, "
-                    f"{rate[FUSED] / rate['st']:.3f}x ST, {rate[FUSED] / rate['ours']:.3f}x ours"
-                )
-    print("\ntargets: ours/ST >= 1.0x (long-run goal 1.3x)")
+    compiled = [r.compile_s for (m, side), rs in runs.items() for r in rs if r.compile_s]
+    if compiled:
+        print(f"train.compile: first (compiling) step {statistics.median(compiled):.1f} s median")
+    print("\ntargets: ours/ST >= 1.3x on every in-batch method (simcse, simcse_sup, pairs)")
+
+
+def our_options(args: argparse.Namespace) -> str:
+    """Our speed options that differ from the defaults, as ``train.*`` settings."""
+    from contrasent.train.config import OptimConfig
+
+    default = OptimConfig()
+    names = ("length_buckets", "compile")
+    return ", ".join(
+        f"train.{n}={getattr(args, n)}" for n in names if getattr(args, n) != getattr(default, n)
+    )
 
 
 if __name__ == "__main__":

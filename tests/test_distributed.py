@@ -42,8 +42,11 @@ def make_batch(kind: str, rows: slice):
     return PairBatch(ANCHORS[rows], POSITIVES[rows], negs)
 
 
-def run_case(tiny_dir: str, name: str, rows: slice) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss of `rows` and the encoder's gradients (not yet averaged over processes)."""
+def run_case(
+    tiny_dir: str, name: str, rows: slice, buckets: int = 1
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss of `rows` and the encoder's gradients (not yet averaged over processes);
+    ``buckets``: the encoder's ``length_buckets`` (train.length_buckets)."""
     from contrasent.encoder import Encoder
     from contrasent.objectives import build_objective
 
@@ -53,6 +56,7 @@ def run_case(tiny_dir: str, name: str, rows: slice) -> tuple[float, dict[str, to
     # gradients (~1e-4) are sums of much larger terms that cancel, float32 leaves ~1e-6 noise
     enc = Encoder.from_pretrained(tiny_dir, pooling="cls_before_pooler", device="cpu").double()
     enc.eval()  # dropout off: the split must not change the embeddings
+    enc.length_buckets = buckets
     obj = build_objective(objective_name, enc, **options)
     out = obj(enc, make_batch(kind, rows))
     out["loss"].backward()
@@ -60,7 +64,7 @@ def run_case(tiny_dir: str, name: str, rows: slice) -> tuple[float, dict[str, to
     return out["loss"].item(), grads
 
 
-def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, tiny_dir: str, out_dir: str, buckets: int = 1) -> None:
     torch.set_num_threads(1)
     # a file rendezvous: no free-port race with other tests or jobs on the machine
     init = f"file://{Path(out_dir) / 'rendezvous'}"
@@ -70,7 +74,8 @@ def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
         results = {}
         half = len(ANCHORS) // world
         for name in CASES:
-            loss, grads = run_case(tiny_dir, name, slice(rank * half, (rank + 1) * half))
+            rows = slice(rank * half, (rank + 1) * half)
+            loss, grads = run_case(tiny_dir, name, rows, buckets)
             loss_t = torch.tensor([loss], dtype=torch.float64)
             dist.all_reduce(loss_t)
             for g in grads.values():  # DDP: average the gradients over processes
@@ -94,8 +99,10 @@ def test_not_distributed_is_identity():
     assert D.rank() == 0 and D.world_size() == 1 and D.row_offset(3) == 0
 
 
-def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
-    mp.spawn(_worker, args=(2, str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("buckets", [1, 2], ids=["one-pass", "length-buckets"])
+def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path, buckets):
+    """With ``train.length_buckets`` on the processes, against the one-pass single process."""
+    mp.spawn(_worker, args=(2, str(tiny_bert_dir), str(tmp_path), buckets), nprocs=2, join=True)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r in range(2):
         assert "equal per-process batch slices" in per_rank[r]["unequal"]

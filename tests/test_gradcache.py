@@ -67,9 +67,12 @@ PAIRS = PairBatch(
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _module(tiny_bert_dir, name: str, device: str = "cpu", **options) -> TrainModule:
+def _module(
+    tiny_bert_dir, name: str, device: str = "cpu", buckets: int = 1, **options
+) -> TrainModule:
     torch.manual_seed(0)
     encoder = Encoder.from_pretrained(tiny_bert_dir, pooling="cls_before_pooler", device=device)
+    encoder.length_buckets = buckets  # train.length_buckets: passes by length inside each pass
     objective = build_objective(name, encoder, **options)
     module = TrainModule(encoder, objective)
     module.train()  # dropout on: it is SimCSE's augmentation
@@ -131,14 +134,18 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("buckets", [1, 2], ids=["one-pass", "length-buckets"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("name", "options", "batch", "sizes"), CASES, ids=["unsup", "pairs", "sup", "unsup+mlm"]
 )
-def test_cached_gradients_equal_reference(tiny_bert_dir, name, options, batch, sizes, device):
+def test_cached_gradients_equal_reference(
+    tiny_bert_dir, name, options, batch, sizes, device, buckets
+):
     """On CUDA too when present: the CUDA generator is recorded and replayed as well (and the
-    attention kernels must draw dropout the same way with and without a graph)."""
-    module = _module(tiny_bert_dir, name, device, **options)
+    attention kernels must draw dropout the same way with and without a graph). With
+    ``train.length_buckets`` each mini-batch runs as passes by length, replayed alike."""
+    module = _module(tiny_bert_dir, name, device, buckets, **options)
     for m in sizes:
         loss_ref, g_ref = _reference(module, batch, m, seed=123)
         rng_after_ref = _rng(device)
@@ -167,15 +174,18 @@ def test_dropout_is_on_and_replay_matters(tiny_bert_dir, monkeypatch):
     assert _max_diff(g_bad, g_ref) > 1e-3
 
 
-def test_without_randomness_cache_equals_the_plain_step(tiny_bert_dir):
+@pytest.mark.parametrize("buckets", [1, 3], ids=["one-pass", "length-buckets"])
+def test_without_randomness_cache_equals_the_plain_step(tiny_bert_dir, buckets):
     """Dropout off: every chunking (and the MLM loss, normalised by the whole batch's masked
-    tokens, masks keyed per row) gives exactly the plain step's loss and gradients."""
+    tokens, masks keyed per row) gives exactly the plain step's loss and gradients; the cache
+    with passes by length (``train.length_buckets``) too, against the plain one-pass step."""
     module = _module(tiny_bert_dir, "simcse_unsup", do_mlm=True, mlm_probability=0.3).eval()
     batch = SentenceBatch(SENTENCES, index=4)
     module.zero_grad(set_to_none=True)
     plain = module(batch)
     plain["loss"].backward()
     g_plain = _grads(module)
+    module.encoder.length_buckets = buckets
     for m in (3, 100):
         loss_gc, g_gc = _cached(module, batch, m, seed=0)
         assert loss_gc == pytest.approx(float(plain["loss"].detach()), abs=1e-6)

@@ -88,6 +88,9 @@ VARIANTS = {
     "plain+mlm": ({"name": "simcse_unsup", "do_mlm": True}, {}),
     # gradient cache (RNG replay) + accumulation (two stream batches per step)
     "gradcache+accum": (None, {"mini_batch_size": 5, "grad_accum": 2}),
+    # speed options: passes by length (inside the cache's mini-batches too)
+    "buckets+mlm": ({"name": "simcse_unsup", "do_mlm": True}, {"length_buckets": 3}),
+    "buckets+gradcache": (None, {"mini_batch_size": 5, "length_buckets": 2}),
 }
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrasent.encoder_passes import length_buckets, relative_bias_from, rows_of
 from contrasent.errors import UserError
 from contrasent.fileio import follow_umask
 from contrasent.st_layout import (
@@ -120,6 +121,9 @@ class Encoder(nn.Module):
                 f"{type(model).__name__} has none: use 'cls_before_pooler'"
             )
         self.normalize = bool(normalize)
+        #: length buckets of ``forward`` (see :meth:`forward`); the training loop sets it from
+        #: ``train.length_buckets``; not saved (how a pass runs, not what the model is)
+        self.length_buckets = 1
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
         self.base_model: str | None = None  # set by from_pretrained; named by the model card
@@ -234,13 +238,15 @@ class Encoder(nn.Module):
         embeddings after LayerNorm and dropout), before the first transformer layer.
         """
         if augment is None:
+            if self.length_buckets > 1:
+                return self._embed_bucketed(features, self.length_buckets)
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
         moved = nullcontext()
         if hasattr(augment, "positions"):
             feats["position_ids"] = augment.positions(self.position_ids(feats), mask)
-            moved = _relative_bias_from(self.model, feats["position_ids"])
+            moved = relative_bias_from(self.model, feats["position_ids"])
         if not hasattr(augment, "embeddings"):
             with moved:
                 return self._embed(feats, self.normalize)
@@ -254,6 +260,39 @@ class Encoder(nn.Module):
                 return self._embed(feats, self.normalize)
         finally:
             handle.remove()
+
+    def _embed_bucketed(self, features: dict[str, Tensor], buckets: int) -> Tensor:
+        """``_embed`` run as ``buckets`` passes over rows of similar length, outputs in row order.
+
+        Rows are sorted by real length (longest first) and cut into equal parts; each part is
+        padded only to its own longest row, so padding costs less of the compute. Every output
+        row depends on its own row only (a transformer, pooling and heads are row-wise), so the
+        result is the one-pass result up to float rounding of other matmul shapes; only dropout
+        draws differ (other shapes: other masks, the same distribution). Runs in one pass when
+        there is nothing to trim, for left padding (trimming would shift absolute positions)
+        and for ``inputs_embeds``.
+        """
+        mask = features.get("attention_mask")
+        width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
+        if (
+            not width
+            or features.get("inputs_embeds") is not None
+            or getattr(self.tokenizer, "padding_side", "right") == "left"
+        ):
+            return self._embed(features, self.normalize)
+        lengths = mask.sum(dim=1)
+        parts = length_buckets(lengths.tolist(), buckets)
+        if len(parts) == 1 and parts[0][1] == width:
+            return self._embed(features, self.normalize)
+        outs = []
+        for rows, longest in parts:
+            index = torch.as_tensor(rows, device=mask.device)
+            part = {k: rows_of(v, index, width, longest) for k, v in features.items()}
+            outs.append(self._embed(part, self.normalize))
+        order = torch.as_tensor([r for rows, _ in parts for r in rows], device=mask.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(outs)[inverse]
 
     def embedding_layer(self) -> nn.Module:
         """The HF model's embeddings module (its output feeds the first transformer layer)."""
@@ -451,35 +490,6 @@ def count_truncated(enc: Any, max_length: int) -> int:
     return sum(len(ids) >= max_length for ids in enc["input_ids"])
 
 
-@contextmanager
-def _relative_bias_from(model: Any, position_ids: Tensor) -> Iterator[None]:
-    """Make a relative position bias follow the given position ids during one forward.
-
-    MPNet adds to every attention layer a bias of the bucketed distance between positions, which
-    its encoder computes from ``arange(T)`` whatever position ids the model was given: a token
-    shuffle would move only the absolute position embeddings. Here the bias is computed from
-    ``position_ids`` (distances only, so the ``padding_idx + 1`` offset cancels). Models
-    without one are untouched.
-    """
-    encoder = getattr(model.base_model, "encoder", None)
-    if not callable(getattr(encoder, "compute_position_bias", None)):
-        yield
-        return
-
-    def bias(_hidden: Tensor, num_buckets: int = 32) -> Tensor:
-        # num_buckets: the default MPNetEncoder.forward relies on (it passes only the states)
-        rel = position_ids[:, None, :] - position_ids[:, :, None]  # memory - context, [B, T, T]
-        bucket = encoder.relative_position_bucket(rel, num_buckets=num_buckets)
-        return encoder.relative_attention_bias(bucket).permute(0, 3, 1, 2).contiguous()
-
-    encoder.compute_position_bias = bias  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del encoder.compute_position_bias
-
-
-# -------------------------------------------------------------------- helpers: HF loading
 def _model_source(name_or_path: str | os.PathLike, path: Path) -> str:
     if path.exists():
         if not (path / "config.json").is_file():

@@ -56,6 +56,7 @@ from contrasent.train.optim import build_optimizer, build_scheduler, warmup_step
 from contrasent.train.outputs import RunFolder
 from contrasent.train.setup import (
     check_custom_objective,
+    compile_encoder,
     make_accelerator,
     reseed_missing_rank,
     total_steps,
@@ -157,6 +158,7 @@ class _Trainer:
         )
         self.bar = ProgressBar(self.total, self.state.step, enabled=False)  # replaced in run()
         self.dropped_rows = 0
+        self.compile_reported = False
         self.stopped_early = False
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -197,6 +199,8 @@ class _Trainer:
             max_seq_length=m.max_seq_length,
             device=self.acc.device,  # this process's device (heads are built beside the encoder)
         )
+        encoder.length_buckets = self.cfg.train.length_buckets
+        self.compiled = self.cfg.train.compile and compile_encoder(encoder)
         if objective is None:
             objective = build_objective(
                 self.cfg.objective_name, encoder, **self.cfg.objective_options
@@ -453,6 +457,8 @@ class _Trainer:
             log.warning("the data ran out after %d steps (of %d)", self.state.step, self.total)
             return True
         self.state.step = step
+        if self.compiled and not self.compile_reported:  # the first step compiles
+            self._report_compile(step, time.perf_counter() - t0)
         loss = float(parts["loss"])
         self.bar.update(loss, lr, rows / max(time.perf_counter() - t0, 1e-9))
         self.window.add(parts, rows)
@@ -475,6 +481,11 @@ class _Trainer:
             log.info("a callback stopped training at step %d", step)
             return True
         return False
+
+    def _report_compile(self, step: int, seconds: float) -> None:
+        self.compile_reported = True
+        self.metrics.write({"step": step, "kind": "compile", "first_step_s": seconds})
+        self.bar.write(f"train.compile: step {step} took {seconds:.1f} s (compiling included)")
 
     def _train_record(self, step: int, lr: float, grad_norm: float | None) -> dict[str, Any]:
         w = self.window

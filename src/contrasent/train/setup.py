@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 from contrasent.errors import UserError
 from contrasent.objectives.base import Objective
 from contrasent.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def make_accelerator(mixed_precision: str):
@@ -94,3 +97,18 @@ def total_steps(cfg: TrainConfig, stream: Any) -> int:
             "without lines): set train.max_steps"
         )
     return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
+
+
+def compile_encoder(encoder: Any) -> bool:
+    """``train.compile``: compile the encoder's transformer in place (``nn.Module.compile``:
+    parameter names, saving and DDP are unchanged), with dynamic shapes (every batch and length
+    bucket has its own). Returns False, with a warning, where torch.compile is unavailable; a
+    graph that fails to compile later runs eagerly (dynamo's ``suppress_errors``)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        log.warning("train.compile: torch.compile is not supported here; training uncompiled")
+        return False
+    torch._dynamo.config.suppress_errors = True
+    encoder.model.compile(dynamic=True)
+    return True
