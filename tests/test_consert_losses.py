@@ -107,6 +107,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
             {"loss": mean_loss.item() / world, "g1": l1.grad / world, "g2": l2.grad / world},
             Path(out_dir) / f"rank{rank}.pt",
         )
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -248,6 +248,7 @@ def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
             dist.all_reduce(g)
             g /= world
         torch.save((t.item() / world, grads), Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

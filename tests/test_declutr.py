@@ -225,6 +225,7 @@ def _worker(rank: int, world: int, tiny_dir: str, batch: SpanBatch, out_dir: str
                 v /= world
             results[mini] = (parts, grads)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

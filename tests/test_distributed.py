@@ -89,6 +89,7 @@ def _worker(rank: int, world: int, tiny_dir: str, out_dir: str, buckets: int = 1
         except ValueError as err:
             results["unequal"] = str(err)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
@@ -155,6 +156,7 @@ def _mlm_worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
             dist.all_reduce(v)
             v /= world
         torch.save((parts, grads), Path(out_dir) / f"mlm{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

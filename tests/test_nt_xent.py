@@ -137,6 +137,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         ref.backward()
         results["reference"] = _ddp_average(ref.detach(), net.weight.grad, world)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -183,6 +183,7 @@ def _worker(rank: int, world: int, tiny: str, out: str) -> None:
                 v /= world
             results[name] = (parts, g)
         torch.save(results, Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
