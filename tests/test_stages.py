@@ -142,3 +142,20 @@ def test_patience_stops_after_evaluations_without_gain(tiny_bert_dir, shared_dat
     assert result.stopped_early and result.steps == 3 and result.best_step == 1
     with pytest.raises(UserError, match="patience needs periodic evaluation"):
         TrainConfig.from_dict({**cfg.to_dict(), "eval": {"patience": 3}}).validate()
+
+
+def test_command_line_train_options_reach_every_stage(monkeypatch):
+    """`--train.max_steps 4` caps each stage of a staged recipe (over the stages' own 40 and 60);
+    the stages' other settings (their learning rates) and their data stay their own."""
+    from contrasent.cli import parse_train_config
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    recipe = "configs/consert-sup-unsup-cpu.yaml"
+    plain = [c for _, c in stage_configs(parse_train_config([recipe]))]
+    capped = [c for _, c in stage_configs(parse_train_config([recipe, "--train.max_steps", "4"]))]
+    assert [c.train.max_steps for c in plain] == [40, 60]
+    assert [c.train.max_steps for c in capped] == [4, 4]
+    assert [c.train.lr for c in capped] == [c.train.lr for c in plain]
+    assert (
+        [c.data.kind for c in capped] == [c.data.kind for c in plain] == ["nli_pairs", "sts_texts"]
+    )

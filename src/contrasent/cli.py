@@ -495,9 +495,35 @@ def parse_train_config(argv: list[str]):
     from contrasent.cliparse import parse_args
 
     cmd = COMMANDS["train"]
-    cfg, _ = parse_args(cmd.options(), argv, aliases=cmd.aliases, recipe_first=True)
+    cfg, locations = parse_args(cmd.options(), argv, aliases=cmd.aliases, recipe_first=True)
+    _overrides_reach_stages(cfg, locations)
     cfg.validate()
     return cfg
+
+
+#: sections whose command-line options also apply inside every stage of a staged recipe
+#: (objective and data stay each stage's own: they differ between stages by design)
+STAGED_OVERRIDES = ("train", "eval", "checkpoint", "logging")
+
+
+def _overrides_reach_stages(cfg: Any, locations: dict[str, str]) -> None:
+    """A command-line option is the user's last word: in a staged recipe ``--train.max_steps 4``
+    caps every stage, over a stage's own ``train: {max_steps: 40}``."""
+    if not cfg.stages:
+        return
+    for dotted, where in locations.items():
+        section, *keys = dotted.split(".")
+        if not where.startswith("--") or section not in STAGED_OVERRIDES or not keys:
+            continue
+        value = getattr(cfg, section)
+        for key in keys:
+            value = value[key] if isinstance(value, dict) else getattr(value, key)
+        for stage in cfg.stages:
+            if isinstance(stage, dict) and isinstance(stage.get(section), dict):
+                target = stage[section]
+                for key in keys[:-1]:
+                    target = target.setdefault(key, {})
+                target[keys[-1]] = value
 
 
 def _objective_help(argv: list[str]) -> str:
