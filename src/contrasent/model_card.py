@@ -20,14 +20,6 @@ from contrasent.fileio import atomic_write_text
 
 CARD_FILE = "README.md"
 BASE_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "contrasent"]
-CITATIONS = {
-    "simcse": """@inproceedings{gao2021simcse,
-  title = {{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
-  author = {Gao, Tianyu and Yao, Xingcheng and Chen, Danqi},
-  booktitle = {Empirical Methods in Natural Language Processing (EMNLP)},
-  year = {2021}
-}""",
-}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -218,26 +210,19 @@ def render_model_card(info: Mapping[str, Any], name: str = "path/to/model") -> s
     name = info.get("model_name") or name
     parts = [_front_matter(info), *_details(name, info), *_usage(name)]
     parts += [*_training(info), *_evaluation(info)]
-    method = (info.get("method") or info.get("objective") or "").lower()
-    cites = [text for key, text in CITATIONS.items() if key in method]
-    if info.get("citation"):
-        cites.append(info["citation"])
+    cites = [c for c in (objective_card(info.get("objective"))[1], info.get("citation")) if c]
     if cites:
         parts += ["## Citation", "", "```bibtex", "\n\n".join(cites), "```", ""]
     return "\n".join(parts)
 
 
-METHODS = {  # objective name -> how the card names the method
-    "simcse_unsup": "SimCSE (unsupervised)",
-    "simcse_sup": "SimCSE (supervised)",
-    "pairs": "in-batch negatives on pairs (1B-pairs recipe)",
-    "tsdae": "TSDAE (denoising auto-encoder)",
-    "declutr": "DeCLUTR (contrastive spans)",
-    "consert": "ConSERT (unsupervised)",
-    "consert_joint": "ConSERT (joint NLI + contrastive)",
-    "consert_joint_adv": "ConSERT (joint, adversarial views)",
-    "nli_softmax": "NLI classification (SBERT softmax)",
-}
+def objective_card(name: str | None) -> tuple[str | None, str]:
+    """How a card names the objective ``name``'s method, and its paper's BibTeX: both are the
+    objective's own (``Objective.method`` / ``citation``); an unknown name stands for itself."""
+    from contrasent.objectives import OBJECTIVES
+
+    cls = OBJECTIVES.get(name or "")
+    return (cls.method or cls.name, cls.citation) if cls else (name, "")
 
 
 def _data_files(data: Any) -> list[str]:
@@ -274,7 +259,7 @@ def run_card_info(
     info: dict[str, Any] = {
         "base_model": model.get("name_or_path"),
         "objective": objective,
-        "method": METHODS.get(objective or "", objective),
+        "method": objective_card(objective)[0],
         "datasets": _data_files(recipe.get("data")),
         "recipe": dict(recipe),
         "training": {

@@ -117,6 +117,10 @@ class Objective(nn.Module):
 
     #: the name recipes select it by (``objective: {name: ...}``)
     name: ClassVar[str] = ""
+    #: how a model card names the method (default: ``name``)
+    method: ClassVar[str] = ""
+    #: BibTeX of the paper it implements, cited by the model card of a model it trained
+    citation: ClassVar[str] = ""
     #: its options dataclass; field docs in an ``Attributes:`` docstring section
     Config: ClassVar[type] = NoOptions
     #: the batch dataclass it consumes (checked against the data kind before training)

@@ -117,6 +117,7 @@ class ConSERT(Objective):
     NT-Xent over the 2N views at temperature 0.1, the encoder's dropout off."""
 
     name = "consert"
+    method = "ConSERT (unsupervised)"
     Config = ConSERTConfig
     batch_type = SentenceBatch
 
@@ -192,6 +193,7 @@ class ConSERTJoint(_JointParts):
     two embedding-level views, on the premises and on the hypotheses of the same NLI batch."""
 
     name = "consert_joint"
+    method = "ConSERT (joint NLI + contrastive)"
     Config = ConSERTJointConfig
 
     def __init__(self, config: Any = None) -> None:
@@ -246,6 +248,7 @@ class ConSERTJointAdv(_JointParts):
     of the NLI loss there. Cannot run under the gradient cache (its view needs that gradient)."""
 
     name = "consert_joint_adv"
+    method = "ConSERT (joint, adversarial views)"
     Config = ConSERTJointAdvConfig
     supports_gradient_cache = False
     gradient_cache_hint = "its adversarial view needs the supervised loss's gradient in the step"

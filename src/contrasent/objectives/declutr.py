@@ -95,6 +95,7 @@ class DeCLUTR(Objective):
     and their averaged positives, plus MLM on the anchors (data.kind documents)."""
 
     name = "declutr"
+    method = "DeCLUTR (contrastive spans)"
     Config = DeCLUTRConfig
     batch_type = SpanBatch
 

@@ -188,6 +188,7 @@ class NLISoftmax(WithNLIHead):
     ConSERT's supervised baseline and the first stage of its sup-unsup schedule."""
 
     name = "nli_softmax"
+    method = "NLI classification (SBERT softmax)"
     Config = NLISoftmaxConfig
 
     def views(self, batch: NLIBatch) -> list[View]:

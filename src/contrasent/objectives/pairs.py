@@ -59,6 +59,7 @@ class PairsInBatch(Objective):
     """
 
     name = "pairs"
+    method = "in-batch negatives on pairs (1B-pairs recipe)"
     Config = PairsConfig
     batch_type = PairBatch
 

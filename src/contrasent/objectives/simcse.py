@@ -94,6 +94,13 @@ class SimCSESupConfig(SimCSEUnsupConfig):
 class _SimCSEBase(Objective):
     """Temperature, the training-only MLP, optional dedup masking and the MLM auxiliary."""
 
+    citation = """@inproceedings{gao2021simcse,
+  title = {{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
+  author = {Gao, Tianyu and Yao, Xingcheng and Chen, Danqi},
+  booktitle = {Empirical Methods in Natural Language Processing (EMNLP)},
+  year = {2021}
+}"""
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         c = self.config
@@ -151,6 +158,7 @@ class SimCSEUnsup(_SimCSEBase):
     """
 
     name = "simcse_unsup"
+    method = "SimCSE (unsupervised)"
     Config = SimCSEUnsupConfig
     batch_type = SentenceBatch
 
@@ -177,6 +185,7 @@ class SimCSESup(_SimCSEBase):
     """
 
     name = "simcse_sup"
+    method = "SimCSE (supervised)"
     Config = SimCSESupConfig
     batch_type = PairBatch
 

@@ -113,6 +113,7 @@ class TSDAE(Objective):
     """
 
     name = "tsdae"
+    method = "TSDAE (denoising auto-encoder)"
     Config = TSDAEConfig
     batch_type = SentenceBatch
     MODE = "reconstruct"
