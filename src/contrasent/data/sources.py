@@ -402,45 +402,39 @@ def _mixture_stream(spec: DataSpec, batch_size: int, seed: int) -> MixtureStream
     return stream
 
 
-register_data_kind(
-    DataKind(
-        "text",
-        SentenceBatch,
-        lambda spec, _o, bs, seed, _t: epoch_stream(
-            spec, bs, seed, _text_stream(spec, seed), sentence_batch
-        ),
-        summary="one text a line (.txt, .txt.gz)",
+def _epoch_kind(name: str, batch_type: type, rows: Any, to_batch: Any, summary: str) -> None:
+    """Register a kind whose rows (``rows(spec, seed)``) are batched by ``epoch_stream``."""
+    register_data_kind(
+        DataKind(
+            name,
+            batch_type,
+            lambda spec, _o, bs, seed, _t: epoch_stream(spec, bs, seed, rows(spec, seed), to_batch),
+            summary=summary,
+        )
     )
+
+
+_epoch_kind("text", SentenceBatch, _text_stream, sentence_batch, "one text a line (.txt, .txt.gz)")
+_epoch_kind(
+    "pairs",
+    PairBatch,
+    _pair_stream,
+    pair_batch,
+    "(anchor, positive[, negatives]) rows of a TSV/CSV/JSONL file",
 )
-register_data_kind(
-    DataKind(
-        "pairs",
-        PairBatch,
-        lambda spec, _o, bs, seed, _t: epoch_stream(
-            spec, bs, seed, _pair_stream(spec, seed), pair_batch
-        ),
-        summary="(anchor, positive[, negatives]) rows of a TSV/CSV/JSONL file",
-    )
+_epoch_kind(
+    "nli",
+    PairBatch,
+    lambda spec, seed: _nli_stream(spec, seed, read_nli_triplets),
+    pair_batch,
+    "SimCSE's (premise, entailment, contradiction) triplets from SNLI-layout folders",
 )
-register_data_kind(
-    DataKind(
-        "nli",
-        PairBatch,
-        lambda spec, _o, bs, seed, _t: epoch_stream(
-            spec, bs, seed, _nli_stream(spec, seed, read_nli_triplets), pair_batch
-        ),
-        summary="SimCSE's (premise, entailment, contradiction) triplets from SNLI-layout folders",
-    )
-)
-register_data_kind(
-    DataKind(
-        "nli_pairs",
-        NLIBatch,
-        lambda spec, _o, bs, seed, _t: epoch_stream(
-            spec, bs, seed, _nli_stream(spec, seed, read_nli_pairs), nli_batch
-        ),
-        summary="every labelled (premise, hypothesis, label) pair of SNLI-layout folders",
-    )
+_epoch_kind(
+    "nli_pairs",
+    NLIBatch,
+    lambda spec, seed: _nli_stream(spec, seed, read_nli_pairs),
+    nli_batch,
+    "every labelled (premise, hypothesis, label) pair of SNLI-layout folders",
 )
 register_data_kind(
     DataKind(
