@@ -357,14 +357,7 @@ class Encoder(nn.Module):
         terminal. A single string is treated as a one-element list. ``stats``, when given, gets
         ``stats["truncated"]`` increased by the number of texts cut at max_seq_length.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise UserError(f"encode: text {bad} is {type(texts[bad]).__name__}, not str")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        texts = checked_texts(texts, batch_size)
         if device is not None:
             self.to(_pick_device(device))
         amp = _autocast(self.device, precision)
@@ -374,14 +367,7 @@ class Encoder(nn.Module):
             return out
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
-        if self.do_lower_case:
-            texts = [t.lower() for t in texts]
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=False)
-        if stats is not None:
-            stats["truncated"] = stats.get("truncated", 0) + count_truncated(
-                enc, self.max_seq_length
-            )
-        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
+        enc, order = tokenize_longest_first(self, texts, stats)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(texts), unit="sent", desc="encode", disable=not show_progress)
@@ -476,6 +462,33 @@ class Encoder(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def checked_texts(texts: Any, batch_size: int) -> list[str]:
+    """``encode``'s input as a list of str (a single string is one text); UserError otherwise."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"encode: text {bad} is {type(texts[bad]).__name__}, not str")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    return texts
+
+
+def tokenize_longest_first(
+    model: Any, texts: list[str], stats: dict[str, int] | None
+) -> tuple[Any, np.ndarray]:
+    """``encode``'s tokenization for ``model`` (an Encoder or OnnxEncoder: ``tokenizer``,
+    ``max_seq_length``, ``do_lower_case``): unpadded ids, texts cut at the length counted into
+    ``stats["truncated"]``, and the longest-first order that batches with little padding."""
+    if model.do_lower_case:
+        texts = [t.lower() for t in texts]
+    enc = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length, padding=False)
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + count_truncated(enc, model.max_seq_length)
+    return enc, np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
 
 
 def count_truncated(enc: Any, max_length: int) -> int:

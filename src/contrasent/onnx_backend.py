@@ -177,16 +177,9 @@ class OnnxEncoder:
         stats: dict[str, int] | None = None,
     ) -> np.ndarray:
         """Embed texts -> float32 [N, hidden_size] in input order (as `Encoder.encode`)."""
-        from contrasent.encoder import count_truncated
+        from contrasent.encoder import checked_texts, tokenize_longest_first
 
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise UserError(f"encode: text {bad} is {type(texts[bad]).__name__}, not str")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        texts = checked_texts(texts, batch_size)
         if precision != "fp32":
             raise UserError(
                 f"precision {precision!r}: the ONNX backend runs the exported file as it is "
@@ -196,15 +189,8 @@ class OnnxEncoder:
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
         if not texts:
             return out
-        if self.do_lower_case:
-            texts = [t.lower() for t in texts]
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=False)
-        if stats is not None:
-            stats["truncated"] = stats.get("truncated", 0) + count_truncated(
-                enc, self.max_seq_length
-            )
+        enc, order = tokenize_longest_first(self, texts, stats)
         feats = {k: enc[k] for k in self.input_names if k in enc}
-        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
