@@ -13,7 +13,6 @@ them (the objective's options dataclass) and the error names the recipe line thr
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from contrasent.errors import UserError
-from contrasent.options import field_docs, suggest, type_words
+from contrasent.options import doc_block, documented_fields, suggest, type_words
 
 Locations = dict[str, str]  # dotted key -> "file:line" (or "--key" for command-line values)
 
@@ -277,24 +276,14 @@ def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
 
 def describe_fields(cls: type, prefix: str = "", indent: str = "  ") -> str:
     """``--prefix.name (type, default X)`` and its description, for every field."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
     lines = []
-    for f in dataclasses.fields(cls):
-        if not f.init or dataclasses.is_dataclass(hints[f.name]):
+    for name, tp, default, doc in documented_fields(cls):
+        if dataclasses.is_dataclass(tp):  # a section: described on its own
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f" = {f.default!r}"
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f" = {f.default_factory()!r}"
-        else:
-            default = " (required)"
-        lines.append(f"{indent}--{prefix}{f.name}: {type_words(hints[f.name])}{default}")
-        if f.name in docs:
-            pad = indent + "    "
-            lines.append(
-                textwrap.fill(docs[f.name], 100, initial_indent=pad, subsequent_indent=pad)
-            )
+        default = " (required)" if default is dataclasses.MISSING else f" = {default!r}"
+        lines.append(f"{indent}--{prefix}{name}: {type_words(tp)}{default}")
+        if doc:
+            lines.append(doc_block(doc, indent))
     return "\n".join(lines)
 
 

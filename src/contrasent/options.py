@@ -163,24 +163,34 @@ def options_dict(options: Any) -> dict[str, Any]:
     return dataclasses.asdict(options)
 
 
-def describe(cls: type, indent: str = "  ") -> str:
-    """One line per option: ``name: type = default`` and its description underneath."""
+def documented_fields(cls: type) -> list[tuple[str, Any, Any, str | None]]:
+    """``(name, type, default, description)`` of every init field of a dataclass; ``default``
+    is ``dataclasses.MISSING`` for a required one, a factory's value otherwise."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    lines = []
+    out = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        else:
-            default = "(required)"
-        lines.append(f"{indent}{f.name}: {type_words(hints[f.name])} = {default!r}")
-        if f.name in docs:
-            pad = indent + "    "
-            lines.append(
-                textwrap.fill(docs[f.name], 100, initial_indent=pad, subsequent_indent=pad)
-            )
+        out.append((f.name, hints[f.name], default, docs.get(f.name)))
+    return out
+
+
+def doc_block(text: str, indent: str) -> str:
+    """An option's description, wrapped at 100 columns, four spaces under its option line."""
+    pad = indent + "    "
+    return textwrap.fill(text, 100, initial_indent=pad, subsequent_indent=pad)
+
+
+def describe(cls: type, indent: str = "  ") -> str:
+    """One line per option: ``name: type = default`` and its description underneath."""
+    lines = []
+    for name, tp, default, doc in documented_fields(cls):
+        default = "(required)" if default is dataclasses.MISSING else default
+        lines.append(f"{indent}{name}: {type_words(tp)} = {default!r}")
+        if doc:
+            lines.append(doc_block(doc, indent))
     return "\n".join(lines) if lines else f"{indent}(no options)"
