@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,21 @@ def family_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
         return built[name]
 
     return get
+
+
+@contextmanager
+def gloo_group(rank: int, world: int, folder: str | Path) -> Iterator[None]:
+    """The process group of a spawned two-process test worker: one torch thread, a file
+    rendezvous in ``folder`` (no free-port race with other tests or jobs on the machine), and a
+    barrier before teardown (no rank tears gloo down while the other still uses it)."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    init = f"file://{Path(folder) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import gloo_group
 from contrasent.objectives.inbatch import gathered_nt_xent
 from contrasent.objectives.nli_head import NLISoftmaxHead, nli_features
 
@@ -88,11 +89,7 @@ def test_nt_xent_rejects_bad_inputs():
 
 # ------------------------------------------------------------------ two real processes
 def _worker(rank: int, world: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no free-port race with other tests or jobs on the machine
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         z1, z2 = views(8, 6, seed=9)
         b = len(z1) // world
         l1 = z1[rank * b : (rank + 1) * b].clone().requires_grad_(True)
@@ -107,9 +104,6 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
             {"loss": mean_loss.item() / world, "g1": l1.grad / world, "g2": l2.grad / world},
             Path(out_dir) / f"rank{rank}.pt",
         )
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import gloo_group
 from contrasent.augment.embedding import FeatureCutoff, TokenCutoff, TokenShuffle
 from contrasent.data.batches import NLIBatch, SentenceBatch
 from contrasent.encoder import Encoder
@@ -235,11 +236,7 @@ def _consert_step(tiny_dir, rows: slice, seeds: list[int]):
 
 
 def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no free-port race with other tests or jobs on the machine
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         half = len(TEXTS) // world
         loss, grads = _consert_step(tiny_dir, slice(rank * half, (rank + 1) * half), [100 + rank])
         t = torch.tensor([loss], dtype=torch.float64)
@@ -248,9 +245,6 @@ def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
             dist.all_reduce(g)
             g /= world
         torch.save((t.item() / world, grads), Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_processes_equal_one_process(tiny_bert_dir, tmp_path):

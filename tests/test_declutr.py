@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import build_tiny_bert
+from conftest import build_tiny_bert, gloo_group
 from contrasent import distributed as D
 from contrasent.data.documents import read_documents
 from contrasent.data.sources import DataSpec, build_stream
@@ -211,10 +211,7 @@ def run_objective(tiny_dir: str, batch: SpanBatch, rows: slice, mini_batch: int 
 
 
 def _worker(rank: int, world: int, tiny_dir: str, batch: SpanBatch, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         half = len(batch) // world
         rows = slice(rank * half, (rank + 1) * half)
         results = {}
@@ -225,9 +222,6 @@ def _worker(rank: int, world: int, tiny_dir: str, batch: SpanBatch, out_dir: str
                 v /= world
             results[mini] = (parts, grads)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_equal_one_process(quiet_bert, documents, tmp_path):

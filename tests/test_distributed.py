@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import gloo_group
 from contrasent import distributed as D
 from contrasent.data.batches import PairBatch, SentenceBatch
 
@@ -65,11 +66,7 @@ def run_case(
 
 
 def _worker(rank: int, world: int, tiny_dir: str, out_dir: str, buckets: int = 1) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no free-port race with other tests or jobs on the machine
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         assert D.rank() == rank and D.world_size() == world and D.is_distributed()
         results = {}
         half = len(ANCHORS) // world
@@ -89,9 +86,6 @@ def _worker(rank: int, world: int, tiny_dir: str, out_dir: str, buckets: int = 1
         except ValueError as err:
             results["unequal"] = str(err)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_not_distributed_is_identity():
@@ -145,20 +139,13 @@ def run_mlm_cache(tiny_dir: str, rows: slice, world: int, mini_batch: int | None
 
 
 def _mlm_worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no free-port race with other tests or jobs on the machine
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         half = 16 // world
         parts, grads = run_mlm_cache(tiny_dir, slice(rank * half, (rank + 1) * half), world, 3)
         for v in parts.values():  # the loop logs the mean over processes
             dist.all_reduce(v)
             v /= world
         torch.save((parts, grads), Path(out_dir) / f"mlm{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_mlm_under_cache_two_processes_equal_one_process(tiny_bert_dir, tmp_path):

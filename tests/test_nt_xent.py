@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from conftest import gloo_group
 from contrasent.objectives.declutr import mean_positives
 from contrasent.objectives.inbatch import gathered_nt_xent
 
@@ -114,11 +115,7 @@ def one_process() -> tuple[float, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no TCP port another test could take between choosing and binding it
-    init = f"file://{Path(out_dir) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out_dir):
         x_a, x_p = inputs()
         b = B // world
         x_a, x_p = x_a[rank * b : (rank + 1) * b], x_p[rank * b * P : (rank + 1) * b * P]
@@ -137,9 +134,6 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         ref.backward()
         results["reference"] = _ddp_average(ref.detach(), net.weight.grad, world)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def _gather_replace(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors import safe_open
 
+from conftest import gloo_group
 from contrasent import distributed as D
 from contrasent.augment.text_noise import split_words
 from contrasent.data.batches import SentenceBatch
@@ -168,11 +169,7 @@ def test_gradient_cache_equals_plain_step(tiny_bert_dir):
 
 
 def _worker(rank: int, world: int, tiny: str, out: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no free-port race with other tests or jobs on the machine
-    init = f"file://{Path(out) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, out):
         half = len(TEXTS) // world
         rows = slice(rank * half, (rank + 1) * half)
         results = {}
@@ -183,9 +180,6 @@ def _worker(rank: int, world: int, tiny: str, out: str) -> None:
                 v /= world
             results[name] = (parts, g)
         torch.save(results, Path(out) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_equal_one_process(tiny_bert_dir, tmp_path):
