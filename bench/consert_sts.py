@@ -64,8 +64,8 @@ def train_one(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, l
 
 
 def sts(model: str, data: str) -> dict:
-    from contrasent.encoder import Encoder
     from contrasent.eval.sts import evaluate_sts
+    from contrasent.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(model, pooling="mean", device="cpu")
     return evaluate_sts(lambda t: enc.encode(t, batch_size=128), data_dir=data, mode="test")
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-consert")
     args = p.parse_args()
     args.model = args.model or default_model()
-    from contrasent.eval.sts import format_rows
+    from contrasent.eval.tables import format_rows
 
     print(f"load before: {os.getloadavg()}", flush=True)
     if args.timing:

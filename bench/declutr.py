@@ -50,7 +50,7 @@ class Run:
 
 
 def config(name: str, batch: int, args: argparse.Namespace, out: str):
-    from contrasent.data.sources import DataSpec
+    from contrasent.data.registry import DataSpec
     from contrasent.train.config import (
         CheckpointConfig,
         EvalConfig,

@@ -44,7 +44,7 @@ MAX_STSB_LOSS = 0.5
 
 def stsb_test(data_dir: Path) -> tuple[list[str], np.ndarray]:
     """STS-B test as [s1_0, s2_0, s1_1, s2_1, ...] (SentEval's reading) and the gold scores."""
-    from contrasent.eval.sts import read_stsb
+    from contrasent.data.senteval import read_stsb
 
     pairs = read_stsb(data_dir, "test")
     sents = [s for pair in zip(pairs.s1, pairs.s2, strict=True) for s in pair]
@@ -123,9 +123,9 @@ def build_sides(args, sents: list[str], work: Path) -> tuple[dict, Peer | None]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from contrasent.encoder import Encoder
-    from contrasent.export import detect_int8_target, export_onnx, int8_file_name
-    from contrasent.onnx_backend import OnnxEncoder
+    from contrasent.model.encoder import Encoder
+    from contrasent.model.export import detect_int8_target, export_onnx, int8_file_name
+    from contrasent.model.onnx import OnnxEncoder
 
     torch.set_num_threads(args.threads)
     target = detect_int8_target()

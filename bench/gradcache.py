@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> dict:
     """Train one configuration; return memory (KiB) and step timestamps."""
     import torch
 
-    import contrasent.data.sources as sources
+    import contrasent.data.registry as sources
     from contrasent.train.config import (
         CheckpointConfig,
         EvalConfig,
@@ -182,7 +182,7 @@ def child(args: argparse.Namespace) -> dict:
         result = train(cfg, callbacks=[on_step])
     if mem["baseline"] is None or "peak" not in out:
         raise RuntimeError("the memory probe never ran: did the loop stop using build_stream?")
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(args.model, device="cpu")
     h = enc.hidden_size

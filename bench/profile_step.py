@@ -79,7 +79,7 @@ def patched(timers: Timers):
     import torch
 
     import contrasent.train.loop as loop
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
     from contrasent.objectives import OBJECTIVES
 
     saved = []

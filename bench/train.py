@@ -120,7 +120,7 @@ def st_dataset(method: str, path: Path):
         lines = [line.rstrip("\n") for line in f]
     if method == "tsdae":  # damaged beforehand, with our noise (keyed by the line number)
         from contrasent.augment.text_noise import noise_text
-        from contrasent.rng import keyed_rng
+        from contrasent.core.rng import keyed_rng
 
         texts = [t.strip() for t in lines if t.strip()]
         damaged = [noise_text(t, keyed_rng(0, i)) for i, t in enumerate(texts)]
@@ -138,7 +138,7 @@ def st_dataset(method: str, path: Path):
 def run_ours(
     method: str, args: argparse.Namespace, files: dict[str, Path], out: str, run: Run
 ) -> Run:
-    from contrasent.data.sources import DataSpec
+    from contrasent.data.registry import DataSpec
     from contrasent.train.config import (
         CheckpointConfig,
         EvalConfig,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.cli import main
+from contrasent.cli.main import main
 
 
 def run_main(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -42,10 +42,10 @@ def test_missing_sts_data(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
 
 
 def test_missing_data_fails_before_the_model_loads(capsys, tmp_path: Path, monkeypatch) -> None:
-    from contrasent.eval import sts
+    from contrasent.data import senteval
 
     monkeypatch.delenv("CONTRASENT_DATA")
-    monkeypatch.setattr(sts, "DEFAULT_DIRS", (tmp_path / "no-shared",))  # not ../shared either
+    monkeypatch.setattr(senteval, "DEFAULT_DIRS", (tmp_path / "no-shared",))  # not ../shared either
     code, _, err = run_main(capsys, "eval", "--model", str(tmp_path / "no-model"), "--tasks", "MR")
     assert code == 2 and "no evaluation data directory" in err  # not "model does not exist"
 
@@ -76,7 +76,7 @@ def test_embed_bad_utf8_names_line_and_leaves_no_output(
 
 
 def test_embed_matches_encode(capsys, tiny_bert_dir: Path, tmp_path: Path) -> None:
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
 
     lines = ["a cat sat", "", "émigré naïve café", "x " * 300]
     src = tmp_path / "in.txt"
@@ -149,8 +149,8 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
 
 
 def test_eval_task_sets_parse() -> None:
-    from contrasent.cli import COMMANDS
-    from contrasent.cliparse import parse_args
+    from contrasent.cli.main import COMMANDS
+    from contrasent.cli.parse import parse_args
     from contrasent.eval.suite import split_tasks
 
     argv = ["--model", "m", "--tasks", "transfer", "--mode", "fasttest"]

@@ -18,7 +18,7 @@ import pytest
 
 DRIVER = r"""
 import json, os, sys
-from contrasent import cli
+from contrasent.cli import main as cli
 import contrasent.train.config, contrasent.objectives, contrasent.eval.sts  # imported once
 
 results = []
@@ -120,7 +120,7 @@ TRAIN_CASES = [
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert_dir, shared_data, senteval_dir):
     """A recipe, and an output folder holding an earlier run (its model must survive)."""
-    from contrasent.cli import main
+    from contrasent.cli.main import main
 
     root = tmp_path_factory.mktemp("mistakes")
     out = root / "run"

@@ -24,7 +24,7 @@ from contrasent.augment.embedding import (
     TokenShuffle,
     parse_view,
 )
-from contrasent.encoder import Encoder, pool
+from contrasent.model.encoder import Encoder, pool
 from contrasent.objectives.nli_head import NLISoftmaxHead
 
 TEXTS = ["a man is playing a guitar .", "the cat sat on the mat", "hi", "two dogs run in a park"]

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 
 from conftest import gloo_group
 from contrasent.augment.embedding import FeatureCutoff, TokenCutoff, TokenShuffle
+from contrasent.core.errors import UserError
 from contrasent.data.batches import NLIBatch, SentenceBatch
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective
 from contrasent.objectives.base import loss_record
 from contrasent.objectives.inbatch import gathered_nt_xent
@@ -365,7 +365,7 @@ def test_objective_and_data_must_fit(tiny_bert_dir, senteval_dir, tmp_path):
 
 # ------------------------------------------------------------------ sts_texts
 def test_sts_texts_default_and_reference_sets(senteval_dir):
-    from contrasent.data.sts_texts import sts_pairs, sts_texts
+    from contrasent.data.kinds.sts_texts import sts_pairs, sts_texts
 
     ref = sts_texts(senteval_dir, "all", dedup=False)
     assert len(ref) == 89192  # the reference's "all 89192 unlabeled texts"
@@ -379,7 +379,7 @@ def test_sts_texts_default_and_reference_sets(senteval_dir):
 
 
 def test_sts_texts_stream_and_options(senteval_dir):
-    from contrasent.data.sources import DataSpec, build_stream
+    from contrasent.data.registry import DataSpec, build_stream
 
     spec = DataSpec(
         kind="sts_texts", path=str(senteval_dir), options={"splits": "all", "dedup": False}

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from contrasent.cli import main, parse_train_config
+from contrasent.cli.main import main, parse_train_config
 from contrasent.data.batches import SentenceBatch
-from contrasent.encoder import Encoder
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective
 from contrasent.train.config import TrainConfig, stage_configs
 from contrasent.train.loop import train

@@ -26,7 +26,7 @@ from contrasent.augment.embedding import (
     check_views,
     parse_view,
 )
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 # right padding (as HF tokenizers do) and one left-padded row; lengths 7, 12, 3, 10
 LENGTHS = [7, 12, 3, 10]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 from contrasent.objectives import OBJECTIVES, build_objective, register
 from contrasent.train.config import TrainConfig
 from contrasent.train.loop import train

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contrasent.core.errors import UserError
 from contrasent.data.batches import PairBatch, SentenceBatch
 from contrasent.data.data_config import load_data_config
 from contrasent.data.nli import read_nli_triplets
@@ -22,9 +23,8 @@ from contrasent.data.readers import (
     ReadStats,
     read_texts,
 )
-from contrasent.data.sources import DataSpec, build_stream
+from contrasent.data.registry import DataSpec, build_stream
 from contrasent.data.streams import buffer_shuffle, keyed_rng
-from contrasent.errors import UserError
 
 
 def write(path: Path, data: str | bytes) -> Path:

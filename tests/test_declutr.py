@@ -14,12 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import build_tiny_bert, gloo_group
-from contrasent import distributed as D
+from contrasent.core import distributed as D
+from contrasent.core.errors import UserError
 from contrasent.data.documents import read_documents
-from contrasent.data.sources import DataSpec, build_stream
+from contrasent.data.registry import DataSpec, build_stream
 from contrasent.data.span_batch import SpanBatch
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective, objective_config
 from contrasent.objectives.declutr import MASKED_ANCHORS, DeCLUTR, mean_positives
 from contrasent.objectives.inbatch import gathered_nt_xent
@@ -335,8 +335,8 @@ def split_corpus(tmp_path_factory, shared_data):
 def span_retrieval(model_dir: Path, held: list[str]) -> float:
     """Top-1 accuracy of finding each held-out document's positive span (keyed draws: the same
     spans for every model) from its anchor among the positives of all held-out documents."""
+    from contrasent.core.rng import keyed_rng
     from contrasent.data.spans import SpanConfig, SpanSampler
-    from contrasent.rng import keyed_rng
 
     enc = Encoder.from_pretrained(str(model_dir), pooling="mean", device="cpu")
     sampler = SpanSampler(SpanConfig(1, 1, 8, 32), enc.tokenizer, 128)
@@ -382,7 +382,7 @@ def test_learning_signal_held_out_span_retrieval(tmp_path, minilm_dir, split_cor
 
 
 def test_paper_recipes_have_the_reference_numbers():
-    from contrasent.cli import parse_train_config
+    from contrasent.cli.main import parse_train_config
 
     repo = Path(__file__).resolve().parents[1]
     for name, model in (("small", "distilroberta-base"), ("base", "roberta-base")):

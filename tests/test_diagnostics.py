@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from contrasent.data import senteval
 from contrasent.eval import sts
 from contrasent.eval.diagnostics import (
     COSINE_BINS,
@@ -55,7 +56,7 @@ def test_similarity_distribution_groups_and_histograms() -> None:
 
 
 def test_sts_diagnostics_on_stsb_dev_matches_direct_computation(senteval_dir) -> None:
-    pairs = sts.read_stsb(senteval_dir, "dev")
+    pairs = senteval.read_stsb(senteval_dir, "dev")
     rng = np.random.default_rng(0)
     uniq = sorted(set(pairs.s1) | set(pairs.s2))
     index = {s: i for i, s in enumerate(uniq)}
@@ -74,7 +75,7 @@ def test_sts_diagnostics_on_stsb_dev_matches_direct_computation(senteval_dir) ->
 
 def test_evaluate_sts_reports_diagnostics_and_eval_record(senteval_dir) -> None:
     from contrasent.train.config import EvalConfig
-    from contrasent.train.evaluation import eval_record
+    from contrasent.train.selection import eval_record
 
     def encode(texts):
         return np.array([[len(t), t.count(" ") + 1.0, 1.0] for t in texts])

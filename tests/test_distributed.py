@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import gloo_group
-from contrasent import distributed as D
+from contrasent.core import distributed as D
 from contrasent.data.batches import PairBatch, SentenceBatch
 
 ANCHORS = ["how do I bake bread", "what is a cat", "bread baking guide", "cats are pets",
@@ -48,7 +48,7 @@ def run_case(
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss of `rows` and the encoder's gradients (not yet averaged over processes);
     ``buckets``: the encoder's ``length_buckets`` (train.length_buckets)."""
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
     from contrasent.objectives import build_objective
 
     objective_name, options, kind = CASES[name]
@@ -117,7 +117,7 @@ def run_mlm_cache(tiny_dir: str, rows: slice, world: int, mini_batch: int | None
     """Unsup SimCSE + MLM (dropout off): the loss record and encoder + head gradients of the
     batch's `rows` (its offset set as the loop's local slice sets it), through the gradient
     cache (`mini_batch`) or the plain step (None); gradients averaged over processes."""
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
     from contrasent.objectives import build_objective
     from contrasent.train.gradcache import gradcache_step
 
@@ -168,7 +168,7 @@ def test_mlm_under_cache_two_processes_equal_one_process(tiny_bert_dir, tmp_path
 def test_a_rank_without_saved_rng_gets_its_own_reproducible_stream():
     """Resuming on more processes than saved: the new ranks are seeded from (seed, rank, step),
     not all from the same state."""
-    from contrasent.train.setup import reseed_missing_rank
+    from contrasent.train.runtime import reseed_missing_rank
 
     draws = {}
     for rank in (1, 2, 1):

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.data.document_stream import SHORT_DOCUMENT, SPANS, DocumentOptions
+from contrasent.core.errors import UserError
+from contrasent.core.rng import keyed_rng
+from contrasent.data.kinds.documents import SHORT_DOCUMENT, SPANS, DocumentOptions
 from contrasent.data.readers import BAD_UTF8, LONG_LINE
-from contrasent.data.sources import DATA_KINDS, DataSpec, build_stream, data_options
+from contrasent.data.registry import DATA_KINDS, DataSpec, build_stream, data_options
 from contrasent.data.span_batch import SpanBatch
 from contrasent.data.spans import SpanSampler
-from contrasent.errors import UserError
-from contrasent.rng import keyed_rng
 
 
 @pytest.fixture(scope="module")

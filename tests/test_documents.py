@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from contrasent.core.errors import UserError
 from contrasent.data.documents import (
     EMPTY_DOCUMENT,
     LONG_DOCUMENT,
@@ -14,7 +15,6 @@ from contrasent.data.documents import (
     read_documents,
 )
 from contrasent.data.readers import BAD_UTF8, EMPTY_LINE, LONG_LINE, ReadStats
-from contrasent.errors import UserError
 
 
 def write(path: Path, text: str | bytes) -> Path:

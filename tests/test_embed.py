@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.embed import embed_file
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder
+from contrasent.serve.embed import embed_file
 
 LINES = ["first line", "", "third, after an empty line", "   ", "Ünïcödé ✓", "", "last line"]
 

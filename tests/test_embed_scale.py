@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.embed import (
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder
+from contrasent.serve.embed import (
     embed_file,
     line_start_at_or_after,
     merge_shards,
     read_all_lines,
     shard_range,
 )
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import contrasent.encoder
+import contrasent.model.encoder
 from conftest import build_tiny_bert
-from contrasent.encoder import Encoder, pool
-from contrasent.errors import UserError
-from contrasent.st_layout import write_st
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder, pool
+from contrasent.model.st_layout import write_st
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -326,7 +326,7 @@ def test_save_is_atomic_and_safe(tiny_bert_dir: Path, tmp_path: Path, monkeypatc
         write_st(encoder, out, modules)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(contrasent.encoder, "write_st", crash)
+    monkeypatch.setattr(contrasent.model.encoder, "write_st", crash)
     with pytest.raises(RuntimeError):
         enc.save(tmp_path / "m")
     assert list(tmp_path.iterdir()) == []

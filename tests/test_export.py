@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_bert
-from contrasent.cli import main
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
-from contrasent.export import PROBES, export_onnx, int8_file_name
+from contrasent.cli.main import main
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder
+from contrasent.model.export import PROBES, export_onnx, int8_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 SENTS = [

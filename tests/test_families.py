@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from contrasent.augment.embedding import TokenShuffle
+from contrasent.core.errors import UserError
 from contrasent.data.documents import read_documents
-from contrasent.encoder import POOLINGS, Encoder
-from contrasent.errors import UserError
+from contrasent.model.encoder import POOLINGS, Encoder
 from contrasent.objectives import build_objective
 from contrasent.objectives.mlm import MLMHead
 from contrasent.train.config import TrainConfig

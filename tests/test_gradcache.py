@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from contrasent.data.batches import PairBatch, SentenceBatch
-from contrasent.encoder import Encoder
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective
 from contrasent.objectives.base import View, loss_record
 from contrasent.objectives.simcse import SimCSEUnsup

@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 from contrasent.train.config import TrainConfig
 from contrasent.train.loop import train
 
@@ -30,18 +30,18 @@ STEPS = 8
 # test can SIGKILL the process exactly mid-checkpoint-write, mid-evaluation or mid-step.
 DRIVER = r"""
 import os, sys, time
-from contrasent import cli
-from contrasent.train import checkpoint, loop
+from contrasent.cli import main as cli
+from contrasent.train import checkpoint, loop, selection, signals
 
 phase, nth = (os.environ.get("STALL", "none:0").split(":") + ["0"])[:2]
 seen = {"checkpoint": 0, "eval": 0, "step": 0}
 
 signalled = []
-handle = loop._StopSignals._handle
+handle = signals.StopSignals._handle
 def noted_handle(self, signum, frame):
     signalled.append(signum)
     return handle(self, signum, frame)
-loop._StopSignals._handle = noted_handle
+signals.StopSignals._handle = noted_handle
 
 def stall(name):
     # until SIGKILL, or until a SIGINT/SIGTERM has been handled (a sleep would go on after it)
@@ -59,11 +59,11 @@ def slow_save(obj, path):
         stall("checkpoint")
 checkpoint._save = slow_save
 
-run_sts = loop.run_sts
+run_sts = selection.run_sts
 def slow_sts(*a, **kw):
     stall("eval")
     return run_sts(*a, **kw)
-loop.run_sts = slow_sts
+selection.run_sts = slow_sts
 
 forward = loop.TrainModule.forward
 def slow_forward(self, batch):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from contrasent.model_card import hub_id, render_model_card, write_model_card
+from contrasent.model.card import hub_id, render_model_card
+from contrasent.train.card import write_run_card as write_model_card
 
 
 def front_matter(text: str) -> dict:
@@ -70,7 +71,7 @@ def test_local_base_model_stays_out_of_front_matter(tmp_path: Path) -> None:
 def test_encoder_save_writes_minimal_card(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(tiny_bert_dir), pooling="cls_before_pooler", device="cpu")
     out = tmp_path / "saved"
@@ -89,7 +90,7 @@ def test_encoder_save_writes_minimal_card(tiny_bert_dir: Path, tmp_path: Path) -
 
 
 def test_run_card_info_from_recipe(tmp_path: Path) -> None:
-    from contrasent.model_card import run_card_info
+    from contrasent.train.card import run_card_info
 
     recipe = {
         "model": {"name_or_path": "bert-base-uncased", "pooling": "cls"},

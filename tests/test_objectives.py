@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from contrasent.core.errors import UserError
 from contrasent.data.batches import PairBatch, SentenceBatch
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import OBJECTIVES, build_objective
 from contrasent.objectives.base import View
 from contrasent.objectives.mlm import (

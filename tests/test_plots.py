@@ -58,7 +58,7 @@ def test_run_figures(tmp_path) -> None:
 
 def test_outputs_get_the_usual_file_mode(tmp_path) -> None:
     """Written through temp files, but readable like any file the user writes (not 0600)."""
-    from contrasent.fileio import atomic_write_text
+    from contrasent.core.fileio import atomic_write_text
 
     mask = os.umask(0)
     os.umask(mask)

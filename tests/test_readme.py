@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from contrasent.cli import parse_train_config
+from contrasent.cli.main import parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

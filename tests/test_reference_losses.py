@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from contrasent.data.batches import PairBatch
-from contrasent.encoder import Encoder
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective
 from contrasent.objectives.functional import chunked_info_nce, info_nce
 from contrasent.objectives.inbatch import gathered_info_nce

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from contrasent.cli import main
-from contrasent.errors import UserError
+from contrasent.cli.main import main
+from contrasent.core.errors import UserError
 from contrasent.eval.diagnostics import similarity_distribution
 from contrasent.report import build_report, checkpoint_trajectory
 
@@ -87,9 +87,10 @@ def test_report_cli_and_errors(capsys, tmp_path: Path) -> None:
 def test_trajectory_from_checkpoints(
     tiny_bert_dir: Path, senteval_dir: Path, tmp_path: Path
 ) -> None:
-    from contrasent.encoder import Encoder
+    from contrasent.data.senteval import read_stsb
     from contrasent.eval.diagnostics import alignment_uniformity
-    from contrasent.eval.sts import embed_unique, read_stsb
+    from contrasent.eval.sts import embed_unique
+    from contrasent.model.encoder import Encoder
 
     # a small STS-B dev (the first 120 pairs) keeps the six encodings below fast
     data = tmp_path / "data" / "STS" / "STSBenchmark"
@@ -126,8 +127,8 @@ def test_trajectory_from_checkpoints(
 
 
 def test_report_options_parse() -> None:
-    from contrasent.cli import COMMANDS
-    from contrasent.cliparse import parse_args
+    from contrasent.cli.main import COMMANDS
+    from contrasent.cli.parse import parse_args
 
     cmd = COMMANDS["report"]
     for argv in (["runs/x", "--checkpoints"], ["--checkpoints", "true", "runs/x"]):

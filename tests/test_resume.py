@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrasent.data.sources import DataSpec
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.data.registry import DataSpec
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import (
     CheckpointConfig,

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.cli import main
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
-from contrasent.search import Index, cos_sim, exact_search
-from contrasent.search_faiss import IVF_MIN_ROWS
+from contrasent.cli.main import main
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder
+from contrasent.model.similarity import cos_sim, exact_search
+from contrasent.serve.faiss import IVF_MIN_ROWS
+from contrasent.serve.search import Index
 
 TEXTS = [
     "A man is playing a guitar.",

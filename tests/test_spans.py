@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from contrasent.core.errors import UserError
 from contrasent.data.span_batch import SpanBatch, make_span_batch
 from contrasent.data.spans import (
     LengthStats,
@@ -23,7 +24,6 @@ from contrasent.data.spans import (
     sample_spans,
     span_relation,
 )
-from contrasent.errors import UserError
 
 PAPER = SpanConfig(num_anchors=2, num_positives=2, min_span_len=32, max_span_len=512)
 

@@ -15,9 +15,9 @@ import random
 import pytest
 import torch
 
-from contrasent import encoder_passes as encoder_module
 from contrasent.data.batches import PairBatch, SentenceBatch
-from contrasent.encoder import Encoder, length_buckets
+from contrasent.model import passes as encoder_module
+from contrasent.model.encoder import Encoder, length_buckets
 from contrasent.objectives import build_objective
 
 TEXTS = [
@@ -142,7 +142,7 @@ def test_nothing_to_trim_runs_one_pass(tiny_bert_dir):
 
 
 def test_length_buckets_is_validated_and_set_by_the_loop(tmp_path, tiny_bert_dir, shared_data):
-    from contrasent.errors import UserError
+    from contrasent.core.errors import UserError
     from contrasent.train.config import TrainConfig
 
     cfg = {
@@ -160,7 +160,7 @@ def test_compiled_encoder_embeds_like_eager_and_reports_compile_time(
     tmp_path, tiny_bert_dir, shared_data
 ):
     from contrasent.train.loop import train
-    from contrasent.train.setup import compile_encoder
+    from contrasent.train.runtime import compile_encoder
 
     eager = _encoder(tiny_bert_dir, 1).float()
     compiled = _encoder(tiny_bert_dir, 1).float()

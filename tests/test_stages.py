@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 from contrasent.train.config import TrainConfig, stage_configs
 from contrasent.train.loop import train
 
@@ -109,7 +109,7 @@ def test_staged_cli_run_prints_one_before_after_table(
 ):
     import yaml
 
-    from contrasent.cli import main
+    from contrasent.cli.main import main
 
     recipe = tmp_path / "staged.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(tiny_bert_dir, shared_data, senteval_dir,
@@ -147,7 +147,7 @@ def test_patience_stops_after_evaluations_without_gain(tiny_bert_dir, shared_dat
 def test_command_line_train_options_reach_every_stage(monkeypatch):
     """`--train.max_steps 4` caps each stage of a staged recipe (over the stages' own 40 and 60);
     the stages' other settings (their learning rates) and their data stay their own."""
-    from contrasent.cli import parse_train_config
+    from contrasent.cli.main import parse_train_config
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     recipe = "configs/consert-sup-unsup-cpu.yaml"

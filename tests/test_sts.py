@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.data import senteval
 from contrasent.eval import sts
-from contrasent.eval.sts import evaluate_sts, format_table, resolve_tasks, write_results
+from contrasent.eval.sts import evaluate_sts, resolve_tasks
+from contrasent.eval.tables import format_table, write_results
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -102,7 +104,7 @@ def tiny_sts13(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def minilm_encode(minilm_dir: Path):
     """Our Encoder's encode (the ST directory of MiniLM) with a per-module memo."""
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
 
     model = Encoder.from_pretrained(str(minilm_dir), device="cpu")
     cache: dict[str, np.ndarray] = {}
@@ -127,7 +129,7 @@ def test_minilm_sts12_all(minilm_encode) -> None:
 def test_minilm_stsb_test(minilm_encode, senteval_dir: Path) -> None:
     # The test split alone, through the same reader/embedding/scoring functions evaluate_sts
     # uses: test mode would also embed the dev split, 2,400 more sentences for this check.
-    test = sts.read_stsb(senteval_dir, "test")
+    test = senteval.read_stsb(senteval_dir, "test")
     index, emb = sts.embed_unique(minilm_encode, [*test.s1, *test.s2], batch_size=128)
     res = sts.score_splits({"test": test}, {"test": sts.cosine_scores(test, index, emb)})
     assert abs(res["spearman"]["test"] - 82.03) < 0.01  # published STS-B test Spearman
@@ -290,7 +292,7 @@ def test_stsb_extra_columns_quotes_and_sick_crlf(tmp_path: Path) -> None:
 def test_missing_data_dir_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CONTRASENT_DATA", raising=False)
     # The fallbacks beside a checkout exist wherever ../shared does (CI, the README layout).
-    monkeypatch.setattr(sts, "DEFAULT_DIRS", (tmp_path / "no-shared",))
+    monkeypatch.setattr(senteval, "DEFAULT_DIRS", (tmp_path / "no-shared",))
     with pytest.raises(UserError, match="CONTRASENT_DATA"):
         evaluate_sts(never_encode)
     missing = tmp_path / "nope"

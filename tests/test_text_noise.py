@@ -19,7 +19,7 @@ from contrasent.augment.text_noise import (
     swap_words,
     tokenizer_words,
 )
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 CANONICAL = [
     ("Hello, world!", ["Hello", ",", "world", "!"]),

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from contrasent.core.errors import UserError
 from contrasent.data.batches import SentenceBatch
 from contrasent.data.nli import read_nli_triplets
-from contrasent.data.sources import DataSpec
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.data.registry import DataSpec
+from contrasent.model.encoder import Encoder
 from contrasent.objectives.base import LossPart, Objective
 from contrasent.objectives.simcse import SimCSEUnsup, SimCSEUnsupConfig
 from contrasent.train import checkpoint as ckpt
@@ -187,7 +187,7 @@ output_dir: runs/unsup-simcse
 
 
 def test_yaml_recipe_and_overrides(tmp_path):
-    from contrasent.cli import parse_train_config
+    from contrasent.cli.main import parse_train_config
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)

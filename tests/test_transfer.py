@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 from contrasent.eval import transfer
 from contrasent.eval.transfer import evaluate_transfer, format_table, resolve_transfer_tasks
 from contrasent.eval.transfer_data import load_transfer_task
@@ -142,8 +142,8 @@ SENTEVAL_TINY_TREC_FASTTEST = {"acc": 48.8, "devacc": 43.62}
 
 
 def test_trec_agrees_with_senteval(tiny_bert_dir: Path, senteval_dir: Path) -> None:
-    from contrasent.encoder import Encoder
     from contrasent.eval.classifier import torch_threads
+    from contrasent.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(tiny_bert_dir), device="cpu")
     with torch_threads(1):  # a tiny model: one thread is fastest, and immune to a busy machine
@@ -179,7 +179,7 @@ SENTEVAL_MINILM = {
 def test_minilm_agrees_with_senteval(minilm_dir: Path, senteval_dir: Path) -> None:
     """Embeds every transfer sentence with MiniLM once (~10 min on 2 idle CPU cores, far more
     on a busy machine), then runs both modes (test-mode CR alone takes minutes)."""
-    from contrasent.encoder import Encoder
+    from contrasent.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(minilm_dir), device="cpu")
     cache: dict[str, np.ndarray] = {}

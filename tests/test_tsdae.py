@@ -16,12 +16,12 @@ import torch.multiprocessing as mp
 from safetensors import safe_open
 
 from conftest import gloo_group
-from contrasent import distributed as D
 from contrasent.augment.text_noise import split_words
+from contrasent.core import distributed as D
+from contrasent.core.errors import UserError
 from contrasent.data.batches import SentenceBatch
-from contrasent.data.sources import DataSpec
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.data.registry import DataSpec
+from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective, objective_config
 from contrasent.objectives.tsdae import TSDAE
 from contrasent.objectives.tsdae_parts import (
@@ -408,7 +408,7 @@ def test_training_puts_the_sentence_into_its_vector(tmp_path, seed):
 
 
 def test_recipes_hold_the_paper_settings(monkeypatch):
-    from contrasent.cli import parse_train_config
+    from contrasent.cli.main import parse_train_config
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)

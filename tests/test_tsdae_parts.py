@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from conftest import build_tiny_bert
 from contrasent.augment.text_noise import noise_text
-from contrasent.encoder import Encoder
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.model.encoder import Encoder
 from contrasent.objectives.tsdae_parts import (
     build_decoder,
     check_decoder_architecture,

@@ -1,8 +1,7 @@
 """contrasent: turn a pretrained transformer plus text into a sentence encoder."""
 
-from contrasent.errors import UserError
-
-__version__ = "0.1.0"
+from contrasent.core.errors import UserError
+from contrasent.core.version import __version__
 
 __all__ = ["Encoder", "UserError", "__version__"]
 
@@ -10,7 +9,7 @@ __all__ = ["Encoder", "UserError", "__version__"]
 def __getattr__(name: str):
     # Lazy import keeps `import contrasent` (and the CLI's --help) fast: torch loads on first use.
     if name == "Encoder":
-        from contrasent.encoder import Encoder
+        from contrasent.model.encoder import Encoder
 
         return Encoder
     raise AttributeError(name)

@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from contrasent.errors import UserError, where
-from contrasent.fileio import atomic_write_text
+from contrasent.core.errors import UserError, where
+from contrasent.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "report"
@@ -66,9 +66,10 @@ def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int
 
     import torch
 
-    from contrasent.encoder import Encoder
+    from contrasent.data.senteval import read_stsb, resolve_data_dir
     from contrasent.eval.diagnostics import alignment_uniformity
-    from contrasent.eval.sts import embed_unique, read_stsb, resolve_data_dir
+    from contrasent.eval.sts import embed_unique
+    from contrasent.model.encoder import Encoder
 
     base = next(
         (run_dir / n for n in ("final", "best") if (run_dir / n / "modules.json").is_file()), None
@@ -115,7 +116,7 @@ def _html_table(names: list[str], values: list[Any]) -> str:
 
 
 def _sts_html(results: dict[str, Any]) -> str:
-    from contrasent.eval.sts import summary_row
+    from contrasent.eval.tables import summary_row
 
     row = summary_row(results)
     return _html_table(list(row), list(row.values()))

@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from contrasent.augment import views as V
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 
 class EmbeddingAugmentation:

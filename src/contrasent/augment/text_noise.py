@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_CHAR = rf"[^\W{_CJK}]"

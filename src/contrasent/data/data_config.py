@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
 
 ENTRY_KEYS = ("name", "path", "weight", "lines", "columns", "format", "header")
 FORMATS = ("auto", "txt", "tsv", "csv", "jsonl")

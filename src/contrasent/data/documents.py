@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from contrasent.core.errors import UserError, where
 from contrasent.data.readers import EMPTY_LINE, OnError, ReadStats, iter_lines
-from contrasent.errors import UserError, where
 
 __all__ = [
     "DOCUMENT_FORMATS",

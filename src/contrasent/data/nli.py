@@ -27,9 +27,9 @@ from contextlib import ExitStack
 from itertools import zip_longest
 from pathlib import Path
 
+from contrasent.core.errors import UserError, where
 from contrasent.data.batches import NLI_LABELS as LABELS
 from contrasent.data.readers import BAD_UTF8, EMPTY_FIELD, OnError, ReadStats, open_binary
-from contrasent.errors import UserError, where
 
 NO_GOLD = "no gold label"
 

@@ -1,7 +1,7 @@
 """Streaming readers: one text a line (.txt) and named-column pair files (TSV, CSV, JSONL).
 
 Every reader streams (never holds a file in memory), accepts a `.gz` twin of each format, and
-treats user mistakes the project's way: a :class:`~contrasent.errors.UserError` naming
+treats user mistakes the project's way: a :class:`~contrasent.core.errors.UserError` naming
 `file:line`, or, when the caller opts in with ``on_error="skip"``, a counted skip recorded in a
 :class:`ReadStats`. Lines that carry no text (empty or whitespace-only lines, pair rows with an
 empty anchor/positive/negative) are always counted skips, never errors. Texts are stripped of
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
 
 log = logging.getLogger(__name__)
 

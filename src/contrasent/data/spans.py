@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from contrasent.core.errors import UserError
+from contrasent.core.rng import keyed_rng
 from contrasent.data.batches import Batch, PairBatch, SentenceBatch
 from contrasent.data.readers import ReadStats
-from contrasent.errors import UserError
-from contrasent.rng import keyed_rng
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def _figure(width: float, height: float) -> Any:
 
 def save_png(fig: Any, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG atomically (rendered in memory, then ``atomic_write_bytes``)."""
-    from contrasent.fileio import atomic_write_bytes
+    from contrasent.core.fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -150,7 +150,8 @@ def eval_plots(
     """``contrasent eval --plots DIR``: ``sts-<task>.png`` per STS task (the test split of STS-B
     and SICK-R, or dev in dev mode) and ``similarity-distribution.png`` when STS-B diagnostics
     exist. Returns the files written."""
-    from contrasent.eval.sts import SPLIT_TASKS, SUMMARY
+    from contrasent.data.senteval import SPLIT_TASKS
+    from contrasent.eval.sts import SUMMARY
 
     folder = Path(folder)
     dev = results.get("mode") == "dev"

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.errors import UserError
-from contrasent.eval import sts, transfer
+from contrasent.core.errors import UserError
+from contrasent.data import senteval
+from contrasent.eval import sts, tables, transfer
 from contrasent.eval.sts import Encode
 
 MODES = ("dev", "test", "fasttest")
@@ -58,7 +59,7 @@ def check_tasks(
 ) -> tuple[list[str] | None, list[str] | None]:
     """``split_tasks`` plus every name checked against ``mode`` and the data folder found
     (UserError on a bad one), so a mistake costs no model loading or encoding."""
-    sts.resolve_data_dir(data_dir)
+    senteval.resolve_data_dir(data_dir)
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     sts_names, transfer_names = split_tasks(tasks)
@@ -102,7 +103,7 @@ def format_tables(results: dict[str, Any]) -> str:
     parts = []
     if "tasks" in results:
         as_sts = results | {"mode": results.get("sts_mode", results["mode"])}
-        parts += [f"{sts.table_caption(as_sts)}:", sts.format_table(as_sts)]
+        parts += [f"{tables.table_caption(as_sts)}:", tables.format_table(as_sts)]
     if "transfer" in results:
         tr = results["transfer"]
         col = "dev accuracy" if tr["mode"] == "dev" else "test accuracy"

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.core.results import transfer_summary as summary_row
+from contrasent.data.senteval import resolve_data_dir
 from contrasent.eval import classifier as clf
-from contrasent.eval.sts import Encode, embed_unique, resolve_data_dir
+from contrasent.eval.sts import Encode, embed_unique
 from contrasent.eval.transfer_data import SPECS, Split, load_transfer_task
 
 log = logging.getLogger(__name__)
@@ -174,17 +176,9 @@ def evaluate_transfer(
     return {"mode": mode, "classifier": cfg.to_dict(), "tasks": results, "avg": avg}
 
 
-def summary_row(results: dict[str, Any]) -> dict[str, float | None]:
-    """Task -> the accuracy shown in the table (devacc in dev mode), plus "Avg."."""
-    column = "devacc" if results["mode"] == "dev" else "acc"
-    row = {task: res[column] for task, res in results["tasks"].items()}
-    row["Avg."] = results["avg"]
-    return row
-
-
 def format_table(results: dict[str, Any]) -> str:
     """SimCSE's transfer table: one column per task (table order) + Avg., accuracy x100."""
-    from contrasent.eval.sts import render_table
+    from contrasent.eval.tables import render_table
 
     row = summary_row(results)
     names = [t for t in ALL_TASKS if t in row] + ["Avg."]

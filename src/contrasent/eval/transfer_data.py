@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.core.options import build_options, suggest
 from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
 from contrasent.objectives.declutr import DeCLUTR
@@ -18,7 +19,6 @@ from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.objectives.tsdae import TSDAE
-from contrasent.options import build_options, suggest
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 

@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from contrasent.core.options import describe
 from contrasent.data.batches import Batch
-from contrasent.options import describe
 
 
 @dataclass

@@ -44,8 +44,8 @@ from contrasent.augment.embedding import (
     parse_view,
     view_name,
 )
+from contrasent.core.errors import UserError
 from contrasent.data.batches import NLIBatch, SentenceBatch
-from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, Parts, View, loss_record
 from contrasent.objectives.functional import logit_scale
 from contrasent.objectives.inbatch import gathered_nt_xent

@@ -2,7 +2,7 @@
 Unsupervised Textual Representations", ACL 2021, arXiv:2006.03659).
 
 Spans sampled from the same document are positives (the ``documents`` data kind samples them:
-:mod:`contrasent.data.document_stream`). Mapping of the reference (``declutr/model.py``,
+:mod:`contrasent.data.kinds.documents`). Mapping of the reference (``declutr/model.py``,
 ``declutr/losses/pytorch_metric_learning.py``, ``training_config/declutr*.jsonnet``) to ours:
 
 * Views: the anchors ``[D * A]`` and the positives ``[D * A * P]`` of the batch's ``D``
@@ -37,8 +37,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from contrasent.core.errors import UserError
 from contrasent.data.span_batch import SpanBatch
-from contrasent.errors import UserError
 from contrasent.objectives.base import LossPart, Objective, Parts, View
 from contrasent.objectives.functional import fp32, logit_scale
 from contrasent.objectives.inbatch import gathered_nt_xent

@@ -2,7 +2,7 @@
 NT-Xent (ConSERT, DeCLUTR).
 
 :func:`gathered_info_nce` scores this process's rows against the positives (and hard
-negatives) of EVERY process, gathered with gradient (:mod:`contrasent.distributed`), so each row
+negatives) of EVERY process, gathered with gradient (:mod:`contrasent.core.distributed`), so each row
 is contrasted with the whole global batch whatever the number of processes, and the loss and
 gradients equal one process holding the whole batch. The similarity matrix is computed in
 anchor chunks (:func:`~contrasent.objectives.functional.chunked_info_nce`) in float32.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrasent.distributed import all_gather_no_grad, all_gather_with_grad, row_offset
+from contrasent.core.distributed import all_gather_no_grad, all_gather_with_grad, row_offset
 from contrasent.objectives.base import LossPart, Parts
 from contrasent.objectives.functional import (
     LOSS_CHUNK_ROWS,

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrasent.distributed import all_reduce_sum, world_size
-from contrasent.errors import UserError
+from contrasent.core.distributed import all_reduce_sum, world_size
+from contrasent.core.errors import UserError
+from contrasent.core.rng import keyed_generator
 from contrasent.objectives.base import LossPart, View
 from contrasent.objectives.functional import fp32
-from contrasent.rng import keyed_generator
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from contrasent.augment.text_noise import check_noise, noise_text, tokenizer_words
+from contrasent.core.distributed import all_reduce_sum, world_size
+from contrasent.core.rng import keyed_rng
 from contrasent.data.batches import SentenceBatch, row_keys
-from contrasent.distributed import all_reduce_sum, world_size
 from contrasent.objectives.base import LossPart, Objective, Parts, View
 from contrasent.objectives.tsdae_parts import (
     build_decoder,
@@ -48,7 +49,6 @@ from contrasent.objectives.tsdae_parts import (
     reconstruction_row_losses,
     tokenize_targets,
 )
-from contrasent.rng import keyed_rng
 
 log = logging.getLogger(__name__)
 

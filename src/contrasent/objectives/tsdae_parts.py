@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 from contrasent.objectives.functional import fp32
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def _tie_names(decoder: nn.Module, encoder_model: nn.Module) -> dict[str, str]:
 def build_decoder(
     encoder: Any, decoder_name_or_path: str | None = None, tie: bool = True
 ) -> TSDAEDecoder:
-    """TSDAE's decoder for ``encoder`` (a :class:`contrasent.encoder.Encoder`).
+    """TSDAE's decoder for ``encoder`` (a :class:`contrasent.model.encoder.Encoder`).
 
     ``tie=True``: the encoder checkpoint's architecture as a causal LM with cross-attention, tied
     to the encoder (the LM head's transform comes from the checkpoint when it has one, e.g.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
 
 
 def local_slice(batch: Any, rank: int, world: int) -> tuple[Any, int]:

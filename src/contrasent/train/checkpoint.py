@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrasent.errors import UserError
-from contrasent.fileio import atomic_write_text
+from contrasent.core.errors import UserError
+from contrasent.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Training configuration: nested dataclasses, one section per concern.
 
-The CLI is generated from these classes (``contrasent.cliparse`` reads the field types and the
+The CLI is generated from these classes (``contrasent.cli.parse`` reads the field types and the
 docstrings), so a YAML recipe mirrors them::
 
     model: {name_or_path: bert-base-uncased, pooling: cls_before_pooler}
@@ -22,12 +22,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
-from contrasent.data.sources import DataSpec
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.core.options import build
+from contrasent.data.registry import DataSpec
+from contrasent.model.pooling import Pooling
 
-Pooling = Literal[
-    "cls", "cls_before_pooler", "mean", "max", "avg_top2", "avg_first_last", "avg_embeddings_last"
-]  # encoder.POOLINGS (spelled out: importing the encoder would load torch for --help)
+#: eval.metric names and the result paths they stand for (a dotted path works too)
+METRIC_PATHS = {
+    "stsb": "tasks.STSBenchmark.spearman.{split}",
+    "sickr": "tasks.SICKRelatedness.spearman.{split}",
+    "avg": "avg",
+}
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
@@ -184,7 +189,7 @@ class TrainConfig:
             temperature: 0.05}`` (override one with ``--objective.temperature 0.1``). The
             objectives and their options are listed at the end of ``contrasent train --help``;
             one objective's: ``contrasent train --objective.help NAME``.
-        data: Training data (``contrasent.data.sources.DataSpec``): what to read, epochs,
+        data: Training data (``contrasent.data.registry.DataSpec``): what to read, epochs,
             shuffling, batching.
         train: Batching, optimisation and precision.
         eval: Periodic STS evaluation and best-model selection.
@@ -231,8 +236,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from nested mappings (a parsed YAML file, a jsonargparse Namespace's dict)."""
-        from contrasent.cliparse import build
-
         if is_dataclass(data):
             data = asdict(data)
         return build(cls, data, {})
@@ -278,11 +281,9 @@ class TrainConfig:
             raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
-        from contrasent.train.evaluation import METRIC_PATHS
-
         metric = self.eval.metric
         if metric not in METRIC_PATHS and not metric.startswith("tasks."):
-            from contrasent.options import suggest
+            from contrasent.core.options import suggest
 
             raise UserError(
                 f"eval.metric {metric!r}{suggest(metric, list(METRIC_PATHS))}: use "
@@ -310,7 +311,7 @@ def check_objective_and_data(cfg: TrainConfig) -> None:
     The objective consumes one batch type and the data kind yields one: they must agree. An
     objective whose step the gradient cache cannot run refuses ``train.mini_batch_size``.
     """
-    from contrasent.data.sources import data_kind, data_options
+    from contrasent.data.registry import data_kind, data_options
     from contrasent.objectives import objective_class, objective_config
 
     cls = objective_class(cfg.objective_name)
@@ -319,7 +320,7 @@ def check_objective_and_data(cfg: TrainConfig) -> None:
     data_options(cfg.data)
     kind = data_kind(cfg.data.kind)
     if not issubclass(kind.batch_type, cls.batch_type):
-        from contrasent.data.sources import DATA_KINDS
+        from contrasent.data.registry import DATA_KINDS
 
         fits = sorted(n for n, k in DATA_KINDS.items() if issubclass(k.batch_type, cls.batch_type))
         raise UserError(
@@ -358,7 +359,7 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
             raise UserError(f"stages[{i - 1}] must be a mapping, got {raw!r}")
         unknown = sorted(set(raw) - set(STAGE_KEYS))
         if unknown:
-            from contrasent.options import suggest
+            from contrasent.core.options import suggest
 
             raise UserError(
                 f"stages[{i - 1}]: unknown key {unknown[0]!r}{suggest(unknown[0], STAGE_KEYS)}; "

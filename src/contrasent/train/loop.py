@@ -33,101 +33,44 @@ import contextlib
 import dataclasses
 import logging
 import signal
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from contrasent.distributed import average_gradients
-from contrasent.errors import UserError
+from contrasent.core.distributed import average_gradients
+from contrasent.core.errors import UserError
 from contrasent.objectives.base import Objective
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.batching import local_slice
 from contrasent.train.config import TrainConfig, as_train_config
-from contrasent.train.evaluation import eval_record, fmt, metric_value, run_sts
 from contrasent.train.gradcache import gradcache_step
-from contrasent.train.metrics import MetricsWriter, ProgressBar
+from contrasent.train.metrics import MetricsWriter, ProgressBar, Window, train_record
 from contrasent.train.optim import build_optimizer, build_scheduler, warmup_steps
 from contrasent.train.outputs import RunFolder
-from contrasent.train.setup import (
-    check_custom_objective,
-    compile_encoder,
+from contrasent.train.result import (
+    Callback,
+    RunState,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+)
+from contrasent.train.runtime import (
+    TrainModule,
+    build_module,
     make_accelerator,
-    reseed_missing_rank,
+    preflight,
+    restore_run,
     total_steps,
 )
+from contrasent.train.selection import Selection
+from contrasent.train.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
-#: callback(step, record) after every optimizer step (all processes); True asks to stop
-Callback = Callable[[int, dict[str, Any]], "bool | None"]
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the run stopped before updating the weights with it."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: the run finished its step, saved a checkpoint and stopped.
-
-    ``exit_code`` is the shell's convention (130 for SIGINT, 143 for SIGTERM); ``checkpoint``
-    is where ``resume_from: latest`` continues (None when interrupted before the first step).
-    """
-
-    def __init__(self, message: str, signum: int, step: int, checkpoint: Path | None) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
-        self.step, self.checkpoint = step, checkpoint
-
-
-class TrainModule(nn.Module):
-    """Encoder + objective as one module: what ``accelerator.prepare`` (DDP) wraps.
-
-    ``forward(batch)`` is the objective's plain step (its loss record), with the training
-    truncation ``max_length``.
-    """
-
-    def __init__(self, encoder: nn.Module, objective: Objective, max_length: int | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.objective = objective
-        self.max_length = max_length
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        return self.objective(self.encoder, batch, self.max_length)
-
-
-@dataclass
-class TrainResult:
-    """What a run (or a staged run: ``stages`` holds each stage's result) produced."""
-
-    output_dir: Path
-    final_dir: Path | None
-    best_dir: Path | None
-    steps: int
-    best_metric: float | None = None
-    best_step: int | None = None
-    first_eval: dict[str, Any] | None = None
-    last_eval: dict[str, Any] | None = None
-    last_train: dict[str, Any] = field(default_factory=dict)
-    last_checkpoint: Path | None = None
-    stopped_early: bool = False
-    stages: list[tuple[str, TrainResult]] = field(default_factory=list)
-
-
-@dataclass
-class _State:
-    step: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    last_eval_step: int | None = None
-    evals_without_gain: int = 0
-    last_checkpoint: str | None = None
+__all__ = ["TrainModule", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 
 class _Trainer:
@@ -143,7 +86,7 @@ class _Trainer:
         self.out = Path(cfg.output_dir)
         self.folder = RunFolder(self.out, self.is_main)
         self.signal: int | None = None
-        resume = self._preflight(objective)
+        resume = preflight(cfg, objective, self.world, self.folder, self.acc)
         self.module = self._build_module(objective)
         self.stream = self._build_stream()
         self.total = total_steps(cfg, self.stream)
@@ -152,7 +95,10 @@ class _Trainer:
             self.folder.set_aside()
         self.folder.write_config(cfg.to_dict())
         self.acc.wait_for_everyone()
-        self.state = self._restore(resume) if resume is not None else self._fresh_start()
+        if resume is not None:
+            self.state = restore_run(resume, self.rank, self.cfg.train.seed, self._resumable())
+        else:
+            self.state = self._fresh_start()
         self.metrics = MetricsWriter(
             self.out, self.is_main, cfg.logging.tensorboard, self.state.step if resume else None
         )
@@ -160,57 +106,16 @@ class _Trainer:
         self.dropped_rows = 0
         self.compile_reported = False
         self.stopped_early = False
-        self.first_eval: dict[str, Any] | None = None
-        self.last_eval: dict[str, Any] | None = None
+        self.selection = Selection(cfg, self.folder, self.acc, self.state)
         self.last_train: dict[str, Any] = {}
 
     # --------------------------------------------------------------- setting up
-    def _preflight(self, objective: Objective | None) -> Path | None:
-        """Every check that needs no model: config, objective/data fit, output folder, data."""
-        cfg = self.cfg
-        if objective is None:
-            cfg.validate(self.world)
-        else:
-            cfg._validate_numbers(self.world)
-            cfg.data.check()
-            check_custom_objective(cfg, objective)
-        self.folder.recover()  # what a killed run left half done
-        self.acc.wait_for_everyone()
-        resume = ckpt.resolve_resume(cfg.resume_from, self.out)
-        self.folder.check(cfg.overwrite_output_dir, resuming=resume is not None)
-        if cfg.eval.every_steps or cfg.eval.at_end or cfg.eval.at_start:
-            from contrasent.eval.sts import resolve_data_dir
-
-            resolve_data_dir(cfg.eval.data_dir)  # a missing STS folder fails now, not later
-        return resume
-
     def _build_module(self, objective: Objective | None) -> TrainModule:
-        from accelerate.utils import set_seed
-
-        from contrasent.encoder import Encoder
-        from contrasent.objectives import build_objective
-
-        m = self.cfg.model
-        set_seed(self.cfg.train.seed)  # same head initialisation on every process
-        encoder = Encoder.from_pretrained(
-            m.name_or_path,
-            pooling=m.pooling,
-            normalize=m.normalize,
-            max_seq_length=m.max_seq_length,
-            device=self.acc.device,  # this process's device (heads are built beside the encoder)
-        )
-        encoder.length_buckets = self.cfg.train.length_buckets
-        self.compiled = self.cfg.train.compile and compile_encoder(encoder)
-        if objective is None:
-            objective = build_objective(
-                self.cfg.objective_name, encoder, **self.cfg.objective_options
-            )
-        else:
-            objective.setup(encoder)
-        return TrainModule(encoder, objective, self.cfg.data.max_seq_length)
+        module, self.compiled = build_module(self.cfg, self.acc.device, objective)
+        return module
 
     def _build_stream(self) -> Any:
-        from contrasent.data.sources import build_stream
+        from contrasent.data.registry import build_stream
 
         t = self.cfg.train
         return build_stream(self.cfg.data, t.batch_size, t.seed, self.module.encoder.tokenizer)
@@ -222,29 +127,21 @@ class _Trainer:
         self.scheduler = build_scheduler(self.optimizer, t.lr_schedule, warm, self.total)
         self.model, self.optimizer = self.acc.prepare(self.module, self.optimizer)
 
-    def _fresh_start(self) -> _State:
+    def _resumable(self) -> dict[str, Any]:
+        """What a checkpoint restores: every stateful part of the run."""
+        return {
+            "trainable": self.module,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "stream": self.stream,
+            "scaler": self.acc.scaler,
+        }
+
+    def _fresh_start(self) -> RunState:
         from accelerate.utils import set_seed
 
         set_seed(self.cfg.train.seed, device_specific=True)  # each process its own dropout
-        return _State()
-
-    def _restore(self, resume: Path) -> _State:
-        saved, rng_restored = ckpt.load_checkpoint(
-            resume,
-            rank=self.rank,
-            trainable=self.module,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            stream=self.stream,
-            scaler=self.acc.scaler,
-        )
-        known = {f.name for f in dataclasses.fields(_State)}
-        state = _State(**{k: v for k, v in saved.items() if k in known})
-        state.last_checkpoint = str(resume)
-        if not rng_restored:  # resumed on more processes than saved
-            reseed_missing_rank(self.cfg.train.seed, self.rank, state.step)
-        log.info("resumed from %s at step %d", resume, state.step)
-        return state
+        return RunState()
 
     # --------------------------------------------------------------- one step
     def _check_loss(self, losses: dict[str, torch.Tensor], step: int) -> None:
@@ -311,70 +208,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return parts, grad_norm, rows, lr
 
-    # --------------------------------------------------------------- eval / save
     def evaluate(self, step: int) -> None:
-        """STS on the main process; the others wait. Saves ``best/`` on improvement and counts
-        evaluations without one for ``eval.patience`` (the decision is shared by all)."""
-        e = self.cfg.eval
-        improved = torch.zeros(1, device=self.acc.device)
-        if self.is_main:
-            results = run_sts(self.module, e)
-            value = metric_value(results, e.metric, e.mode)
-            if value is not None and (
-                self.state.best_metric is None or value > self.state.best_metric
-            ):
-                improved += 1
-                self.state.best_metric, self.state.best_step = value, step
-                if e.keep_best:
-                    self._save_encoder("best")
-            record = eval_record(
-                step, results, e, value, self.state.best_metric, self.state.best_step
-            )
-            self.metrics.write(record)
-            self.last_eval = record
-            self.bar.write(
-                f"step {step}: {e.metric}={fmt(value)} (best {fmt(self.state.best_metric)} "
-                f"at step {self.state.best_step})"
-            )
-        if self.world > 1:
-            improved = self.acc.reduce(improved, reduction="sum")
-        self.state.evals_without_gain = 0 if improved.item() else self.state.evals_without_gain + 1
-        self.state.last_eval_step = step
-        self.acc.wait_for_everyone()
-
-    def _save_encoder(self, name: str) -> Path:
-        target = self.out / name
-        self.module.encoder.save(target)  # atomic: temp folder, then rename
-        return target
-
-    def _save_final(self) -> Path:
-        """``final/``; hard links to ``best/`` when they hold the same weights (no second copy)."""
-        target = self.out / "final"
-        best = self.out / "best"
-        if self.state.best_step == self.state.step and best.is_dir():
-            from contrasent.st_layout import link_model
-
-            link_model(best, target)
-            log.info("final/ holds the weights of best/ (step %d): hard-linked", self.state.step)
-        else:
-            self._save_encoder("final")
-        self.folder.commit()
-        return target
-
-    def _write_card(self, folder: Path) -> None:
-        """``final/README.md`` with the run: recipe, steps, this session's time, STS before and
-        after (a hard-linked ``best/`` keeps its own card: the card is replaced, not edited)."""
-        from contrasent.model_card import run_card_info, write_model_card
-
-        info = run_card_info(
-            self.cfg.to_dict(),
-            steps=self.state.step,
-            time_s=time.perf_counter() - self.started,
-            sts_before=(self.first_eval or {}).get("results"),
-            sts=(self.last_eval or {}).get("results"),
-        )
-        encoder = self.module.encoder
-        write_model_card(folder, {"model_name": str(folder), **encoder.card_info(), **info})
+        self.selection.evaluate(self.module, step, self.metrics.write, self.bar.write)
 
     def save_checkpoint(self, step: int) -> None:
         state = dataclasses.asdict(self.state)
@@ -404,14 +239,14 @@ class _Trainer:
         self.bar = ProgressBar(
             self.total, self.state.step, self.is_main and cfg.logging.progress_bar
         )
-        self.window = _Window()
-        self.started = time.perf_counter()
+        self.window = Window()
+        self.selection.started = time.perf_counter()
         self.model.train()
         try:
-            with _StopSignals(self):
+            with StopSignals(self):
                 if cfg.eval.at_start and self.state.step == 0:
                     self.evaluate(0)
-                    self.first_eval = self.last_eval
+                    self.selection.first_eval = self.selection.last_eval
                     self.model.train()
                 while self.state.step < self.total:
                     if self._one_step():
@@ -469,12 +304,9 @@ class _Trainer:
             self.evaluate(step)
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
             self.save_checkpoint(step)
-        if cfg.eval.patience and self.state.evals_without_gain >= cfg.eval.patience:
-            self.bar.write(
-                f"early stop at step {step}: {cfg.eval.patience} evaluations without a new "
-                f"best {cfg.eval.metric} (best {fmt(self.state.best_metric)} at step "
-                f"{self.state.best_step})"
-            )
+        early_stop = self.selection.out_of_patience()
+        if early_stop:
+            self.bar.write(early_stop)
             self.stopped_early = True
             return True
         if any([bool(cb(step, record)) for cb in self.callbacks]):
@@ -488,14 +320,13 @@ class _Trainer:
         self.bar.write(f"train.compile: step {step} took {seconds:.1f} s (compiling included)")
 
     def _train_record(self, step: int, lr: float, grad_norm: float | None) -> dict[str, Any]:
-        w = self.window
-        names = sorted(w.sums)
-        values = torch.stack([torch.as_tensor(w.sums[k], dtype=torch.float32) for k in names])
-        values = self.acc.reduce(values.to(self.acc.device), reduction="mean") / w.steps
-        record: dict[str, Any] = {"step": step, "kind": "train"}
-        record.update({k: float(v) for k, v in zip(names, values.tolist(), strict=True)})
-        record.update(lr=lr, grad_norm=grad_norm)
-        record["sentences_per_s"] = w.rows / max(time.perf_counter() - w.start, 1e-9)
+        record = train_record(
+            self.window,
+            step,
+            lr,
+            grad_norm,
+            lambda v: self.acc.reduce(v.to(self.acc.device), reduction="mean"),
+        )
         per_epoch = getattr(self.stream, "steps_per_epoch", None)
         if per_epoch:
             record["epoch"] = step * self.cfg.train.grad_accum / per_epoch
@@ -503,7 +334,7 @@ class _Trainer:
             record["dropped_rows"] = self.dropped_rows
         self.metrics.write(record)
         self.last_train = record
-        self.window = _Window()
+        self.window = Window()
         return record
 
     def _finish(self) -> TrainResult:
@@ -517,9 +348,9 @@ class _Trainer:
             and not (last and Path(last).name == ckpt.checkpoint_name(step))
         ):
             self.save_checkpoint(step)
-        final = self._save_final() if self.is_main else self.out / "final"
+        final = self.selection.save_final(self.module) if self.is_main else self.out / "final"
         if self.is_main:
-            self._write_card(final)
+            self.selection.write_card(self.module, final)
         self.acc.wait_for_everyone()
         best = self.out / "best"
         return TrainResult(
@@ -529,61 +360,14 @@ class _Trainer:
             steps=step,
             best_metric=self.state.best_metric,
             best_step=self.state.best_step,
-            first_eval=self.first_eval,
-            last_eval=self.last_eval,
+            first_eval=self.selection.first_eval,
+            last_eval=self.selection.last_eval,
             last_train=self.last_train,
             last_checkpoint=Path(self.state.last_checkpoint)
             if self.state.last_checkpoint
             else None,
             stopped_early=self.stopped_early,
         )
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM (what Slurm and Kubernetes send before pre-emption) ask the run to stop
-    after the current step with a checkpoint; a second SIGINT stops at once. Installed on the
-    main thread only (elsewhere Python cannot install handlers); the old handlers come back."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, trainer: _Trainer) -> None:
-        self.trainer = trainer
-        self.saved: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.trainer.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: now
-        self.trainer.signal = signum
-        self.trainer.bar.write(
-            f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-            "(Ctrl-C again to stop at once)"
-        )
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self.saved[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self.saved.items():
-            signal.signal(s, handler)
-
-
-class _Window:
-    """Sums of the logged numbers since the last training record."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = 0
-        self.rows = 0
-        self.start = time.perf_counter()
-
-    def add(self, parts: dict[str, Any], rows: int) -> None:
-        for k, v in parts.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.steps += 1
-        self.rows += rows
 
 
 def train(

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contrasent.fileio import atomic_write_text
+import torch
+
+from contrasent.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +128,38 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Window:
+    """Sums of the logged numbers since the last training record."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.rows = 0
+        self.start = time.perf_counter()
+
+    def add(self, parts: dict[str, Any], rows: int) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.rows += rows
+
+
+def train_record(
+    window: Window,
+    step: int,
+    lr: float,
+    grad_norm: float | None,
+    mean_over_processes: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, Any]:
+    """The ``metrics.jsonl`` training record: each logged number averaged over the window's
+    steps and over the processes, the learning rate, gradient norm and throughput."""
+    names = sorted(window.sums)
+    values = torch.stack([torch.as_tensor(window.sums[k], dtype=torch.float32) for k in names])
+    values = mean_over_processes(values) / window.steps
+    record: dict[str, Any] = {"step": step, "kind": "train"}
+    record.update({k: float(v) for k, v in zip(names, values.tolist(), strict=True)})
+    record.update(lr=lr, grad_norm=grad_norm)
+    record["sentences_per_s"] = window.rows / max(time.perf_counter() - window.start, 1e-9)
+    return record

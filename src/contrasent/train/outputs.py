@@ -14,7 +14,7 @@ A fresh run in a folder that holds an earlier run's outputs (with ``overwrite_ou
 A run killed (SIGKILL, power loss) between 2 and 3 leaves ``.previous/``; the next run in the
 folder (:meth:`RunFolder.recover`) puts it back when the killed run left no checkpoint or final
 model, and deletes it otherwise. Model folders replaced by ``Encoder.save`` are swapped with two
-renames; a kill between them is repaired here too (``st_layout.repair_swaps``).
+renames; a kill between them is repaired here too (``core.fileio.repair_swaps``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from contrasent.errors import UserError
-from contrasent.fileio import atomic_write_text
-from contrasent.st_layout import repair_swaps
+from contrasent.core.errors import UserError
+from contrasent.core.fileio import atomic_write_text, repair_swaps
+from contrasent.model.st_layout import META_FILE
 from contrasent.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class RunFolder:
         if not self.is_main or not self.path.is_dir():
             return
         for name in ("best", "final"):
-            repair_swaps(self.path / name)
+            repair_swaps(self.path / name, META_FILE)
         aside = self.path / PREVIOUS
         if not aside.is_dir():
             return

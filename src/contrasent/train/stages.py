@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contrasent.errors import UserError
-from contrasent.fileio import atomic_write_text
+from contrasent.core.errors import UserError
+from contrasent.core.fileio import atomic_write_text
+from contrasent.core.launch import launched_rank, launched_world
 from contrasent.train.config import TrainConfig, stage_configs
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def _summary(result: Any) -> dict[str, Any]:
 
 
 def _from_summary(folder: Path, data: dict[str, Any]) -> Any:
-    from contrasent.train.loop import TrainResult
+    from contrasent.train.result import TrainResult
 
     best = folder / "best"
     return TrainResult(
@@ -88,12 +89,12 @@ def _check_fresh(cfg: TrainConfig, folders: list[str]) -> None:
 
 def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
     """Run every stage with ``run_one(stage_config)``; the combined :class:`TrainResult`."""
-    from contrasent.train.loop import TrainResult
+    from contrasent.train.result import TrainResult
 
     stages = stage_configs(cfg)
     # every stage's settings are checked before the first one trains (a typo in stage 2 must not
     # surface after stage 1's hours)
-    cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
+    cfg.validate(launched_world())
     _check_fresh(cfg, [folder for folder, _ in stages])
     out = Path(cfg.output_dir)
     results: list[tuple[str, Any]] = []
@@ -109,13 +110,11 @@ def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
             stage.eval.at_start = False  # the previous stage's last evaluation is its "before"
         log.info("stage %d/%d: %s", i + 1, len(stages), folder)
         result = run_one(stage)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if launched_rank() == 0:
             atomic_write_text(done, json.dumps(_summary(result), indent=2, default=str) + "\n")
         results.append((folder, result))
     last = results[-1][1]
-    final = (
-        _link_final(out, Path(last.final_dir)) if int(os.environ.get("RANK", "0")) == 0 else None
-    )
+    final = _link_final(out, Path(last.final_dir)) if launched_rank() == 0 else None
     return TrainResult(
         output_dir=out,
         final_dir=final or out / "final",

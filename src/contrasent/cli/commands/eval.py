@@ -1,0 +1,81 @@
+"""`contrasent eval`: STS (Spearman x100) and SentEval transfer tasks (accuracy x100)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from contrasent.cli.args import ModelArgs, check_output_file, check_output_folder
+
+
+@dataclass
+class EvalArgs(ModelArgs):
+    """Evaluate an encoder on STS (Spearman x100) and SentEval transfer tasks (accuracy x100).
+
+    Args:
+        tasks: "sts" (default: STS12-16, STS-B, SICK-R), "transfer" (MR, CR, SUBJ, MPQA, SST2,
+            TREC, MRPC), "full" (both), or comma-separated names: sts12..sts16, stsb, sickr, MR,
+            CR, SUBJ, MPQA, SST2, TREC, MRPC, SICKEntailment.
+        mode: STS: "test" every task, "dev" STS-B dev + SICK-R trial only ("fasttest" = test).
+            Transfer (SimCSE's settings): "test" 10-fold Adam classifier; "fasttest" 5-fold
+            RMSprop classifier, test accuracy; "dev" the fasttest classifier, dev accuracy.
+        data_dir: Folder in SentEval's data/downstream layout; default: $CONTRASENT_DATA, else
+            ../shared/data/senteval.
+        output: Write every number to this JSON file.
+        plots: Write PNG figures to this folder: gold vs cosine per STS task and the similarity
+            distribution by gold score on STS-B.
+    """
+
+    tasks: str | None = None
+    mode: Literal["dev", "test", "fasttest"] = "test"
+    data_dir: str | None = None
+    output: str | None = None
+    plots: str | None = None
+
+    def validate(self) -> None:
+        from contrasent.data.senteval import load_task, resolve_data_dir
+        from contrasent.eval.sts import resolve_tasks
+        from contrasent.eval.suite import check_tasks
+        from contrasent.eval.transfer import resolve_transfer_tasks
+        from contrasent.eval.transfer_data import load_transfer_task
+
+        super().validate()
+        if self.output:
+            check_output_file(self.output, "--output")
+        if self.plots:
+            check_output_folder(self.plots, "--plots")
+        sts_names, transfer_names = check_tasks(self.tasks, self.mode, self.data_dir)
+        root = resolve_data_dir(self.data_dir)
+        sts_mode = "dev" if self.mode == "dev" else "test"
+        for task in resolve_tasks(sts_names, sts_mode) if sts_names else ():
+            load_task(root, task, sts_mode)  # a missing or malformed file fails now
+        for task in resolve_transfer_tasks(transfer_names) if transfer_names else ():
+            load_transfer_task(root, task)
+
+
+def run_eval(args: EvalArgs) -> None:
+    import time
+
+    from contrasent.eval.suite import evaluate, format_tables
+    from contrasent.eval.tables import write_results
+
+    encoder = args.load()
+
+    def encode(texts: list[str]):
+        return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
+
+    start = time.perf_counter()
+    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True)
+    results["model"] = args.model
+    results["encoder"] = encoder.config_dict()
+    results["time_s"] = round(time.perf_counter() - start, 2)
+    print(format_tables(results))
+    print(f"evaluated in {results['time_s']:.1f}s")
+    if args.output:
+        write_results(results, args.output)
+        print(f"results written to {args.output}")
+    if args.plots:
+        from contrasent.eval.plots import eval_plots
+
+        written = eval_plots(results, scores, args.plots)
+        print(f"{len(written)} plots written to {args.plots}")

@@ -1,0 +1,18 @@
+"""The data kinds, one module each, registered here in one list (as objectives are in
+:mod:`contrasent.objectives`): adding a kind = a module defining ``KIND`` + one line below."""
+
+from __future__ import annotations
+
+from contrasent.data.kinds import documents, mixture, nli, pairs, sts_texts, text
+from contrasent.data.registry import register_data_kind
+
+for _kind in (
+    text.KIND,
+    pairs.KIND,
+    nli.TRIPLETS,
+    nli.PAIRS,
+    mixture.KIND,
+    documents.KIND,
+    sts_texts.KIND,
+):
+    register_data_kind(_kind)

@@ -1,0 +1,424 @@
+"""Encoder = a Hugging Face AutoModel + pooling, saved and loaded in the sentence-transformers layout.
+
+`Encoder.from_pretrained` reads a hub id, a plain HF directory, or a sentence-transformers directory;
+`save` writes a sentence-transformers directory. How ST directories are read and written (module
+sequence, how poolings ST lacks are expressed, key format) lives in `contrasent.model.st_layout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrasent.core.errors import UserError
+from contrasent.core.fileio import follow_umask, swap_into_place, temp_sibling
+from contrasent.model.inputs import checked_texts, tokenize_longest_first
+from contrasent.model.loading import (
+    autocast,
+    default_max_len,
+    load_hf,
+    model_source,
+    pick_device,
+    position_limit,
+    unused_inputs,
+)
+from contrasent.model.passes import length_buckets, pool, relative_bias_from, rows_of
+from contrasent.model.pooling import (
+    HIDDEN_STATE_POOLINGS,
+    POOLINGS,
+    check_pooling,
+)
+from contrasent.model.similarity import similarity
+from contrasent.model.st_layout import (
+    DenseHead,
+    pooler_linear,
+    read_st_dir,
+    resolve_st,
+    st_modules,
+    write_st,
+)
+
+log = logging.getLogger(__name__)
+PROGRESS_MIN_TEXTS = 5000  # default progress bar only for long inputs on an interactive stderr
+
+
+class Encoder(nn.Module):
+    """HF AutoModel + pooling (+ optional ST Dense heads) + optional L2 normalisation.
+
+    ``hidden_size`` is the size of the returned embedding (the last Dense's output if any).
+    ``forward`` passes extra feature keys (position_ids, inputs_embeds, token_type_ids, ...) to the
+    HF model; when ``inputs_embeds`` is given, ``input_ids`` is dropped (HF accepts only one).
+    """
+
+    POOLINGS = POOLINGS
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_seq_length: int | None = None,
+        dense: Sequence[DenseHead] = (),
+        do_lower_case: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.pooling = check_pooling(pooling)
+        if pooling == "cls" and pooler_linear(model) is None:
+            raise UserError(
+                f"pooling 'cls' needs a BERT-style pooler (dense + tanh), but "
+                f"{type(model).__name__} has none: use 'cls_before_pooler'"
+            )
+        self.normalize = bool(normalize)
+        #: length buckets of ``forward`` (see :meth:`forward`); the training loop sets it from
+        #: ``train.length_buckets``; not saved (how a pass runs, not what the model is)
+        self.length_buckets = 1
+        self.dense = nn.ModuleList(dense)
+        self.do_lower_case = do_lower_case
+        self.base_model: str | None = None  # set by from_pretrained; named by the model card
+        # a tokenizer may return token types the model has none of (a BERT tokenizer shipped
+        # with DistilBERT or MPNet): they are never sent to the model
+        self.unused_inputs = unused_inputs(model)
+        limit = position_limit(model)
+        self.max_seq_length = int(max_seq_length or default_max_len(model, tokenizer))
+        if limit is not None and self.max_seq_length > limit:
+            raise UserError(
+                f"max_seq_length {self.max_seq_length} exceeds the model's "
+                f"max_position_embeddings ({limit})"
+            )
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_seq_length: int | None = None,
+        device: str | torch.device | None = None,
+        backend: str = "torch",
+        file_name: str | None = None,
+    ) -> Encoder:
+        """Load a hub id, an HF directory or a sentence-transformers directory.
+
+        Arguments left as None come from the ST directory (or default to mean pooling, no
+        normalisation, the model's max length). ``device`` None = CUDA when available, else CPU.
+        ``backend="onnx"`` returns a `contrasent.model.onnx.OnnxEncoder` (same ``encode``) for a
+        directory written by ``contrasent export``; ``file_name`` picks its ONNX file (default
+        ``onnx/model.onnx``; e.g. ``onnx/model_qint8_avx512_vnni.onnx`` for the int8 one).
+        """
+        if backend != "torch":
+            from contrasent.model.onnx import OnnxEncoder
+
+            if backend != "onnx":
+                raise UserError(f"unknown backend {backend!r}; valid: torch, onnx")
+            return OnnxEncoder.from_pretrained(
+                name_or_path, pooling, normalize, max_seq_length, device, file_name
+            )
+        if pooling is not None:
+            check_pooling(pooling)
+        path = Path(os.fspath(name_or_path)).expanduser()
+        st = read_st_dir(path) if (path / "modules.json").is_file() else None
+        source = str(path / st["transformer_path"]) if st else model_source(name_or_path, path)
+        model, tokenizer, random_pooler = load_hf(source)
+        kw: dict[str, Any] = {"pooling": "mean", "normalize": False}
+        if st:
+            kw = resolve_st(st, model, path)
+        if pooling is not None:
+            if kw["pooling"] == "cls" and pooling != "cls":
+                kw["dense"] = kw["dense"][1:]  # the pooler Dense belonged to 'cls'
+            kw["pooling"] = pooling
+        if normalize is not None:
+            kw["normalize"] = normalize
+        kw["max_seq_length"] = max_seq_length or kw.get("max_seq_length")
+        if kw["pooling"] == "cls" and random_pooler:
+            log.warning(
+                "%s has no pooler weights: pooling 'cls' starts from a random pooler", source
+            )
+        encoder = cls(model, tokenizer, **kw).to(pick_device(device))
+        # The model a saved folder descends from (its model card names it): carried through
+        # contrasent's own folders, else the name this encoder was loaded by.
+        encoder.base_model = (st or {}).get("base_model") or os.fspath(name_or_path)
+        return encoder
+
+    def config_dict(self) -> dict[str, Any]:
+        """How this encoder embeds (saved beside the model; recorded with STS results)."""
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+        }
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def hidden_size(self) -> int:
+        return (
+            self.dense[-1].linear.out_features if len(self.dense) else self.model.config.hidden_size
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- forward
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Padded batch as tensors on this encoder's device, truncated to ``max_length`` tokens
+        (training's ``data.max_seq_length``), by default to ``max_seq_length`` (inference)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=min(max_length or self.max_seq_length, self.max_seq_length),
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items() if k not in self.unused_inputs}
+
+    def forward(self, features: dict[str, Tensor], augment: Any = None) -> Tensor:
+        """Pooled sentence embeddings [B, hidden_size] of tokenized ``features``.
+
+        ``augment`` (an embedding-level augmentation, ConSERT's views) acts inside the forward:
+        its ``positions(position_ids, attention_mask)`` (if it has one) rewrites the position ids
+        given to the model, starting from the model's own (RoBERTa-style models count from
+        ``padding_idx + 1``); its ``embeddings(embedding_output, attention_mask)`` (if any)
+        rewrites the output of the model's embedding layer (word + position + token-type
+        embeddings after LayerNorm and dropout), before the first transformer layer.
+        """
+        if augment is None:
+            if self.length_buckets > 1:
+                return self._embed_bucketed(features, self.length_buckets)
+            return self._embed(features, self.normalize)
+        feats = dict(features)
+        mask = feats["attention_mask"]
+        moved = nullcontext()
+        if hasattr(augment, "positions"):
+            feats["position_ids"] = augment.positions(self.position_ids(feats), mask)
+            moved = relative_bias_from(self.model, feats["position_ids"])
+        if not hasattr(augment, "embeddings"):
+            with moved:
+                return self._embed(feats, self.normalize)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+            return augment.embeddings(output, mask)
+
+        handle = self.embedding_layer().register_forward_hook(hook)
+        try:
+            with moved:
+                return self._embed(feats, self.normalize)
+        finally:
+            handle.remove()
+
+    def _embed_bucketed(self, features: dict[str, Tensor], buckets: int) -> Tensor:
+        """``_embed`` run as ``buckets`` passes over rows of similar length, outputs in row order.
+
+        Rows are sorted by real length (longest first) and cut into equal parts; each part is
+        padded only to its own longest row, so padding costs less of the compute. Every output
+        row depends on its own row only (a transformer, pooling and heads are row-wise), so the
+        result is the one-pass result up to float rounding of other matmul shapes; only dropout
+        draws differ (other shapes: other masks, the same distribution). Runs in one pass when
+        there is nothing to trim, for left padding (trimming would shift absolute positions)
+        and for ``inputs_embeds``.
+        """
+        mask = features.get("attention_mask")
+        width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
+        if (
+            not width
+            or features.get("inputs_embeds") is not None
+            or getattr(self.tokenizer, "padding_side", "right") == "left"
+        ):
+            return self._embed(features, self.normalize)
+        lengths = mask.sum(dim=1)
+        parts = length_buckets(lengths.tolist(), buckets)
+        if len(parts) == 1 and parts[0][1] == width:
+            return self._embed(features, self.normalize)
+        outs = []
+        for rows, longest in parts:
+            index = torch.as_tensor(rows, device=mask.device)
+            part = {k: rows_of(v, index, width, longest) for k, v in features.items()}
+            outs.append(self._embed(part, self.normalize))
+        order = torch.as_tensor([r for rows, _ in parts for r in rows], device=mask.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(outs)[inverse]
+
+    def embedding_layer(self) -> nn.Module:
+        """The HF model's embeddings module (its output feeds the first transformer layer)."""
+        layer = getattr(self.model.base_model, "embeddings", None)
+        if not isinstance(layer, nn.Module):
+            raise UserError(
+                f"{type(self.model).__name__} has no 'embeddings' module: embedding-level "
+                "augmentations are not supported for this architecture"
+            )
+        return layer
+
+    def position_ids(self, features: dict[str, Tensor]) -> Tensor:
+        """The position ids the model would use by default for ``features`` [B, T]."""
+        if features.get("position_ids") is not None:
+            return features["position_ids"]
+        ids = features["input_ids"]
+        padding_idx = getattr(self.embedding_layer(), "padding_idx", None)
+        if padding_idx is not None:  # RoBERTa, XLM-R, MPNet: padding_idx + 1 + index, pads stay
+            real = ids.ne(padding_idx).int()
+            return (torch.cumsum(real, dim=1) * real).long() + padding_idx
+        return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+
+    def _embed(self, features: dict[str, Tensor], normalize: bool) -> Tensor:
+        feats = dict(features)
+        if feats.get("inputs_embeds") is not None:
+            feats.pop("input_ids", None)
+        need_hidden = self.pooling in HIDDEN_STATE_POOLINGS
+        out = self.model(**feats, output_hidden_states=need_hidden, return_dict=True)
+        hidden = out.last_hidden_state
+        mask = feats.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        emb = pool(
+            self.pooling,
+            hidden,
+            mask,
+            out.hidden_states if need_hidden else None,
+            getattr(out, "pooler_output", None),
+        )
+        for head in self.dense:
+            emb = head(emb)
+        return F.normalize(emb, p=2, dim=-1) if normalize else emb
+
+    # ---------------------------------------------------------------- inference
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        show_progress: bool | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        stats: dict[str, int] | None = None,
+    ) -> np.ndarray:
+        """Embed texts -> float32 array [N, hidden_size] in input order.
+
+        Texts are tokenized once, then batched longest-first by token count (little padding).
+        Empty, whitespace-only, non-ASCII and over-long (truncated) texts are fine. ``device``
+        moves the encoder there (and it stays). ``precision`` fp16/bf16 runs CUDA autocast; on a
+        CPU it raises UserError rather than silently running fp32 (CPU half precision is slow and
+        changes results). ``show_progress`` None = a bar (sentences/s) only for >= 5000 texts on a
+        terminal. A single string is treated as a one-element list. ``stats``, when given, gets
+        ``stats["truncated"]`` increased by the number of texts cut at max_seq_length.
+        """
+        texts = checked_texts(texts, batch_size)
+        if device is not None:
+            self.to(pick_device(device))
+        amp = autocast(self.device, precision)
+        normalize = self.normalize if normalize is None else normalize
+        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        if not texts:
+            return out
+        if show_progress is None:
+            show_progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+        enc, order = tokenize_longest_first(self, texts, stats)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), unit="sent", desc="encode", disable=not show_progress)
+        with self._eval_mode(), torch.inference_mode(), amp, bar:
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                feats = self._collate(enc, idx)
+                mask = feats.get("attention_mask")
+                if mask is not None and bool(mask.all()):  # no padding (length-sorted batches):
+                    del feats["attention_mask"]  # attention runs unmasked, ~2% faster on CPU
+                emb = self._embed(feats, normalize)
+                out[idx] = emb.float().cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    def similarity(self, a: Any, b: Any, batch_size: int = 64) -> float | np.ndarray:
+        """Cosine similarity of texts or embeddings: two lists give a [len(a), len(b)] matrix, a
+        single string on one side drops that axis, two strings give a float (as SimCSE's tool)."""
+
+        return similarity(self, a, b, batch_size=batch_size)
+
+    def _collate(self, enc: Any, idx: np.ndarray) -> dict[str, Tensor]:
+        """Pad the pre-tokenized rows `idx` into tensors (numpy fill: cheaper than tokenizer.pad)."""
+        rows = [enc["input_ids"][i] for i in idx]
+        width = max(len(r) for r in rows)
+        pads = {
+            "input_ids": self.tokenizer.pad_token_id or 0,
+            "attention_mask": 0,
+            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0),
+        }
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        batch = {}
+        for key in (k for k in enc if k not in self.unused_inputs):
+            arr = np.full((len(idx), width), pads.get(key, 0), dtype=np.int64)
+            for j, i in enumerate(idx):
+                seq = enc[key][i]
+                if left:
+                    arr[j, width - len(seq) :] = seq
+                else:
+                    arr[j, : len(seq)] = seq
+            batch[key] = torch.from_numpy(arr).to(self.device, non_blocking=True)
+        return batch
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    # ---------------------------------------------------------------- saving
+    def card_info(self) -> dict[str, Any]:
+        """What a model card says about this encoder by itself (see ``contrasent.model.card``)."""
+        return {
+            "base_model": self.base_model,
+            "encoder": {**self.config_dict(), "dimension": self.hidden_size},
+        }
+
+    def save(self, path: str | os.PathLike, card: dict[str, Any] | None = None) -> None:
+        """Write a sentence-transformers directory atomically (temp dir, then rename).
+
+        An existing target is replaced only if it is empty or a model directory (has config.json
+        or modules.json); anything else is refused rather than deleted. The folder gets a
+        ``README.md`` model card: base model, pooling and usage by default; ``card`` adds the
+        run's information (keys: ``contrasent.model.card.write_model_card``).
+        """
+        name = os.fspath(path)  # as the user wrote it: the id in the card's usage snippets
+        path = Path(name).expanduser().absolute()
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"cannot save model to {path}: it exists and is not a directory")
+            known = {"config.json", "modules.json"}
+            if any(path.iterdir()) and not any((path / f).exists() for f in known):
+                raise UserError(
+                    f"cannot save model to {path}: a non-empty directory that is not "
+                    "a model directory (refusing to replace it)"
+                )
+        modules = st_modules(self)  # raises UserError before anything is written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(path)
+        os.mkdir(tmp)
+        try:
+            write_st(self, tmp, modules)
+            from contrasent.model.card import write_model_card
+
+            write_model_card(tmp, {"model_name": name, **self.card_info(), **(card or {})})
+            follow_umask(tmp)
+            swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -1,0 +1,87 @@
+"""Chunk folders of `contrasent.serve.embed`: manifest, lock, atomic chunk files, totals.
+
+A chunk folder holds ``manifest.json`` (the run's identity and every finished chunk, rewritten
+atomically after each chunk) and ``chunk-000000.npy`` (+ ``.txt`` texts when kept) files, each
+written to a temp name and renamed, so a killed run leaves only whole chunks behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contrasent.core.errors import UserError
+from contrasent.core.fileio import atomic_write_text
+
+MANIFEST = "manifest.json"
+CHUNKS_FORMAT = "contrasent-embed-chunks"
+
+
+def chunk_dir(output: Path, shard: tuple[int, int] | None) -> Path:
+    if shard is None:
+        return output.with_name(output.name + ".chunks")
+    return output.with_name(f"{output.name}.shard-{shard[0]:05d}-of-{shard[1]:05d}")
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    file = folder / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{file}: unreadable manifest ({e}); delete {folder} to start over") from e
+    if data.get("format") != CHUNKS_FORMAT:
+        raise UserError(f"{file}: not a contrasent chunk manifest; delete {folder} to start over")
+    return data
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def lock(folder: Path) -> Any:
+    """An exclusive lock on the chunk folder (released by the OS even on SIGKILL)."""
+    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UserError(f"{folder}: another process is embedding into it right now") from None
+    return fh
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_texts(path: Path, texts: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes("\n".join(texts).encode("utf-8", errors="surrogatepass"))
+    os.replace(tmp, path)
+
+
+def chunk_texts(folder: Path, entry: dict[str, Any]) -> list[str]:
+    if entry["rows"] == 0:
+        return []
+    return (folder / entry["texts"]).read_bytes().decode("utf-8", "surrogatepass").split("\n")
+
+
+def totals(manifests: list[dict[str, Any]]) -> dict[str, int]:
+    chunks = [c for m in manifests for c in m["chunks"]]
+    return {
+        "rows": sum(c["rows"] for c in chunks),
+        "empty_lines": sum(c["empty"] for c in chunks),
+        "replaced_lines": sum(c["replaced"] for c in chunks),
+        "truncated": sum(c["truncated"] for c in chunks),
+    }

@@ -1,0 +1,199 @@
+"""Setting a run up: the accelerator, the objective, the step count, the output folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrasent.core.errors import UserError
+from contrasent.core.launch import launched_world, under_launcher
+from contrasent.objectives.base import Objective
+from contrasent.train import checkpoint as ckpt
+from contrasent.train.config import TrainConfig
+from contrasent.train.result import RunState
+
+log = logging.getLogger(__name__)
+
+
+class TrainModule(nn.Module):
+    """Encoder + objective as one module: what ``accelerator.prepare`` (DDP) wraps.
+
+    ``forward(batch)`` is the objective's plain step (its loss record), with the training
+    truncation ``max_length``.
+    """
+
+    def __init__(self, encoder: nn.Module, objective: Objective, max_length: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.objective = objective
+        self.max_length = max_length
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.objective(self.encoder, batch, self.max_length)
+
+
+def build_module(
+    cfg: TrainConfig, device: Any, objective: Objective | None
+) -> tuple[TrainModule, bool]:
+    """The encoder (on ``device``) and its objective as one module, and whether the encoder
+    was compiled (``train.compile``). Seeded first: every process builds the same heads."""
+    from accelerate.utils import set_seed
+
+    from contrasent.model.encoder import Encoder
+    from contrasent.objectives import build_objective
+
+    m = cfg.model
+    set_seed(cfg.train.seed)  # same head initialisation on every process
+    encoder = Encoder.from_pretrained(
+        m.name_or_path,
+        pooling=m.pooling,
+        normalize=m.normalize,
+        max_seq_length=m.max_seq_length,
+        device=device,  # this process's device (heads are built beside the encoder)
+    )
+    encoder.length_buckets = cfg.train.length_buckets
+    compiled = cfg.train.compile and compile_encoder(encoder)
+    if objective is None:
+        objective = build_objective(cfg.objective_name, encoder, **cfg.objective_options)
+    else:
+        objective.setup(encoder)
+    return TrainModule(encoder, objective, cfg.data.max_seq_length), compiled
+
+
+def make_accelerator(mixed_precision: str):
+    """The run's ``Accelerator``: DDP with unused-parameter detection, our own scheduler
+    stepping, CPU multi-process support, and precision checked against the device."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState
+
+    # Launched as several processes (torchrun / accelerate launch) on a machine without CUDA:
+    # accelerate only sets up gloo for CPU when asked, and would otherwise run every process as
+    # a lone "main" process (all writing the same files) beside an initialised process group.
+    launched = launched_world()
+    cpu = launched > 1 and not torch.cuda.is_available()
+    # BERT's pooler (and any head unused by an objective) gets no gradient: DDP must look for it.
+    kwargs = dict(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        step_scheduler_with_optimizer=False,  # our schedule counts global optimizer steps
+    )
+    try:
+        accelerator = Accelerator(**kwargs)
+    except ValueError as err:
+        # accelerate keeps one precision per process; a second in-process run (notebook, tests)
+        # with another precision must reset that state. Not possible under a launcher.
+        if "already been initialized" not in str(err) or AcceleratorState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        accelerator = Accelerator(**kwargs)
+    if under_launcher() and accelerator.num_processes != launched:
+        raise UserError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate runs "
+            f"{accelerator.num_processes}: check the launcher and its accelerate config"
+        )
+    device = accelerator.device
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"train.mixed_precision: fp16 needs a CUDA device (running on {device}); use bf16 or no"
+        )
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.mixed_precision: this GPU has no bf16 support; use fp16 or no")
+    return accelerator
+
+
+def check_custom_objective(cfg: TrainConfig, objective: Objective) -> None:
+    """An objective instance passed from Python must fit the data kind and the cache setting."""
+    from contrasent.data.registry import data_kind
+
+    kind = data_kind(cfg.data.kind)
+    if not issubclass(kind.batch_type, objective.batch_type):
+        raise UserError(
+            f"{type(objective).__name__} consumes {objective.batch_type.__name__} batches but "
+            f"data.kind {cfg.data.kind!r} yields {kind.batch_type.__name__}"
+        )
+    if cfg.train.mini_batch_size and not objective.supports_gradient_cache:
+        raise UserError(
+            f"{type(objective).__name__} does not run under the gradient cache: "
+            "set train.mini_batch_size: 0"
+        )
+
+
+def reseed_missing_rank(seed: int, rank: int, step: int) -> None:
+    """Seed a process that a checkpoint has no RNG state for (a resume on more processes): from
+    (seed, rank, step), so each new process gets its own stream, reproducibly."""
+    from accelerate.utils import set_seed
+
+    from contrasent.core.rng import keyed_rng
+
+    set_seed(int(keyed_rng(seed, rank, step).integers(2**31)))
+
+
+def total_steps(cfg: TrainConfig, stream: Any) -> int:
+    """Optimizer steps of the run: ``train.max_steps``, else ``data.epochs`` over the stream."""
+    t = cfg.train
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = getattr(stream, "steps_per_epoch", None)
+    if not per_epoch:
+        raise UserError(
+            "the number of batches per epoch is unknown (data.scan: false, or a mixture "
+            "without lines): set train.max_steps"
+        )
+    return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
+
+
+def compile_encoder(encoder: Any) -> bool:
+    """``train.compile``: compile the encoder's transformer in place (``nn.Module.compile``:
+    parameter names, saving and DDP are unchanged), with dynamic shapes (every batch and length
+    bucket has its own). Returns False, with a warning, where torch.compile is unavailable; a
+    graph that fails to compile later runs eagerly (dynamo's ``suppress_errors``)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        log.warning("train.compile: torch.compile is not supported here; training uncompiled")
+        return False
+    torch._dynamo.config.suppress_errors = True
+    encoder.model.compile(dynamic=True)
+    return True
+
+
+def preflight(
+    cfg: TrainConfig, objective: Objective | None, world: int, folder: Any, acc: Any
+) -> Path | None:
+    """Every check that needs no model: config, objective/data fit, output folder, data.
+    Returns the checkpoint to resume from (None: a fresh start)."""
+    if objective is None:
+        cfg.validate(world)
+    else:
+        cfg._validate_numbers(world)
+        cfg.data.check()
+        check_custom_objective(cfg, objective)
+    folder.recover()  # what a killed run left half done
+    acc.wait_for_everyone()
+    resume = ckpt.resolve_resume(cfg.resume_from, Path(cfg.output_dir))
+    folder.check(cfg.overwrite_output_dir, resuming=resume is not None)
+    if cfg.eval.every_steps or cfg.eval.at_end or cfg.eval.at_start:
+        from contrasent.data.senteval import resolve_data_dir
+
+        resolve_data_dir(cfg.eval.data_dir)  # a missing STS folder fails now, not later
+    return resume
+
+
+def restore_run(resume: Path, rank: int, seed: int, parts: dict[str, Any]) -> RunState:
+    """Load the checkpoint ``resume`` into ``parts`` (module, optimizer, scheduler, stream,
+    scaler) and return the loop's counters saved with it."""
+    saved, rng_restored = ckpt.load_checkpoint(resume, rank=rank, **parts)
+    known = {f.name for f in dataclasses.fields(RunState)}
+    state = RunState(**{k: v for k, v in saved.items() if k in known})
+    state.last_checkpoint = str(resume)
+    if not rng_restored:  # resumed on more processes than saved
+        reseed_missing_rank(seed, rank, state.step)
+    log.info("resumed from %s at step %d", resume, state.step)
+    return state
