@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from contrasent.errors import UserError
+from contrasent.core.errors import UserError
+from contrasent.data import senteval
 from contrasent.eval import sts
 from contrasent.eval.tasks import (
     check_tasks,
@@ -300,7 +301,7 @@ def test_best_thresholds_equal_sentence_transformers_with_ties(st_eval, seed: in
 # ----------------------------------------------------------------------------- STS, clustering
 def test_sts_file_equals_builtin_sickr(tasks_dir: Path, senteval_dir: Path) -> None:
     ours = evaluate_sts_file(hashed_encode, tasks_dir / "sick-sts.tsv")
-    pairs = sts.read_sick(senteval_dir, "test")
+    pairs = senteval.read_sick(senteval_dir, "test")
     index, emb = sts.embed_unique(hashed_encode, [*pairs.s1, *pairs.s2], 128)
     spearman, pearson = sts.correlations(pairs.gold, sts.cosine_scores(pairs, index, emb))
     assert (ours["spearman"], ours["pearson"]) == (spearman, pearson)

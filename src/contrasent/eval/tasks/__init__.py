@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
 from contrasent.eval.tasks import clustering, pair_classification, reranking, retrieval, sts_file
 from contrasent.eval.tasks.files import JSONL_SUFFIXES, TABLE_SUFFIXES, as_encode, stem
+from contrasent.eval.tasks.kind import TaskKind
 
 __all__ = [
     "KINDS",
@@ -31,22 +32,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TaskKind:
-    """A registered kind of task file: ``read(path, columns) -> task`` (checks every line),
-    ``evaluate(encode, task, batch_size=...) -> {metric: value, "n_...": count, ...}``,
-    ``detect(path) -> bool`` (does this file look like this kind?)."""
-
-    name: str
-    read: Callable[[Path, Mapping[str, str] | None], Any]
-    evaluate: Callable[..., dict[str, Any]]
-    metrics: tuple[str, ...]
-    main_metric: str
-    higher_is_better: bool = True
-    detect: Callable[[Path], bool] = lambda path: False
-    summary: str = ""
-
-
 KINDS: dict[str, TaskKind] = {}
 
 
@@ -58,61 +43,10 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
     return kind
 
 
-register_task_kind(
-    TaskKind(
-        "retrieval",
-        retrieval.read_retrieval,
-        retrieval.evaluate_retrieval,
-        retrieval.METRICS,
-        "ndcg@10",
-        detect=retrieval.detect,
-        summary="a folder: corpus.jsonl, queries.jsonl, qrels/",
-    )
-)
-register_task_kind(
-    TaskKind(
-        "reranking",
-        reranking.read_reranking,
-        reranking.evaluate_reranking,
-        reranking.METRICS,
-        "map",
-        detect=reranking.detect,
-        summary=".jsonl with query, positive, negative",
-    )
-)
-register_task_kind(
-    TaskKind(
-        "pairs",
-        pair_classification.read_pair_classification,
-        pair_classification.evaluate_pair_classification,
-        pair_classification.METRICS,
-        "ap",
-        detect=pair_classification.detect,
-        summary=".tsv/.csv with header sentence1, sentence2, label",
-    )
-)
-register_task_kind(
-    TaskKind(
-        "sts",
-        sts_file.read_sts_file,
-        sts_file.evaluate_sts_file,
-        sts_file.METRICS,
-        "spearman",
-        detect=sts_file.detect,
-        summary=".tsv/.csv with header sentence1, sentence2, score",
-    )
-)
-register_task_kind(
-    TaskKind(
-        "clustering",
-        clustering.read_clustering,
-        clustering.evaluate_clustering,
-        clustering.METRICS,
-        "v_measure",
-        detect=clustering.detect,
-        summary=".tsv/.csv with header text, label",
-    )
-)
+# One module per kind, each defining KIND; adding a kind = a module + one entry here.
+for _kind in (retrieval.KIND, reranking.KIND, pair_classification.KIND, sts_file.KIND, clustering.KIND):
+    register_task_kind(_kind)
+
 
 
 # ----------------------------------------------------------------------------- specs

@@ -18,7 +18,8 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import v_measure_score
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import as_encode, embed_texts, no_rows, read_table, table_has
 
 COLUMNS = ("text", "label")
@@ -100,3 +101,14 @@ def evaluate_clustering(
         "n_clusters": len(set(labels)),
         "skipped_empty": skipped,
     }
+
+
+KIND = TaskKind(
+    "clustering",
+    read_clustering,
+    evaluate_clustering,
+    METRICS,
+    "v_measure",
+    detect=detect,
+    summary=".tsv/.csv with header text, label",
+)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
 
 Encode = Callable[[list[str]], Any]
 TABLE_SUFFIXES = (".tsv", ".csv")

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import no_rows, parse_binary, read_table, table_has
 from contrasent.eval.tasks.sts_file import pair_cosines, usable_pairs
 
@@ -133,3 +134,14 @@ def evaluate_pair_classification(
         "n_positive": int(labels.sum()),
         "skipped_empty": skipped,
     }
+
+
+KIND = TaskKind(
+    "pairs",
+    read_pair_classification,
+    evaluate_pair_classification,
+    METRICS,
+    "ap",
+    detect=detect,
+    summary=".tsv/.csv with header sentence1, sentence2, label",
+)

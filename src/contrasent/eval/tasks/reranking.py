@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -29,7 +30,7 @@ from contrasent.eval.tasks.files import (
     no_rows,
     read_jsonl,
 )
-from contrasent.search import normalize_rows
+from contrasent.model.similarity import normalize_rows
 
 KEYS = ("query", "positive", "negative")
 METRICS = ("map", "mrr@10", "ndcg@10")
@@ -129,3 +130,14 @@ def evaluate_reranking(
         "n_candidates": sum(len(s.positive) + len(s.negative) for s in samples),
         **counts,
     }
+
+
+KIND = TaskKind(
+    "reranking",
+    read_reranking,
+    evaluate_reranking,
+    METRICS,
+    "map",
+    detect=detect,
+    summary=".jsonl with query, positive, negative",
+)

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.errors import UserError, where
+from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -29,7 +30,7 @@ from contrasent.eval.tasks.files import (
     read_jsonl,
     read_table,
 )
-from contrasent.search import exact_search, normalize_rows
+from contrasent.model.similarity import exact_search, normalize_rows
 
 QREL_COLUMNS = ("query-id", "corpus-id", "score")
 #: reported name -> trec_eval measure (mrr@10 is recip_rank on the run cut at 10: see below)
@@ -241,3 +242,14 @@ def evaluate_retrieval(
         **counts,
         "replaced_judgments": task.replaced_judgments,
     }
+
+
+KIND = TaskKind(
+    "retrieval",
+    read_retrieval,
+    evaluate_retrieval,
+    METRICS,
+    "ndcg@10",
+    detect=detect,
+    summary="a folder: corpus.jsonl, queries.jsonl, qrels/",
+)

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from contrasent.eval.sts import Pairs, correlations, cosine_scores, embed_unique
+from contrasent.data.senteval import Pairs
+from contrasent.eval.sts import correlations, cosine_scores, embed_unique
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import as_encode, no_rows, parse_number, read_table, table_has
 
 COLUMNS = ("sentence1", "sentence2", "score")
@@ -79,3 +81,14 @@ def evaluate_sts_file(
 
 def detect(path: Path) -> bool:
     return table_has(path, COLUMNS)
+
+
+KIND = TaskKind(
+    "sts",
+    read_sts_file,
+    evaluate_sts_file,
+    METRICS,
+    "spearman",
+    detect=detect,
+    summary=".tsv/.csv with header sentence1, sentence2, score",
+)
