@@ -232,7 +232,7 @@ def test_retrieval_blocks_and_chunks_give_the_same_numbers(tmp_path, monkeypatch
     folder = synthetic_beir(tmp_path / "beir")
     whole = evaluate_retrieval(random_encode, folder)
     monkeypatch.setattr(retrieval_mod, "QUERY_CHUNK", 7)
-    monkeypatch.setattr("contrasent.search.SCORE_FLOATS", 7 * 120)  # ~120-row blocks
+    monkeypatch.setattr("contrasent.model.similarity.SCORE_FLOATS", 7 * 120)  # ~120-row blocks
     assert evaluate_retrieval(random_encode, folder) == whole
 
 

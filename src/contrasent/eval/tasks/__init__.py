@@ -44,9 +44,14 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
 
 
 # One module per kind, each defining KIND; adding a kind = a module + one entry here.
-for _kind in (retrieval.KIND, reranking.KIND, pair_classification.KIND, sts_file.KIND, clustering.KIND):
+for _kind in (
+    retrieval.KIND,
+    reranking.KIND,
+    pair_classification.KIND,
+    sts_file.KIND,
+    clustering.KIND,
+):
     register_task_kind(_kind)
-
 
 
 # ----------------------------------------------------------------------------- specs

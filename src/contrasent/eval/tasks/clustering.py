@@ -19,8 +19,8 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import v_measure_score
 
 from contrasent.core.errors import UserError, where
-from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import as_encode, embed_texts, no_rows, read_table, table_has
+from contrasent.eval.tasks.kind import TaskKind
 
 COLUMNS = ("text", "label")
 METRICS = ("v_measure", "v_measure_std")

@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from contrasent.core.errors import UserError, where
-from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import no_rows, parse_binary, read_table, table_has
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.sts_file import pair_cosines, usable_pairs
 
 COLUMNS = ("sentence1", "sentence2", "label")

@@ -21,7 +21,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from contrasent.core.errors import UserError, where
-from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -30,6 +29,7 @@ from contrasent.eval.tasks.files import (
     no_rows,
     read_jsonl,
 )
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.model.similarity import normalize_rows
 
 KEYS = ("query", "positive", "negative")

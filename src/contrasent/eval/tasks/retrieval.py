@@ -3,7 +3,7 @@
 ``corpus.jsonl`` (``_id``, ``text``, optional ``title``: the document is ``title + " " + text``,
 stripped, as BEIR embeds it), ``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv``
 (header; query-id, corpus-id, score; score > 0 is relevant, larger is more relevant). Each query's
-top 100 documents by cosine come from the exact blocked search (:func:`contrasent.search.
+top 100 documents by cosine come from the exact blocked search (:func:`contrasent.model.similarity.
 exact_search`), ties ordered by document id as sentence-transformers orders them; the metrics are
 trec_eval's (``pytrec_eval``), on that ranking, with graded relevance in nDCG as BEIR reports it.
 Queries with no relevant document are left out and counted, as are empty queries and documents.
@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError, where
-from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -30,6 +29,7 @@ from contrasent.eval.tasks.files import (
     read_jsonl,
     read_table,
 )
+from contrasent.eval.tasks.kind import TaskKind
 from contrasent.model.similarity import exact_search, normalize_rows
 
 QREL_COLUMNS = ("query-id", "corpus-id", "score")

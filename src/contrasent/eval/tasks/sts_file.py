@@ -16,8 +16,8 @@ import numpy as np
 
 from contrasent.data.senteval import Pairs
 from contrasent.eval.sts import correlations, cosine_scores, embed_unique
-from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.files import as_encode, no_rows, parse_number, read_table, table_has
+from contrasent.eval.tasks.kind import TaskKind
 
 COLUMNS = ("sentence1", "sentence2", "score")
 METRICS = ("spearman", "pearson")
