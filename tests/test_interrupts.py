@@ -59,11 +59,11 @@ def slow_save(obj, path):
         stall("checkpoint")
 checkpoint._save = slow_save
 
-run_sts = selection.run_sts
+run_evaluation = selection.run_evaluation
 def slow_sts(*a, **kw):
     stall("eval")
-    return run_sts(*a, **kw)
-selection.run_sts = slow_sts
+    return run_evaluation(*a, **kw)
+selection.run_evaluation = slow_sts
 
 forward = loop.TrainModule.forward
 def slow_forward(self, batch):

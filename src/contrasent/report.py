@@ -139,9 +139,28 @@ def _eval_files(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _own_html(results: dict[str, Any]) -> list[str]:
+    """One table per kind of the user's task files: a row per task, a column per metric."""
+    from contrasent.core.results import own_task_tables
+
+    parts = []
+    for kind, (names, body) in own_task_tables([(None, results)]).items():
+        head = "".join(f"<th>{html.escape(n)}</th>" for n in ["task", *names])
+        digits = 2 if kind == "sts" else 4
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td>"
+            + "".join("<td>-</td>" if v is None else f"<td>{v:.{digits}f}</td>" for v in values)
+            + "</tr>"
+            for label, values in body
+        )
+        parts += [f"<p>{html.escape(kind)}</p>", f"<table><tr>{head}</tr>{rows}</table>"]
+    return parts
+
+
 def _results_section(label: str, results: dict[str, Any]) -> list[str]:
     parts = [f"<h3>{html.escape(label)}</h3>"]
-    if "tasks" in results:
+    parts += _own_html(results)
+    if "avg" in results:  # STS tasks were evaluated
         parts += [
             f"<p>STS ({html.escape(str(results.get('mode')))} mode, Spearman x100)</p>",
             _sts_html(results),
@@ -178,7 +197,7 @@ def _figures(
     figures: list[tuple[Path, str]] = []
     if train or evals:
         path = plots.training_curves(train, evals, out / "curves.png")
-        figures.append((path, "loss, learning rate and STS dev during training"))
+        figures.append((path, "loss, learning rate and the evaluation during training"))
     points = [] if from_ckpt else _trajectory_from_metrics(evals)
     if not points:
         points = checkpoint_trajectory(run, data_dir or (config.get("eval") or {}).get("data_dir"))
@@ -211,7 +230,7 @@ def _body(run: Path, train: list[dict], evals: list[dict], config: dict) -> list
         )
     if evals:
         last = evals[-1]
-        body.append("<h2>STS during training</h2>")
+        body.append("<h2>Evaluation during training</h2>")
         if last.get("best") is not None:
             body.append(
                 f"<p>best selection metric {last['best']:.2f} at step {last.get('best_step')}</p>"

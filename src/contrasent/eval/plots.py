@@ -85,10 +85,31 @@ def similarity_distribution(panels: Mapping[str, Mapping[str, Any]], path) -> Pa
     return save_png(fig, path)
 
 
+def own_task_curves(evals: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """``NAME.METRIC`` -> its value at each evaluation, for each task file's main metric and
+    the held-out ``validation_loss`` (what a run without STS is judged by)."""
+    from contrasent.core.results import own_tasks
+    from contrasent.eval.tasks import KINDS
+
+    last = (evals[-1].get("results") if evals else None) or {}
+    keys = [f"{n}.{KINDS[r['kind']].main_metric}" for n, r in own_tasks(last).items()]
+    keys += ["validation_loss"] if any(r.get("validation_loss") is not None for r in evals) else []
+    return {k: [_num(r.get(k)) for r in evals] for k in keys}
+
+
 def training_curves(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], path):
-    """Loss, learning rate and the STS dev numbers against the optimizer step."""
-    fig = _figure(12, 3.4)
-    ax_loss, ax_lr, ax_sts = fig.subplots(1, 3)
+    """Loss, learning rate, the STS dev numbers and the task files' main metrics against the
+    optimizer step."""
+    own = own_task_curves(evals)
+    fig = _figure(16 if own else 12, 3.4)
+    axes = fig.subplots(1, 4 if own else 3)
+    ax_loss, ax_lr, ax_sts = axes[:3]
+    if own:
+        e_steps = [r["step"] for r in evals]
+        for key, values in own.items():
+            axes[3].plot(e_steps, values, marker="o", ms=3, lw=1, label=key)
+        axes[3].set_title("your tasks (eval)", fontsize=10)
+        axes[3].legend(fontsize=8)
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [_num(r.get("loss")) for r in train], lw=1)
     ax_loss.set_title("training loss", fontsize=10)
@@ -105,7 +126,7 @@ def training_curves(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[
         ax_sts.legend(fontsize=8)
     else:
         ax_sts.text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax_sts.transAxes)
-    for ax in (ax_loss, ax_lr, ax_sts):
+    for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     return save_png(fig, path)

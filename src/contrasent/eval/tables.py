@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from contrasent.core.fileio import atomic_write_text
+from contrasent.core.results import own_task_tables
 from contrasent.core.results import sts_summary as summary_row
 from contrasent.data.senteval import TASKS
 
@@ -42,14 +43,17 @@ def format_rows(rows: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
 
 
 def render_rows(
-    names: Sequence[str], rows: Sequence[tuple[str | None, Sequence[float | None]]]
+    names: Sequence[str],
+    rows: Sequence[tuple[str | None, Sequence[float | None]]],
+    digits: int = 2,
 ) -> str:
-    """Rows of numbers (2 decimals, "-" when None) under ``names`` in SimCSE's layout
+    """Rows of numbers (``digits`` decimals, "-" when None) under ``names`` in SimCSE's layout
     (PrettyTable style); a label column when any row is labelled."""
     labelled = any(label is not None for label, _ in rows)
     header = ([""] if labelled else []) + list(names)
     body = [
-        ([label or ""] if labelled else []) + ["-" if v is None else f"{v:.2f}" for v in values]
+        ([label or ""] if labelled else [])
+        + ["-" if v is None else f"{v:.{digits}f}" for v in values]
         for label, values in rows
     ]
     widths = [max(len(r[i]) for r in [header, *body]) + 2 for i in range(len(header))]
@@ -59,6 +63,26 @@ def render_rows(
         return "|" + "|".join(v.center(w) for v, w in zip(values, widths, strict=True)) + "|"
 
     return "\n".join([rule, line(header), rule, *[line(b) for b in body], rule])
+
+
+#: what the numbers of each own-data kind are (their scale: STS files x100, the rest 0-1)
+OWN_CAPTIONS = {
+    "retrieval": "retrieval (cosine, exact search; trec_eval metrics, graded nDCG)",
+    "reranking": "reranking (cosine; MAP, MRR@10, nDCG@10)",
+    "pairs": "pair classification (cosine; best accuracy / F1 and their thresholds, AP)",
+    "sts": "STS files (Spearman / Pearson x100 of cosine)",
+    "clustering": "clustering (V-measure of mini-batch k-means, mean and std over runs)",
+}
+
+
+def format_own_tables(rows: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
+    """The own-data tasks of one or more results (e.g. before / after training): one table
+    per kind, a row per task (per labelled result), a column per metric. Empty when none."""
+    parts = []
+    for kind, (names, body) in own_task_tables(list(rows)).items():
+        parts.append(f"{OWN_CAPTIONS.get(kind, kind)}:")
+        parts.append(render_rows(names, body, digits=2 if kind == "sts" else 4))
+    return "\n".join(parts)
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from contrasent.core.fileio import atomic_write_text
-from contrasent.core.results import sts_summary, transfer_summary
+from contrasent.core.results import own_task_tables, own_tasks, sts_summary, transfer_summary
 
 CARD_FILE = "README.md"
 BASE_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "contrasent"]
@@ -48,12 +48,25 @@ def _front_matter(info: Mapping[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _table(header: list[str], row: list[str]) -> list[str]:
+def _table(header: list[str], *rows: list[str]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(" --- " for _ in header) + "|",
-        "| " + " | ".join(row) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
+
+
+def own_tables(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """Markdown tables of the tasks on the user's own files: one per kind, a row per task
+    (before and after training when both are known)."""
+    labelled = [("before", before), ("after", after)] if before else [(None, after)]
+    lines: list[str] = []
+    for kind, (names, body) in own_task_tables(labelled).items():
+        digits = 2 if kind == "sts" else 4
+        rows = [[label, *("-" if v is None else f"{v:.{digits}f}" for v in values)]
+                for label, values in body]  # fmt: skip
+        lines += [f"#### {kind}", "", *_table(["task", *names], *rows), ""]
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -169,7 +182,13 @@ def _duration(seconds: float) -> str:
 
 def _evaluation(info: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
-    if info.get("sts"):
+    if info.get("sts") and own_tasks(info["sts"]):
+        lines += [
+            "### Your tasks (cosine similarity)",
+            "",
+            *own_tables(info.get("sts_before"), info["sts"]),
+        ]
+    if info.get("sts") and "avg" in info["sts"]:  # STS tasks were evaluated
         sts = info["sts"]
         lines += [
             f"### STS (Spearman x100, cosine similarity, {sts.get('mode', 'test')} mode)",
@@ -178,7 +197,7 @@ def _evaluation(info: Mapping[str, Any]) -> list[str]:
             "and SICK-R report their test split (dev in dev mode).",
             "",
         ]
-        if info.get("sts_before"):
+        if "avg" in (info.get("sts_before") or {}):
             lines += ["Before training:", "", *sts_table(info["sts_before"]), "", "After:", ""]
         lines += [*sts_table(sts), ""]
     if info.get("transfer"):
@@ -225,7 +244,8 @@ def write_model_card(folder: str | os.PathLike, info: Mapping[str, Any]) -> Path
     * ``recipe`` (dict or YAML text): the training configuration;
     * ``training`` (dict): ``steps``, ``epochs``, ``batch_size``, ``samples``, ``time_s``,
       ``hardware``;
-    * ``sts`` / ``sts_before`` (dict): ``evaluate_sts`` results after / before training;
+    * ``sts`` / ``sts_before`` (dict): evaluation results after / before training (STS tasks,
+      and the user's own task files under ``tasks`` with their ``kind``);
     * ``transfer`` (dict): ``evaluate_transfer`` results;
     * ``diagnostics`` (dict): ``results["diagnostics"]`` of ``evaluate_sts(diagnostics=True)``;
     * ``tags`` (list[str]), ``language`` (str), ``license`` (str), ``citation`` (BibTeX str).

@@ -27,12 +27,6 @@ from contrasent.core.options import build
 from contrasent.data.registry import DataSpec
 from contrasent.model.pooling import Pooling
 
-#: eval.metric names and the result paths they stand for (a dotted path works too)
-METRIC_PATHS = {
-    "stsb": "tasks.STSBenchmark.spearman.{split}",
-    "sickr": "tasks.SICKRelatedness.spearman.{split}",
-    "avg": "avg",
-}
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
@@ -119,7 +113,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Periodic STS evaluation and best-model selection.
+    """Periodic evaluation (STS, or your own task files) and best-model selection.
 
     Attributes:
         every_steps: Evaluate every this many optimizer steps (SimCSE: 125); 0: only at the
@@ -129,9 +123,15 @@ class EvalConfig:
         at_end: Evaluate after the last step.
         mode: ``dev``: STS-B dev + SICK-R trial (model selection); ``test``: every STS task.
         data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
-        metric: Selection metric: ``stsb`` (STS-B dev Spearman, SimCSE's), ``sickr``,
-            ``avg``, or a dotted path into the results, e.g.
-            ``tasks.STSBenchmark.pearson.dev``. Higher is better.
+        tasks: What to evaluate, as ``contrasent eval --tasks`` takes it (a list or a comma
+            list): your own task files (``retrieval:PATH``, ``NAME=pairs:PATH``, ``sts:PATH``,
+            ``reranking:PATH``, ``clustering:PATH``) and built-in STS names (``stsb``,
+            ``sickr``, ...). Default: the STS tasks of ``mode``.
+        metric: Selection metric: ``stsb`` (STS-B dev Spearman, SimCSE's), ``sickr``, ``avg``,
+            ``NAME.METRIC`` of a task file (e.g. ``askubuntu.map``; ``NAME`` alone: its kind's
+            main metric), ``validation_loss`` (lower is better), or a dotted path into the
+            results, e.g. ``tasks.STSBenchmark.pearson.dev``. Higher is better unless said.
+            Default: ``stsb``, or with ``tasks`` the first task's main metric.
         keep_best: Save the best model by ``metric`` to ``output_dir/best``.
         batch_size: Sentences per forward while evaluating.
         patience: Stop training after this many evaluations in a row without a new best
@@ -143,7 +143,8 @@ class EvalConfig:
     at_end: bool = True
     mode: Literal["dev", "test"] = "dev"
     data_dir: str | None = None
-    metric: str = "stsb"
+    tasks: list[str] | str | None = None
+    metric: str | None = None
     keep_best: bool = True
     batch_size: int = 128
     patience: int = 0
@@ -240,6 +241,13 @@ class TrainConfig:
             data = asdict(data)
         return build(cls, data, {})
 
+    def _resolve_metric(self) -> None:
+        """Check ``eval.tasks`` (the files exist, the kinds are known) and settle
+        ``eval.metric`` (its default depends on the tasks; ``NAME`` means NAME's main metric)."""
+        from contrasent.eval.metric_paths import resolve_metric
+
+        self.eval.metric = resolve_metric(self.eval.tasks, self.eval.metric)
+
     def validate(self, world_size: int = 1) -> None:
         """Raise :class:`UserError` for every inconsistent setting (no model or data is loaded:
         objective options, data kind and batch type, gradient-cache support are checked too)."""
@@ -281,16 +289,7 @@ class TrainConfig:
             raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
-        metric = self.eval.metric
-        if metric not in METRIC_PATHS and not metric.startswith("tasks."):
-            from contrasent.core.options import suggest
-
-            raise UserError(
-                f"eval.metric {metric!r}{suggest(metric, list(METRIC_PATHS))}: use "
-                f"{', '.join(METRIC_PATHS)} or a dotted path into the results "
-                "(tasks.STSBenchmark.pearson.dev)",
-                "eval.metric",
-            )
+        self._resolve_metric()
         if self.eval.batch_size < 1:
             raise UserError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
         if self.checkpoint.keep_last < 0:

@@ -86,7 +86,7 @@ class _Trainer:
         self.out = Path(cfg.output_dir)
         self.folder = RunFolder(self.out, self.is_main)
         self.signal: int | None = None
-        resume = preflight(cfg, objective, self.world, self.folder, self.acc)
+        resume, plan = preflight(cfg, objective, self.world, self.folder, self.acc)
         self.module = self._build_module(objective)
         self.stream = self._build_stream()
         self.total = total_steps(cfg, self.stream)
@@ -106,7 +106,7 @@ class _Trainer:
         self.dropped_rows = 0
         self.compile_reported = False
         self.stopped_early = False
-        self.selection = Selection(cfg, self.folder, self.acc, self.state)
+        self.selection = Selection(cfg, self.folder, self.acc, self.state, plan)
         self.last_train: dict[str, Any] = {}
 
     # --------------------------------------------------------------- setting up

@@ -13,10 +13,13 @@ from torch import nn
 
 from contrasent.core.errors import UserError
 from contrasent.core.launch import launched_world, under_launcher
+from contrasent.data.senteval import resolve_data_dir
+from contrasent.eval.suite import Plan
 from contrasent.objectives.base import Objective
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import TrainConfig
 from contrasent.train.result import RunState
+from contrasent.train.selection import eval_plan
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +169,10 @@ def compile_encoder(encoder: Any) -> bool:
 
 def preflight(
     cfg: TrainConfig, objective: Objective | None, world: int, folder: Any, acc: Any
-) -> Path | None:
-    """Every check that needs no model: config, objective/data fit, output folder, data.
-    Returns the checkpoint to resume from (None: a fresh start)."""
+) -> tuple[Path | None, Plan | None]:
+    """Every check that needs no model: config, objective/data fit, output folder, data, the
+    evaluation's task files. Returns the checkpoint to resume from (None: a fresh start) and
+    the evaluation plan (None: the default STS evaluation)."""
     if objective is None:
         cfg.validate(world)
     else:
@@ -179,11 +183,12 @@ def preflight(
     acc.wait_for_everyone()
     resume = ckpt.resolve_resume(cfg.resume_from, Path(cfg.output_dir))
     folder.check(cfg.overwrite_output_dir, resuming=resume is not None)
+    plan = None
     if cfg.eval.every_steps or cfg.eval.at_end or cfg.eval.at_start:
-        from contrasent.data.senteval import resolve_data_dir
-
-        resolve_data_dir(cfg.eval.data_dir)  # a missing STS folder fails now, not later
-    return resume
+        plan = eval_plan(cfg.eval)  # a bad task file fails now, not after the first steps
+        if plan is None or plan.sts:
+            resolve_data_dir(cfg.eval.data_dir)  # a missing STS folder fails now, not later
+    return resume, plan
 
 
 def restore_run(resume: Path, rank: int, seed: int, parts: dict[str, Any]) -> RunState:

@@ -1,5 +1,6 @@
-"""Model selection inside training: the periodic evaluation (STS, ``contrasent.eval.sts``), the
-best model (``best/``) and patience, the last model (``final/``) and its card.
+"""Model selection inside training: the periodic evaluation (STS by default, or ``eval.tasks``:
+task files and STS names), the best model (``best/``) by ``eval.metric`` and patience, the last
+model (``final/``) and its card.
 
 The decisions live here; the loop calls :class:`Selection` at its evaluation steps and at the
 end, and saves the shared counters (best metric and step, evaluations without a gain) in its
@@ -18,51 +19,71 @@ from torch import nn
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import link_model
+from contrasent.core.results import own_tasks, task_metrics
+from contrasent.eval.metric_paths import METRIC_PATHS, is_better, lookup
 from contrasent.eval.sts import evaluate_sts
+from contrasent.eval.suite import Plan, check_tasks, evaluate_own
 from contrasent.train.card import run_card_info, write_run_card
-from contrasent.train.config import METRIC_PATHS, EvalConfig, TrainConfig
+from contrasent.train.config import EvalConfig, TrainConfig
 from contrasent.train.outputs import RunFolder
 
 log = logging.getLogger(__name__)
 
 
-def _lookup(results: dict[str, Any], metric: str, mode: str) -> tuple[Any, str | None, str]:
-    """Walk ``metric`` (a name of METRIC_PATHS or a dotted path) into the results:
-    (value, first missing key or None, the dotted path)."""
-    path = METRIC_PATHS.get(metric, metric).format(split="dev" if mode == "dev" else "test")
-    value: Any = results
-    for key in path.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return None, key, path
-        value = value[key]
-    return value, None, path
-
-
 def metric_value(results: dict[str, Any], metric: str, mode: str) -> float | None:
     """The selection number in an ``evaluate_sts`` result (None: undefined, e.g. collapse)."""
-    value, missing, path = _lookup(results, metric, mode)
+    value, missing, path = lookup(results, metric, mode)
     if missing is not None:
         raise UserError(
-            f"eval.metric {metric!r}: no {missing!r} in the STS results (path {path}); "
-            f"use one of {', '.join(METRIC_PATHS)} or a dotted path"
+            f"eval.metric {metric!r}: no {missing!r} in the evaluation results (path {path}); "
+            f"use one of {', '.join(METRIC_PATHS)}, NAME.METRIC of eval.tasks or a dotted path"
         )
     return None if value is None else float(value)
 
 
-def run_sts(module: nn.Module, cfg: EvalConfig) -> dict[str, Any]:
-    """``evaluate_sts`` on ``module.encoder`` in eval mode (dropout off); train mode restored."""
+def eval_plan(e: EvalConfig) -> Plan | None:
+    """``eval.tasks`` checked, their files read to the last line (before any model loads);
+    None: the default STS evaluation of ``eval.mode``."""
+    if e.tasks is None:
+        return None
+    plan = check_tasks(
+        e.tasks if isinstance(e.tasks, str) else ",".join(e.tasks), e.mode, e.data_dir
+    )
+    if plan.transfer:
+        raise UserError(
+            f"eval.tasks: transfer tasks ({', '.join(plan.transfer)}) train a classifier per "
+            "evaluation and are not run during training; evaluate final/ with contrasent eval",
+            "eval.tasks",
+        )
+    return plan
+
+
+def run_evaluation(module: nn.Module, cfg: EvalConfig, plan: Plan | None = None) -> dict[str, Any]:
+    """The evaluation of ``module.encoder`` in eval mode (dropout off; train mode restored):
+    the STS tasks of ``cfg.mode`` by default, else ``plan``'s STS tasks and task files."""
     encoder = module.encoder
     was_training = module.training
     module.eval()
+
+    def encode(texts: list[str]) -> Any:
+        return encoder.encode(texts, batch_size=len(texts), show_progress=False)
+
     try:
         with torch.no_grad():
-            return evaluate_sts(
-                lambda texts: encoder.encode(texts, batch_size=len(texts), show_progress=False),
-                data_dir=cfg.data_dir,
-                mode=cfg.mode,
-                batch_size=cfg.batch_size,
-                diagnostics=True,  # alignment / uniformity on STS-B dev, from the same embeddings
-            )
+            results: dict[str, Any] = {"mode": cfg.mode}
+            if plan is None or plan.sts:
+                results = evaluate_sts(
+                    encode,
+                    data_dir=cfg.data_dir,
+                    mode=cfg.mode,
+                    tasks=None if plan is None else plan.sts,
+                    batch_size=cfg.batch_size,
+                    diagnostics=True,  # alignment / uniformity on STS-B dev, same embeddings
+                )
+            if plan is not None and plan.own:
+                own = evaluate_own(plan, encode, cfg.batch_size)
+                results["tasks"] = {**results.get("tasks", {}), **own}
+            return results
     finally:
         module.train(was_training)
 
@@ -84,17 +105,25 @@ def eval_record(
         "metric": value,
         "best": best,
         "best_step": best_step,
-        "stsb": _lookup(results, "stsb", cfg.mode)[0],
-        "sickr": _lookup(results, "sickr", cfg.mode)[0],
+        "stsb": lookup(results, "stsb", cfg.mode)[0],
+        "sickr": lookup(results, "sickr", cfg.mode)[0],
         "avg": results.get("avg"),
         "alignment": diag.get("alignment"),
         "uniformity": diag.get("uniformity"),
+        **{  # each task file's numbers by name (TensorBoard: eval/NAME.METRIC)
+            f"{name}.{metric}": value
+            for name, res in own_tasks(results).items()
+            for metric, value in task_metrics(res).items()
+        },
         "results": results,
     }
 
 
 def fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    """STS numbers (x100) with 2 decimals; metrics on a 0-1 scale and losses with 4."""
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.4f}"
 
 
 class Selection:
@@ -104,8 +133,11 @@ class Selection:
     ``evals_without_gain``, ``last_eval_step``, ``step``), updated here in place.
     """
 
-    def __init__(self, cfg: TrainConfig, folder: RunFolder, acc: Any, state: Any) -> None:
+    def __init__(
+        self, cfg: TrainConfig, folder: RunFolder, acc: Any, state: Any, plan: Plan | None = None
+    ) -> None:
         self.cfg, self.folder, self.acc, self.state = cfg, folder, acc, state
+        self.plan = plan  # eval.tasks, read once
         self.out = Path(cfg.output_dir)
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -118,9 +150,9 @@ class Selection:
         e, state = self.cfg.eval, self.state
         improved = torch.zeros(1, device=self.acc.device)
         if self.acc.is_main_process:
-            results = run_sts(module, e)
+            results = run_evaluation(module, e, self.plan)
             value = metric_value(results, e.metric, e.mode)
-            if value is not None and (state.best_metric is None or value > state.best_metric):
+            if value is not None and is_better(value, state.best_metric, e.metric):
                 improved += 1
                 state.best_metric, state.best_step = value, step
                 if e.keep_best:

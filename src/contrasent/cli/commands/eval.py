@@ -1,4 +1,5 @@
-"""`contrasent eval`: STS (Spearman x100) and SentEval transfer tasks (accuracy x100)."""
+"""`contrasent eval`: STS (Spearman x100), SentEval transfer tasks (accuracy x100) and tasks on
+the user's own files (retrieval, reranking, pair classification, STS, clustering)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from contrasent.cli.args import ModelArgs, check_output_file, check_output_folde
 
 @dataclass
 class EvalArgs(ModelArgs):
-    """Evaluate an encoder on STS (Spearman x100) and SentEval transfer tasks (accuracy x100).
+    """Evaluate an encoder on STS (Spearman x100), SentEval transfer tasks (accuracy x100) and
+    your own task files.
 
     Args:
         tasks: "sts" (default: STS12-16, STS-B, SICK-R), "transfer" (MR, CR, SUBJ, MPQA, SST2,
             TREC, MRPC), "full" (both), or comma-separated names: sts12..sts16, stsb, sickr, MR,
-            CR, SUBJ, MPQA, SST2, TREC, MRPC, SICKEntailment.
+            CR, SUBJ, MPQA, SST2, TREC, MRPC, SICKEntailment; mixed freely with your own task
+            files: KIND:PATH or NAME=KIND:PATH with KIND retrieval (a BEIR folder), reranking
+            (.jsonl), pairs (.tsv sentence1/sentence2/label), sts (.tsv
+            sentence1/sentence2/score) or clustering (.tsv text/label); a bare PATH when its
+            kind is clear from the file. Results: tasks.NAME.METRIC in --output.
         mode: STS: "test" every task, "dev" STS-B dev + SICK-R trial only ("fasttest" = test).
             Transfer (SimCSE's settings): "test" 10-fold Adam classifier; "fasttest" 5-fold
             RMSprop classifier, test accuracy; "dev" the fasttest classifier, dev accuracy.
@@ -44,7 +50,10 @@ class EvalArgs(ModelArgs):
             check_output_file(self.output, "--output")
         if self.plots:
             check_output_folder(self.plots, "--plots")
-        sts_names, transfer_names = check_tasks(self.tasks, self.mode, self.data_dir)
+        plan = check_tasks(self.tasks, self.mode, self.data_dir)  # task files read here
+        sts_names, transfer_names = plan.sts, plan.transfer
+        if not sts_names and not transfer_names:
+            return
         root = resolve_data_dir(self.data_dir)
         sts_mode = "dev" if self.mode == "dev" else "test"
         for task in resolve_tasks(sts_names, sts_mode) if sts_names else ():

@@ -30,6 +30,7 @@ def check_train(cfg: TrainConfig) -> None:
 
 def run_train(cfg: TrainConfig) -> None:
     from contrasent.train.loop import train
+    from contrasent.train.selection import fmt
 
     quiet_transformers()
     result = train(cfg)
@@ -42,7 +43,7 @@ def run_train(cfg: TrainConfig) -> None:
         text = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
         print(f"last training record (step {result.last_train['step']}): {text}")
     if result.best_metric is not None:
-        print(f"best {cfg.eval.metric} = {result.best_metric:.2f} at step {result.best_step}")
+        print(f"best {cfg.eval.metric} = {fmt(result.best_metric)} at step {result.best_step}")
     print(
         f"final model: {result.final_dir}"
         + (f"  best: {result.best_dir}" if result.best_dir else "")
@@ -52,8 +53,9 @@ def run_train(cfg: TrainConfig) -> None:
 
 
 def _print_tables(result: Any) -> None:
-    """The STS table before and after training (after each stage), and the diagnostics."""
-    from contrasent.eval.tables import format_rows, table_caption
+    """The STS table and the task files' tables before and after training (after each stage),
+    and the diagnostics."""
+    from contrasent.eval.tables import format_own_tables, format_rows, table_caption
 
     rows = []
     if result.first_eval:
@@ -64,8 +66,13 @@ def _print_tables(result: Any) -> None:
             rows.append(
                 (f"after ({where}step {stage.last_eval['step']})", stage.last_eval["results"])
             )
+    sts_rows = [(label, res) for label, res in rows if "avg" in res]  # STS was evaluated
+    if sts_rows:
+        print(f"\n{table_caption(sts_rows[-1][1])}\n{format_rows(sts_rows)}")
+    own = format_own_tables(rows)
+    if own:
+        print(f"\n{own}")
     if rows:
-        print(f"\n{table_caption(rows[-1][1])}\n{format_rows(rows)}")
         _print_diagnostics(result)
 
 

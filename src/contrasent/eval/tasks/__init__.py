@@ -181,17 +181,19 @@ def evaluate_tasks(
     log: Callable[[str], None] | None = None,
     *,
     batch_size: int = 128,
+    tasks: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every file task in ``specs`` (specs or spec strings): name -> :func:`evaluate_task`'s
-    result. All files are read first; ``log`` (default: this module's logger) gets one line
-    per task. Built-in names must be routed by the caller (ValueError here)."""
+    result. All files are read first (``tasks``: already read by :func:`check_tasks`, e.g.
+    once for a whole training run); ``log`` (default: this module's logger) gets one line per
+    task. Built-in names must be routed by the caller (ValueError here)."""
     specs = [specs] if isinstance(specs, str) else list(specs)
     if not all(isinstance(s, TaskSpec) for s in specs):
         specs = parse_task_specs(specs)
     builtin = [s.name for s in specs if s.kind is None]
     if builtin:
         raise ValueError(f"built-in tasks {builtin} go to contrasent.eval, not evaluate_tasks")
-    tasks = check_tasks(specs)
+    tasks = tasks if tasks is not None else check_tasks(specs)
     log = log or _log.info
     results = {}
     for spec in specs:
