@@ -32,6 +32,7 @@ METRIC_PATHS = {
     "stsb": "tasks.STSBenchmark.spearman.{split}",
     "sickr": "tasks.SICKRelatedness.spearman.{split}",
     "avg": "avg",
+    "validation_loss": "validation_loss",  # data.validation's held-out loss: lower is better
 }
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
@@ -131,7 +132,8 @@ class EvalConfig:
         data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
         metric: Selection metric: ``stsb`` (STS-B dev Spearman, SimCSE's), ``sickr``,
             ``avg``, or a dotted path into the results, e.g.
-            ``tasks.STSBenchmark.pearson.dev``. Higher is better.
+            ``tasks.STSBenchmark.pearson.dev``: higher is better; or ``validation_loss`` (the
+            objective's loss on ``data.validation``, which it needs): lower is better.
         keep_best: Save the best model by ``metric`` to ``output_dir/best``.
         batch_size: Sentences per forward while evaluating.
         patience: Stop training after this many evaluations in a row without a new best
@@ -289,6 +291,12 @@ class TrainConfig:
                 f"eval.metric {metric!r}{suggest(metric, list(METRIC_PATHS))}: use "
                 f"{', '.join(METRIC_PATHS)} or a dotted path into the results "
                 "(tasks.STSBenchmark.pearson.dev)",
+                "eval.metric",
+            )
+        if metric == "validation_loss" and self.data.validation is None:
+            raise UserError(
+                "eval.metric validation_loss needs held-out data: set data.validation to a "
+                "file, or to a fraction (0.01) or row count of the training rows to hold out",
                 "eval.metric",
             )
         if self.eval.batch_size < 1:

@@ -1,5 +1,6 @@
-"""Model selection inside training: the periodic evaluation (STS, ``contrasent.eval.sts``), the
-best model (``best/``) and patience, the last model (``final/``) and its card.
+"""Model selection inside training: the periodic evaluation (STS, ``contrasent.eval.sts``, and
+the held-out ``validation_loss``, ``contrasent.train.validation``), the best model (``best/``)
+and patience, the last model (``final/``) and its card.
 
 The decisions live here; the loop calls :class:`Selection` at its evaluation steps and at the
 end, and saves the shared counters (best metric and step, evaluations without a gain) in its
@@ -22,6 +23,7 @@ from contrasent.eval.sts import evaluate_sts
 from contrasent.train.card import run_card_info, write_run_card
 from contrasent.train.config import METRIC_PATHS, EvalConfig, TrainConfig
 from contrasent.train.outputs import RunFolder
+from contrasent.train.validation import ValidationSet
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,18 @@ def _lookup(results: dict[str, Any], metric: str, mode: str) -> tuple[Any, str |
             return None, key, path
         value = value[key]
     return value, None, path
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better: true of every correlation, not of a loss."""
+    return metric != "validation_loss"
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    """Whether ``value`` beats the best so far (None: there is none yet)."""
+    if best is None:
+        return True
+    return value > best if higher_is_better(metric) else value < best
 
 
 def metric_value(results: dict[str, Any], metric: str, mode: str) -> float | None:
@@ -89,12 +103,13 @@ def eval_record(
         "avg": results.get("avg"),
         "alignment": diag.get("alignment"),
         "uniformity": diag.get("uniformity"),
+        **({"validation_loss": results["validation_loss"]} if "validation_loss" in results else {}),
         "results": results,
     }
 
 
-def fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 class Selection:
@@ -104,23 +119,34 @@ class Selection:
     ``evals_without_gain``, ``last_eval_step``, ``step``), updated here in place.
     """
 
-    def __init__(self, cfg: TrainConfig, folder: RunFolder, acc: Any, state: Any) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        folder: RunFolder,
+        acc: Any,
+        state: Any,
+        validation: ValidationSet | None = None,
+    ) -> None:
         self.cfg, self.folder, self.acc, self.state = cfg, folder, acc, state
+        self.validation = validation  # the held-out batches (main process; data.validation)
         self.out = Path(cfg.output_dir)
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.started = time.perf_counter()
 
     def evaluate(self, module: nn.Module, step: int, write: Any, say: Any) -> None:
-        """STS on the main process; the others wait. Saves ``best/`` on improvement and counts
-        evaluations without one for ``eval.patience`` (the decision is shared by all).
-        ``write`` takes the metrics record, ``say`` a line for the person watching."""
+        """STS (and the validation loss) on the main process; the others wait. Saves ``best/`` on
+        improvement and counts evaluations without one for ``eval.patience`` (the decision is
+        shared by all). ``write`` takes the metrics record, ``say`` a line for the person
+        watching."""
         e, state = self.cfg.eval, self.state
         improved = torch.zeros(1, device=self.acc.device)
         if self.acc.is_main_process:
             results = run_sts(module, e)
+            if self.validation is not None:
+                results["validation_loss"] = self.validation.loss(module)
             value = metric_value(results, e.metric, e.mode)
-            if value is not None and (state.best_metric is None or value > state.best_metric):
+            if value is not None and is_better(value, state.best_metric, e.metric):
                 improved += 1
                 state.best_metric, state.best_step = value, step
                 if e.keep_best:
@@ -128,9 +154,12 @@ class Selection:
             record = eval_record(step, results, e, value, state.best_metric, state.best_step)
             write(record)
             self.last_eval = record
+            digits = 2 if higher_is_better(e.metric) else 4
+            loss = results.get("validation_loss") if higher_is_better(e.metric) else None
             say(
-                f"step {step}: {e.metric}={fmt(value)} (best {fmt(state.best_metric)} "
-                f"at step {state.best_step})"
+                f"step {step}: {e.metric}={fmt(value, digits)} (best "
+                f"{fmt(state.best_metric, digits)} at step {state.best_step})"
+                + ("" if loss is None else f", validation_loss={fmt(loss, 4)}")
             )
         if self.acc.num_processes > 1:
             improved = self.acc.reduce(improved, reduction="sum")
@@ -143,9 +172,10 @@ class Selection:
         e, state = self.cfg.eval, self.state
         if not (e.patience and state.evals_without_gain >= e.patience):
             return None
+        digits = 2 if higher_is_better(e.metric) else 4
         return (
             f"early stop at step {state.step}: {e.patience} evaluations without a new "
-            f"best {e.metric} (best {fmt(state.best_metric)} at step {state.best_step})"
+            f"best {e.metric} (best {fmt(state.best_metric, digits)} at step {state.best_step})"
         )
 
     def save_encoder(self, module: nn.Module, name: str) -> Path:
