@@ -5,6 +5,7 @@ run's randomness alone, and selects ``best/`` and drives patience with lower as 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -191,19 +192,19 @@ def test_validation_loss_falls_and_is_the_same_number_twice(
 def test_validation_never_changes_the_training_run(
     tiny_bert_dir, shared_data, corpus, tmp_path, caplog
 ):
-    """A validation FILE holds nothing out: with it (evaluated every 2 steps, dropout on) the
-    run ends bitwise equal to the same run without it: its RNG use is forked away."""
+    """A validation FILE holds nothing out: with it (evaluated every 2 steps) the ConSERT run,
+    whose embedding-level views draw from torch's global generator in training and validation
+    alike, ends bitwise equal to the same run without it: the validation pass's draws are forked
+    away (without the fork this test fails)."""
     val = tmp_path / "val.txt"
     lines = (shared_data / "corpus" / "wiki1m-head.txt").read_text().splitlines()
     val.write_text("\n".join([x for x in lines if x.strip()][-40:]) + "\n")
     common = dict(train={"max_steps": 4}, eval={"every_steps": 2, "metric": "stsb"})
     with caplog.at_level(logging.INFO, logger="contrasent.train.validation"):
-        a = train(recipe(tiny_bert_dir, tmp_path / "a", "simcse_unsup",
+        a = train(recipe(tiny_bert_dir, tmp_path / "a", "consert",
                          {"path": str(corpus), "validation": str(val)}, **common))  # fmt: skip
     assert f"validation: 40 rows of {val}" in caplog.text
-    b = train(
-        recipe(tiny_bert_dir, tmp_path / "b", "simcse_unsup", {"path": str(corpus)}, **common)
-    )
+    b = train(recipe(tiny_bert_dir, tmp_path / "b", "consert", {"path": str(corpus)}, **common))
     wa, wb = (load_file(r.final_dir / "model.safetensors") for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["step"] for r in evals(tmp_path / "a")] == [0, 2, 4]
@@ -226,6 +227,31 @@ def test_lowest_validation_loss_is_best_and_patience_counts_on_it(tiny_bert_dir,
     assert not higher_is_better("validation_loss") and higher_is_better("stsb")
     final, kept = (load_file(d / "model.safetensors") for d in (result.final_dir, result.best_dir))
     assert any(not torch.equal(final[k], kept[k]) for k in final)  # best/ is the earlier step
+
+
+def test_a_resume_holds_out_the_same_rows_and_ends_bitwise_equal(tiny_bert_dir, corpus, tmp_path):
+    """Killed after step 4, resumed from the step-3 checkpoint: the same held-out rows (the
+    epoch's fast-forward and the validation batches are built again), the same final weights,
+    the same validation losses; a changed data.validation cannot resume that stream."""
+    from test_resume import SAVE_EVERY, STEPS, Killed, _assert_bitwise, _kill_after, _state
+
+    def cfg(out: str, validation=0.1) -> TrainConfig:
+        return recipe(tiny_bert_dir, tmp_path / out, "simcse_unsup",
+                      {"path": str(corpus), "validation": validation},
+                      train={"max_steps": STEPS, "batch_size": 8},
+                      eval={"every_steps": 2, "metric": "validation_loss"},
+                      checkpoint={"every_steps": SAVE_EVERY, "keep_last": 3})  # fmt: skip
+
+    train(cfg("straight"))
+    with pytest.raises(Killed):
+        train(cfg("resumed"), callbacks=[_kill_after(4)])
+    train(dataclasses.replace(cfg("resumed"), resume_from="latest"))
+    _assert_bitwise(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+    losses = [[(r["step"], r["validation_loss"]) for r in evals(tmp_path / d)]
+              for d in ("straight", "resumed")]  # fmt: skip
+    assert losses[0] == losses[1] and [s for s, _ in losses[0]] == [0, 2, 4, 6]
+    with pytest.raises(UserError, match=r"validation: saved 0.1, now 0.2"):
+        train(dataclasses.replace(cfg("resumed", 0.2), resume_from="latest"))
 
 
 # ---------------------------------------------------------------- two processes
