@@ -4,7 +4,8 @@ it never trains on, the one signal a run without any labels has.
 The validation batches are built once, at set-up, on the main process: the held-out rows (or a
 validation file's rows, read as the training data is) in file order, ``train.batch_size`` rows a
 batch (the last one may be short), each with a fixed ``index`` and ``offset``, so every keyed draw
-(MLM masks, TSDAE noise, DeCLUTR spans) is the same at every evaluation. :func:`validation_loss`
+(MLM masks, TSDAE noise, DeCLUTR spans) is the same at every evaluation; every row counts
+(``data.dedup_in_batch`` drops none here). :func:`validation_loss`
 runs the objective on them without a gradient, in eval mode (dropout off), with torch's global
 generators forked and seeded by a fixed key (embedding-level views such as ConSERT's draw the same
 each time) and restored afterwards: the training run's randomness is untouched.
