@@ -5,15 +5,16 @@ The validation batches are built once, at set-up, on the main process: the held-
 validation file's rows, read as the training data is) in file order, ``train.batch_size`` rows a
 batch (the last one may be short), each with a fixed ``index`` and ``offset``, so every keyed draw
 (MLM masks, TSDAE noise, DeCLUTR spans) is the same at every evaluation; every row counts
-(``data.dedup_in_batch`` drops none here). :func:`validation_loss`
-runs the objective on them without a gradient, in eval mode (dropout off), with torch's global
-generators forked and seeded by a fixed key (embedding-level views such as ConSERT's draw the same
-each time) and restored afterwards: the training run's randomness is untouched.
+(``data.dedup_in_batch`` drops none here). :func:`validation_loss` runs the objective on them
+without a gradient, in eval mode (dropout off), with torch's global generators forked and seeded
+by a fixed key (embedding-level views such as ConSERT's draw the same each time) and restored
+afterwards: the training run's randomness is untouched.
 
 Under several processes the main process computes it alone while the others wait (as for the STS
 evaluation): inside :func:`contrasent.core.distributed.local_only` the objectives' gathers and
 reductions are identities, so the main process sees the whole global batch as one process would.
-The number is therefore the one-process loss of each global batch, whatever the process count.
+The number is therefore the one-process loss of each global batch, whatever the process count
+(up to float rounding: there each view runs in passes of one process's share of rows).
 """
 
 from __future__ import annotations
