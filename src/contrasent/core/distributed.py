@@ -23,24 +23,46 @@ masking of fake rows everywhere), so the gather checks sizes and raises a clear 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+_alone = 0  # depth of local_only() blocks: inside one, this process computes by itself
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside this block the process computes alone, as a one-process run: ``is_distributed()``
+    is False, ``rank()`` 0, ``world_size()`` 1, and every gather or reduction here is the
+    identity. For work one process does while the others wait (the validation loss on the main
+    process): a collective there would wait for processes that never join it."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
+def _group() -> bool:
+    return not _alone and dist.is_available() and dist.is_initialized()
+
 
 def is_distributed() -> bool:
-    """True when a process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when a process group with more than one process is running (and not local_only)."""
+    return _group() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _group() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if _group() else 1
 
 
 def _gather(t: Tensor) -> list[Tensor]:

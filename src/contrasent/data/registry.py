@@ -28,7 +28,7 @@ from typing import Any, Literal
 from contrasent.core.errors import UserError
 from contrasent.core.options import build_options, suggest
 from contrasent.data.readers import ReadStats
-from contrasent.data.streams import BatchStream, EpochStream, RowSource, ToBatch
+from contrasent.data.streams import BatchStream, EpochStream, RowSource, ToBatch, hold_out
 
 __all__ = [
     "DATA_KINDS",
@@ -111,6 +111,14 @@ class DataSpec:
     steps_per_epoch. Turn off for very large inputs: only headers and first rows are checked
     and steps_per_epoch is None (a mixture can still use its `lines` entries)."""
 
+    validation: int | float | None | str = None
+    """Held-out data for the validation loss, logged as `validation_loss` at every evaluation
+    (usable as eval.metric): a file or folder read as the training data is (same kind, columns,
+    format and options; a mixture: a data_config), or rows held out of the training data and
+    never trained on: a fraction in (0, 1) such as 0.01, or a row count (needs scan). The
+    held-out rows are a keyed draw per row: the same on every process and after a resume.
+    None: no validation loss."""
+
     def check(self) -> None:
         """Raise UserError for inconsistent settings (before any file is opened)."""
         kind = data_kind(self.kind)
@@ -134,6 +142,26 @@ class DataSpec:
             raise UserError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"data.epochs must be >= 1 or null (endless), got {self.epochs}")
+        self._check_validation()
+
+    def _check_validation(self) -> None:
+        v = self.validation
+        if v is None or (isinstance(v, str) and v.strip()):
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            bad = True
+        elif isinstance(v, int):
+            bad = v < 1
+        elif isinstance(v, float):
+            bad = not 0.0 < v < 1.0
+        else:
+            bad = True  # an empty text
+        if bad:
+            raise UserError(
+                f"data.validation must be a fraction in (0, 1) of the training rows, a row "
+                f"count >= 1 or a file, got {v!r}",
+                "data.validation",
+            )
 
     def check_paths(self) -> None:
         """The files and folders named here exist (a cheap check before the model loads);
@@ -141,6 +169,7 @@ class DataSpec:
         named = [("data.path", p) for p in self.paths]
         named += [("data.data_config", self.data_config)] if self.data_config else []
         named += [("data.data_dir", self.data_dir)] if self.data_dir else []
+        named += [("data.validation", self.validation)] if isinstance(self.validation, str) else []
         for key, p in named:
             path = Path(p).expanduser()
             if not path.exists():
@@ -236,6 +265,8 @@ def fingerprint_of(spec: DataSpec, batch_size: int, seed: int) -> dict[str, Any]
         "drop_last": spec.drop_last,
         "dedup_in_batch": spec.dedup_in_batch,
         **({"options": spec.options} if spec.options else {}),
+        # absent when unset: checkpoints from before the option still resume
+        **({"validation": spec.validation} if spec.validation is not None else {}),
     }
 
 
@@ -246,9 +277,13 @@ def epoch_stream(
     read: tuple[RowSource, int | None, list[ReadStats]],
     to_batch: ToBatch,
 ) -> EpochStream:
-    """The stream of a one-dataset kind: ``read`` is (source, row count or None, scan stats)."""
+    """The stream of a one-dataset kind: ``read`` is (source, row count or None, scan stats).
+    Rows held out for validation (``spec.validation`` a fraction or count) are never batched."""
     source, rows, stats = read
     source.scanned = bool(stats)
+    if spec.validation is not None and not isinstance(spec.validation, str):
+        (held,) = hold_out([source], [rows], spec.validation)
+        rows = None if rows is None or held is None else rows - held
     stream = EpochStream(
         source,
         batch_size,

@@ -21,6 +21,7 @@ import numpy as np
 from contrasent.core.errors import UserError
 from contrasent.core.rng import keyed_rng
 from contrasent.data.batches import Batch, PairBatch, SentenceBatch
+from contrasent.data.holdout import HeldOut, held_counts, smallest
 from contrasent.data.readers import ReadStats
 
 log = logging.getLogger(__name__)
@@ -118,15 +119,45 @@ class RowSource:
         self.name, self.read, self.shuffle_buffer = name, read, shuffle_buffer
         self.seed, self.key = seed, key
         self.scanned = False  # a scan already reported the counts: the first epoch need not
+        self.held: HeldOut | None = None  # rows held out for validation: never trained on
 
     def epoch(self, epoch: int) -> Iterator[Row]:
         stats = ReadStats(self.name)
         rng = keyed_rng(self.seed, self.key, epoch)
-        yield from buffer_shuffle(self.read(stats), self.shuffle_buffer, rng)
+        rows = self.read(stats)
+        if self.held is not None:
+            rows = self.held.split(rows, held=False)
+        yield from buffer_shuffle(rows, self.shuffle_buffer, rng)
         # The first pass's counts are news; later passes repeat them.
         stats.report(logging.INFO if epoch == 0 and not self.scanned else logging.DEBUG)
         if stats.rows == 0:
             raise UserError(f"{self.name}: no usable rows ({stats.summary()})")
+
+    def validation_rows(self) -> tuple[list[Row], int]:
+        """One pass in file order: the held-out rows (every row when none is held out, as in a
+        validation file's dataset) and the number of rows read."""
+        stats = ReadStats(self.name)
+        rows: Iterable[Row] = self.read(stats)
+        if self.held is not None:
+            rows = self.held.split(rows, held=True)
+        return list(rows), stats.rows
+
+
+def hold_out(
+    sources: list[RowSource], totals: list[int | None], validation: float | int
+) -> list[int | None]:
+    """Hold ``validation`` (a fraction or a row count, :mod:`contrasent.data.holdout`) out of
+    each source, whose row counts are ``totals`` (None: unknown); returns the rows held out of
+    each (None: drawn row by row, known after a pass)."""
+    counts = held_counts(validation, totals)
+    for source, total, n in zip(sources, totals, counts, strict=True):
+        if n is None:
+            source.held = HeldOut(source.seed, source.key, fraction=float(validation))
+        else:
+            none = np.zeros(0, dtype=np.int64)
+            positions = smallest(source.seed, source.key, int(total or 0), n) if n else none
+            source.held = HeldOut(source.seed, source.key, positions=positions)
+    return counts
 
 
 class BatchStream:
@@ -140,6 +171,9 @@ class BatchStream:
     steps_per_epoch: int | None = None
     total_steps: int | None = None
     """Batches the whole stream yields, when finite and known (for the LR schedule)."""
+    sources: list[RowSource]
+    """The datasets it reads (one, or one per dataset of a mixture)."""
+    to_batch: ToBatch
 
     def __init__(self, fingerprint: dict[str, Any]) -> None:
         self.fingerprint = fingerprint
@@ -232,6 +266,7 @@ class EpochStream(BatchStream):
     ) -> None:
         super().__init__(fingerprint)
         self.source, self.batch_size, self.epochs = source, batch_size, epochs
+        self.sources = [source]
         self.to_batch = to_batch
         self.drop_last, self.dedup = drop_last, dedup
         if num_rows is not None:
@@ -357,6 +392,7 @@ class MixtureStream(BatchStream):
         super().__init__(fingerprint)
         self.to_batch = to_batch
         self.cursors = [_Cursor(s) for s in sources]
+        self.sources = list(sources)
         total = float(sum(weights))
         self.p = np.array([w / total for w in weights])
         self.batch_size, self.one_dataset, self.dedup = batch_size, one_dataset, dedup

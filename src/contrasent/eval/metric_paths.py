@@ -22,17 +22,27 @@ LOWER_IS_BETTER = (VALIDATION_LOSS,)
 
 
 def task_specs(tasks: str | Sequence[str] | None) -> list[TaskSpec]:
-    """``eval.tasks`` as specs (files checked to exist); [] when unset."""
-    return [] if tasks is None else parse_task_specs(tasks)
+    """``eval.tasks`` as specs (files checked to exist); [] when unset or empty."""
+    return [] if not tasks else parse_task_specs(tasks)
 
 
-def resolve_metric(tasks: str | Sequence[str] | None, metric: str | None) -> str:
-    """``eval.metric`` settled against ``eval.tasks``: the default (``stsb``, or the first
-    task's main metric), a task-file ``NAME`` -> ``NAME.<main metric>``; UserError when the
-    metric names nothing that will be evaluated."""
+def resolve_metric(
+    tasks: str | Sequence[str] | None, metric: str | None, validation: bool = False
+) -> str:
+    """``eval.metric`` settled against ``eval.tasks``: the default (``stsb``; the first task's
+    main metric; ``validation_loss`` when ``tasks`` is empty), a task-file ``NAME`` ->
+    ``NAME.<main metric>``; UserError when the metric names nothing that will be evaluated."""
     specs = task_specs(tasks)
     files = {s.name: s for s in specs if s.kind is not None}
     if metric is None:
+        if tasks is not None and not specs:  # eval.tasks: [] -- the held-out loss alone
+            if not validation:
+                raise UserError(
+                    "eval.tasks is empty: nothing to evaluate; name task files, or set "
+                    "data.validation to select best/ by the held-out validation_loss",
+                    "eval.tasks",
+                )
+            return VALIDATION_LOSS
         first = specs[0] if specs else None
         if first is None or first.kind is None:
             return "stsb"

@@ -126,12 +126,15 @@ class EvalConfig:
         tasks: What to evaluate, as ``contrasent eval --tasks`` takes it (a list or a comma
             list): your own task files (``retrieval:PATH``, ``NAME=pairs:PATH``, ``sts:PATH``,
             ``reranking:PATH``, ``clustering:PATH``) and built-in STS names (``stsb``,
-            ``sickr``, ...). Default: the STS tasks of ``mode``.
+            ``sickr``, ...); ``[]``: none (only ``validation_loss``, with
+            ``data.validation``). Default: the STS tasks of ``mode``.
         metric: Selection metric: ``stsb`` (STS-B dev Spearman, SimCSE's), ``sickr``, ``avg``,
             ``NAME.METRIC`` of a task file (e.g. ``askubuntu.map``; ``NAME`` alone: its kind's
-            main metric), ``validation_loss`` (lower is better), or a dotted path into the
-            results, e.g. ``tasks.STSBenchmark.pearson.dev``. Higher is better unless said.
-            Default: ``stsb``, or with ``tasks`` the first task's main metric.
+            main metric), ``validation_loss`` (the objective's loss on ``data.validation``:
+            lower is better), or a dotted path into the results, e.g.
+            ``tasks.STSBenchmark.pearson.dev``. Higher is better unless said. Default:
+            ``stsb``; with ``tasks`` the first task's main metric; with ``tasks: []``
+            ``validation_loss``.
         keep_best: Save the best model by ``metric`` to ``output_dir/best``.
         batch_size: Sentences per forward while evaluating.
         patience: Stop training after this many evaluations in a row without a new best
@@ -246,7 +249,9 @@ class TrainConfig:
         ``eval.metric`` (its default depends on the tasks; ``NAME`` means NAME's main metric)."""
         from contrasent.eval.metric_paths import resolve_metric
 
-        self.eval.metric = resolve_metric(self.eval.tasks, self.eval.metric)
+        self.eval.metric = resolve_metric(
+            self.eval.tasks, self.eval.metric, self.data.validation is not None
+        )
 
     def validate(self, world_size: int = 1) -> None:
         """Raise :class:`UserError` for every inconsistent setting (no model or data is loaded:
@@ -290,6 +295,12 @@ class TrainConfig:
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
         self._resolve_metric()
+        if self.eval.metric == "validation_loss" and self.data.validation is None:
+            raise UserError(
+                "eval.metric validation_loss needs held-out data: set data.validation to a "
+                "file, or to a fraction (0.01) or row count of the training rows to hold out",
+                "eval.metric",
+            )
         if self.eval.batch_size < 1:
             raise UserError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
         if self.checkpoint.keep_last < 0:

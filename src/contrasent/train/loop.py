@@ -14,9 +14,10 @@ The same code runs on CPU, one GPU, several GPUs or nodes: start it with ``pytho
 * AdamW (no decay on biases/LayerNorm), linear warm-up/decay, gradient clipping, fp16/bf16 autocast
   (similarity logits and losses always in float32);
 * STS evaluation every ``eval.every_steps`` and at the end, at the encoder's inference length (never
-  the training truncation); the best model by ``eval.metric`` is saved to ``output_dir/best``, the
-  last to ``output_dir/final`` (sentence-transformers folders holding the encoder only); optional
-  early stopping after ``eval.patience`` evaluations without a new best;
+  the training truncation), with the objective's loss on held-out data when ``data.validation`` is
+  set (:mod:`contrasent.train.validation`); the best model by ``eval.metric`` is saved to
+  ``output_dir/best``, the last to ``output_dir/final`` (sentence-transformers folders holding the
+  encoder only); optional early stopping after ``eval.patience`` evaluations without a new best;
 * checkpoints (:mod:`contrasent.train.checkpoint`) every ``checkpoint.every_steps`` resume exactly;
 * a non-finite loss stops the run with :class:`TrainingDiverged`, before the bad gradients touch
   the weights; the checkpoints written so far are kept;
@@ -67,6 +68,7 @@ from contrasent.train.runtime import (
 )
 from contrasent.train.selection import Selection
 from contrasent.train.signals import StopSignals
+from contrasent.train.validation import ValidationSet, build_validation
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class _Trainer:
         resume, plan = preflight(cfg, objective, self.world, self.folder, self.acc)
         self.module = self._build_module(objective)
         self.stream = self._build_stream()
+        validation = self._build_validation()
         self.total = total_steps(cfg, self.stream)
         self._build_optimizer()
         if resume is None:  # everything is validated, loaded and open: only now touch outputs
@@ -106,7 +109,7 @@ class _Trainer:
         self.dropped_rows = 0
         self.compile_reported = False
         self.stopped_early = False
-        self.selection = Selection(cfg, self.folder, self.acc, self.state, plan)
+        self.selection = Selection(cfg, self.folder, self.acc, self.state, plan, validation)
         self.last_train: dict[str, Any] = {}
 
     # --------------------------------------------------------------- setting up
@@ -119,6 +122,22 @@ class _Trainer:
 
         t = self.cfg.train
         return build_stream(self.cfg.data, t.batch_size, t.seed, self.module.encoder.tokenizer)
+
+    def _build_validation(self) -> ValidationSet | None:
+        """The held-out batches of ``data.validation`` (main process: it alone evaluates)."""
+        d, e, t = self.cfg.data, self.cfg.eval, self.cfg.train
+        if d.validation is None or not self.is_main:
+            return None
+        if not (e.every_steps or e.at_start or e.at_end):
+            log.warning(
+                "data.validation is set but evaluation is off (eval.every_steps 0, at_start and "
+                "at_end false): no validation loss will be computed"
+            )
+            return None
+        # a global batch in passes of one process's share (or the gradient cache's mini-batch)
+        chunk = t.mini_batch_size or (t.batch_size // self.world if self.world > 1 else 0)
+        tokenizer = self.module.encoder.tokenizer
+        return build_validation(d, self.stream, t.batch_size, t.seed, tokenizer, chunk)
 
     def _build_optimizer(self) -> None:
         t = self.cfg.train

@@ -7,7 +7,9 @@
   global batch per second), ``epoch`` (fractional, when the epoch length is known);
 * ``"eval"``: ``metric`` (the selection number), ``best``, and the STS numbers (``stsb``,
   ``sickr``, ``avg``; ``results`` holds the full evaluate_sts dict), ``alignment`` and
-  ``uniformity`` (STS-B dev, ``contrasent.eval.diagnostics``);
+  ``uniformity`` (STS-B dev, ``contrasent.eval.diagnostics``), ``validation_loss`` (with
+  ``data.validation``: the objective's loss on the held-out rows; TensorBoard
+  ``eval/validation_loss``);
 * ``"diverged"``: the step whose loss was not finite.
 """
 

@@ -1,6 +1,7 @@
 """Model selection inside training: the periodic evaluation (STS by default, or ``eval.tasks``:
-task files and STS names), the best model (``best/``) by ``eval.metric`` and patience, the last
-model (``final/``) and its card.
+task files and STS names; plus the held-out ``validation_loss``, ``contrasent.train.validation``),
+the best model (``best/``) by ``eval.metric`` and patience, the last model (``final/``) and its
+card.
 
 The decisions live here; the loop calls :class:`Selection` at its evaluation steps and at the
 end, and saves the shared counters (best metric and step, evaluations without a gain) in its
@@ -20,12 +21,13 @@ from torch import nn
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import link_model
 from contrasent.core.results import own_tasks, task_metrics
-from contrasent.eval.metric_paths import METRIC_PATHS, is_better, lookup
+from contrasent.eval.metric_paths import METRIC_PATHS, VALIDATION_LOSS, is_better, lookup
 from contrasent.eval.sts import evaluate_sts
 from contrasent.eval.suite import Plan, check_tasks, evaluate_own
 from contrasent.train.card import run_card_info, write_run_card
 from contrasent.train.config import EvalConfig, TrainConfig
 from contrasent.train.outputs import RunFolder
+from contrasent.train.validation import ValidationSet
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def eval_plan(e: EvalConfig) -> Plan | None:
     None: the default STS evaluation of ``eval.mode``."""
     if e.tasks is None:
         return None
+    if not e.tasks:  # eval.tasks: [] -- no task at all (validation_loss alone)
+        return Plan(None, None)
     plan = check_tasks(
         e.tasks if isinstance(e.tasks, str) else ",".join(e.tasks), e.mode, e.data_dir
     )
@@ -115,6 +119,7 @@ def eval_record(
             for name, res in own_tasks(results).items()
             for metric, value in task_metrics(res).items()
         },
+        **({"validation_loss": results["validation_loss"]} if "validation_loss" in results else {}),
         "results": results,
     }
 
@@ -134,23 +139,33 @@ class Selection:
     """
 
     def __init__(
-        self, cfg: TrainConfig, folder: RunFolder, acc: Any, state: Any, plan: Plan | None = None
+        self,
+        cfg: TrainConfig,
+        folder: RunFolder,
+        acc: Any,
+        state: Any,
+        plan: Plan | None = None,
+        validation: ValidationSet | None = None,
     ) -> None:
         self.cfg, self.folder, self.acc, self.state = cfg, folder, acc, state
         self.plan = plan  # eval.tasks, read once
+        self.validation = validation  # the held-out batches (main process; data.validation)
         self.out = Path(cfg.output_dir)
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.started = time.perf_counter()
 
     def evaluate(self, module: nn.Module, step: int, write: Any, say: Any) -> None:
-        """STS on the main process; the others wait. Saves ``best/`` on improvement and counts
-        evaluations without one for ``eval.patience`` (the decision is shared by all).
-        ``write`` takes the metrics record, ``say`` a line for the person watching."""
+        """STS (and the validation loss) on the main process; the others wait. Saves ``best/`` on
+        improvement and counts evaluations without one for ``eval.patience`` (the decision is
+        shared by all). ``write`` takes the metrics record, ``say`` a line for the person
+        watching."""
         e, state = self.cfg.eval, self.state
         improved = torch.zeros(1, device=self.acc.device)
         if self.acc.is_main_process:
             results = run_evaluation(module, e, self.plan)
+            if self.validation is not None:
+                results["validation_loss"] = self.validation.loss(module)
             value = metric_value(results, e.metric, e.mode)
             if value is not None and is_better(value, state.best_metric, e.metric):
                 improved += 1
@@ -160,9 +175,11 @@ class Selection:
             record = eval_record(step, results, e, value, state.best_metric, state.best_step)
             write(record)
             self.last_eval = record
+            loss = results.get("validation_loss") if e.metric != VALIDATION_LOSS else None
             say(
-                f"step {step}: {e.metric}={fmt(value)} (best {fmt(state.best_metric)} "
-                f"at step {state.best_step})"
+                f"step {step}: {e.metric}={fmt(value)} (best "
+                f"{fmt(state.best_metric)} at step {state.best_step})"
+                + ("" if loss is None else f", validation_loss={fmt(loss)}")
             )
         if self.acc.num_processes > 1:
             improved = self.acc.reduce(improved, reduction="sum")

@@ -11,7 +11,7 @@ from contrasent.data.data_config import load_data_config
 from contrasent.data.kinds.files import checked_readers, scan
 from contrasent.data.readers import ReadStats
 from contrasent.data.registry import DataKind, DataSpec, fingerprint_of
-from contrasent.data.streams import MixtureStream, RowSource
+from contrasent.data.streams import MixtureStream, RowSource, hold_out
 
 
 def mixture_stream(spec: DataSpec, batch_size: int, seed: int) -> MixtureStream:
@@ -39,18 +39,27 @@ def mixture_stream(spec: DataSpec, batch_size: int, seed: int) -> MixtureStream:
         counts = [s.rows for s in stats]
     elif all(e.lines is not None for e in entries):
         counts = [e.lines for e in entries]  # type: ignore[misc]
-    steps = None if counts is None else max(1, sum(counts) // batch_size)
-    if spec.epochs is not None and steps is None:
-        raise UserError(
-            f"{spec.data_config}: data.epochs needs row counts (scan: true or a 'lines' entry "
-            "per dataset); or set data.epochs: null and stop by max_steps"
-        )
     sources = [
         RowSource(e.name, r.rows, spec.shuffle_buffer, seed, i)
         for i, (e, r) in enumerate(zip(entries, readers, strict=True))
     ]
     for source in sources:
         source.scanned = spec.scan
+    if spec.validation is not None and not isinstance(spec.validation, str):
+        # held-out rows leave the epoch; `lines` entries (no scan) only estimate the rows
+        totals: list[int | None] = list(counts or []) if spec.scan else [None] * len(sources)
+        held = hold_out(sources, totals, spec.validation)
+        if counts is not None:
+            f = float(spec.validation)
+            counts = [
+                c - (round(f * c) if h is None else h) for c, h in zip(counts, held, strict=True)
+            ]
+    steps = None if counts is None else max(1, sum(counts) // batch_size)
+    if spec.epochs is not None and steps is None:
+        raise UserError(
+            f"{spec.data_config}: data.epochs needs row counts (scan: true or a 'lines' entry "
+            "per dataset); or set data.epochs: null and stop by max_steps"
+        )
     fingerprint = {
         **fingerprint_of(spec, batch_size, seed),
         "data_config": [[e.name, e.weight] for e in entries],
