@@ -113,3 +113,18 @@ def test_task_mistakes_stop_before_the_model_loads(
     with pytest.raises(UserError, match=message):
         train(cfg)
     assert not (tmp_path / "run").exists()  # nothing written, no model loaded
+
+
+def test_no_labels_at_all_the_held_out_loss_alone(tiny_bert_dir, shared_data, tmp_path) -> None:
+    """eval.tasks: [] with data.validation: no SentEval folder needed, best/ by the lowest
+    validation_loss (the default metric then)."""
+    ev = EvalConfig(every_steps=2, at_start=True, tasks=[], data_dir=str(tmp_path / "none"))
+    cfg = config(tiny_bert_dir, shared_data, tmp_path / "run", ev, steps=6, lr=1e-3)
+    cfg.data.validation = 64
+    result = train(cfg)
+    assert cfg.eval.metric == "validation_loss"
+    records = evals(tmp_path / "run")
+    losses = [r["validation_loss"] for r in records]
+    assert [r["metric"] for r in records] == losses and losses[-1] < losses[0]
+    assert result.best_metric == min(losses)
+    assert set(records[0]["results"]) == {"mode", "validation_loss"}  # no STS was run

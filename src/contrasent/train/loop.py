@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,14 +60,15 @@ from contrasent.train.result import (
 from contrasent.train.runtime import (
     TrainModule,
     build_module,
+    check_finite,
     make_accelerator,
     preflight,
     restore_run,
     total_steps,
 )
 from contrasent.train.selection import Selection
-from contrasent.train.signals import StopSignals
-from contrasent.train.validation import ValidationSet, build_validation
+from contrasent.train.signals import StopSignals, stop_if_signalled
+from contrasent.train.validation import ValidationSet, validation_for_run
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +125,9 @@ class _Trainer:
 
     def _build_validation(self) -> ValidationSet | None:
         """The held-out batches of ``data.validation`` (main process: it alone evaluates)."""
-        d, e, t = self.cfg.data, self.cfg.eval, self.cfg.train
-        if d.validation is None or not self.is_main:
+        if not self.is_main:
             return None
-        if not (e.every_steps or e.at_start or e.at_end):
-            log.warning(
-                "data.validation is set but evaluation is off (eval.every_steps 0, at_start and "
-                "at_end false): no validation loss will be computed"
-            )
-            return None
-        # a global batch in passes of one process's share (or the gradient cache's mini-batch)
-        chunk = t.mini_batch_size or (t.batch_size // self.world if self.world > 1 else 0)
-        tokenizer = self.module.encoder.tokenizer
-        return build_validation(d, self.stream, t.batch_size, t.seed, tokenizer, chunk)
+        return validation_for_run(self.cfg, self.stream, self.module.encoder.tokenizer, self.world)
 
     def _build_optimizer(self) -> None:
         t = self.cfg.train
@@ -164,18 +154,8 @@ class _Trainer:
 
     # --------------------------------------------------------------- one step
     def _check_loss(self, losses: dict[str, torch.Tensor], step: int) -> None:
-        loss = losses["loss"].detach()
-        bad = (~torch.isfinite(loss)).float().reshape(1)
-        if self.world > 1:  # every process must stop together
-            bad = self.acc.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            where = self.state.last_checkpoint or "none written yet"
-            self.metrics.write({"step": step, "kind": "diverged", "loss": float(loss)})
-            raise TrainingDiverged(
-                f"training diverged: the loss is {float(loss)} at step {step} (no update was "
-                f"made with it). Last good checkpoint: {where}. Lower train.lr, keep "
-                "train.grad_clip on, or try mixed_precision: no/bf16, then resume_from: latest"
-            )
+        where = self.state.last_checkpoint or "none written yet"
+        check_finite(losses["loss"], step, self.acc, where, self.metrics.write)
 
     def _forward_backward(self, batch: Any, sync: bool, step: int) -> dict[str, torch.Tensor]:
         acc, t = self.acc, self.cfg.train
@@ -270,7 +250,7 @@ class _Trainer:
                 while self.state.step < self.total:
                     if self._one_step():
                         break
-                    self._stop_if_signalled()
+                    stop_if_signalled(self)
                 return self._finish()
         except BaseException:
             if self.is_main:
@@ -279,27 +259,6 @@ class _Trainer:
         finally:
             self.bar.close()
             self.metrics.close()
-
-    def _stop_if_signalled(self) -> None:
-        """After a step: on SIGINT/SIGTERM (on any process) checkpoint and stop, all together."""
-        flag = torch.tensor([float(self.signal or 0)], device=self.acc.device)
-        if self.world > 1:
-            flag = self.acc.reduce(flag, reduction="max")
-        if not flag.item():
-            return
-        signum, step = int(flag.item()), self.state.step
-        last = self.state.last_checkpoint
-        if not (last and Path(last).name == ckpt.checkpoint_name(step)):
-            self.save_checkpoint(step)
-        self.metrics.write({"step": step, "kind": "interrupted", "signal": signum})
-        name = signal.Signals(signum).name
-        raise TrainingInterrupted(
-            f"{name}: stopped after step {step} of {self.total}; checkpoint "
-            f"{self.state.last_checkpoint}. Resume with resume_from: latest",
-            signum,
-            step,
-            Path(self.state.last_checkpoint),
-        )
 
     def _one_step(self) -> bool:
         """Train, log, evaluate and checkpoint one step; True when the run should end now."""

@@ -18,7 +18,7 @@ from contrasent.eval.suite import Plan
 from contrasent.objectives.base import Objective
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.config import TrainConfig
-from contrasent.train.result import RunState
+from contrasent.train.result import RunState, TrainingDiverged
 from contrasent.train.selection import eval_plan
 
 log = logging.getLogger(__name__)
@@ -202,3 +202,19 @@ def restore_run(resume: Path, rank: int, seed: int, parts: dict[str, Any]) -> Ru
         reseed_missing_rank(seed, rank, state.step)
     log.info("resumed from %s at step %d", resume, state.step)
     return state
+
+
+def check_finite(loss: torch.Tensor, step: int, acc: Any, last_checkpoint: str, write: Any) -> None:
+    """Stop every process together (:class:`TrainingDiverged`) when the loss on any of them is
+    not finite, before its gradients touch the weights; ``write`` records it in metrics.jsonl."""
+    loss = loss.detach()
+    bad = (~torch.isfinite(loss)).float().reshape(1)
+    if acc.num_processes > 1:  # every process must stop together
+        bad = acc.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        write({"step": step, "kind": "diverged", "loss": float(loss)})
+        raise TrainingDiverged(
+            f"training diverged: the loss is {float(loss)} at step {step} (no update was "
+            f"made with it). Last good checkpoint: {last_checkpoint}. Lower train.lr, keep "
+            "train.grad_clip on, or try mixed_precision: no/bf16, then resume_from: latest"
+        )

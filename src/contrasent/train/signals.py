@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from contrasent.train import checkpoint as ckpt
+from contrasent.train.result import TrainingInterrupted
 
 
 class StopSignals:
@@ -39,3 +45,26 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self.saved.items():
             signal.signal(s, handler)
+
+
+def stop_if_signalled(run: Any) -> None:
+    """After a step of ``run`` (the loop's trainer): on SIGINT/SIGTERM (on any process) write a
+    checkpoint and stop, all processes together."""
+    flag = torch.tensor([float(run.signal or 0)], device=run.acc.device)
+    if run.world > 1:
+        flag = run.acc.reduce(flag, reduction="max")
+    if not flag.item():
+        return
+    signum, step = int(flag.item()), run.state.step
+    last = run.state.last_checkpoint
+    if not (last and Path(last).name == ckpt.checkpoint_name(step)):
+        run.save_checkpoint(step)
+    run.metrics.write({"step": step, "kind": "interrupted", "signal": signum})
+    name = signal.Signals(signum).name
+    raise TrainingInterrupted(
+        f"{name}: stopped after step {step} of {run.total}; checkpoint "
+        f"{run.state.last_checkpoint}. Resume with resume_from: latest",
+        signum,
+        step,
+        Path(run.state.last_checkpoint),
+    )

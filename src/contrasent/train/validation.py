@@ -150,3 +150,20 @@ def validation_loss(module: nn.Module, batches: list[Batch], seed: int, chunk: i
         finally:
             module.train(was_training)
     return total / rows
+
+
+def validation_for_run(cfg: Any, stream: Any, tokenizer: Any, world: int) -> ValidationSet | None:
+    """A run's held-out batches (None without ``data.validation``, or with evaluation off: a
+    warning then says no validation loss will be computed)."""
+    d, e, t = cfg.data, cfg.eval, cfg.train
+    if d.validation is None:
+        return None
+    if not (e.every_steps or e.at_start or e.at_end):
+        log.warning(
+            "data.validation is set but evaluation is off (eval.every_steps 0, at_start and "
+            "at_end false): no validation loss will be computed"
+        )
+        return None
+    # a global batch in passes of one process's share (or the gradient cache's mini-batch)
+    chunk = t.mini_batch_size or (t.batch_size // world if world > 1 else 0)
+    return build_validation(d, stream, t.batch_size, t.seed, tokenizer, chunk)
