@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CONTRASENT_SHARED", REPO.parent / "shared" / "data"))
 os.environ.setdefault("CONTRASENT_DATA", str(SHARED_DATA / "senteval"))
+
+
+#: the long poles of the default run (minutes each): started first, one per worker
+LONG_POLES = ("test_readme.py::test_every_readme_command_runs_as_written[",)
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: the slices are of what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put each long pole at the start of one worker's share. pytest-xdist's worksteal hands
+    each worker a contiguous slice of this list and lets idle workers steal from the ends of
+    the others', so a long test collected late would start last and run alone at the end."""
+    long = [i for i in items if any(p in i.nodeid for p in LONG_POLES)]
+    ordered = [i for i in items if i not in long]
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    starts, left = [], len(items)  # worksteal's first split: len(rest) // (workers left)
+    for w in range(workers):
+        starts.append(len(items) - left)
+        left -= left // (workers - w)
+    for k, item in sorted(enumerate(long), key=lambda e: starts[e[0] % workers]):
+        ordered.insert(min(starts[k % workers], len(ordered)), item)
+    items[:] = ordered
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say what the default run left out, and how to run it."""
+    deselected = len(terminalreporter.stats.get("deselected", []))
+    if deselected and "not slow" in (config.getoption("markexpr") or ""):
+        terminalreporter.write_line(
+            f"{deselected} slow tests deselected (the long runs); run them with: pytest -m slow"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,9 @@ def resolve_metric(
         return f"{first.name}.{KINDS[first.kind].main_metric}"
     if metric in METRIC_PATHS or metric == VALIDATION_LOSS or metric.startswith("tasks."):
         return metric
-    name, _, sub = metric.rpartition(".") if metric not in files else (metric, "", "")
+    name, _, sub = (
+        metric.rpartition(".") if "." in metric and metric not in files else (metric, "", "")
+    )
     if name in files:
         kind = KINDS[files[name].kind]
         sub = sub or kind.main_metric
