@@ -389,7 +389,23 @@ def test_paper_recipes_have_the_reference_numbers():
         cfg = parse_train_config([str(repo / f"configs/declutr-{name}.yaml")])
         assert cfg.model.name_or_path == model and cfg.model.pooling == "mean"
         t, o, d = cfg.train, cfg.objective, cfg.data
-        assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5, 0.1, 1.0)
+        # the reference as it ran: slanted_triangular stuck at lr / 32, huggingface_adamw
+        assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5 / 32, 0.1, 1.0)
+        assert (t.lr_schedule, t.warmup_ratio, t.warmup_steps) == ("constant", 0.0, 0)
+        assert (t.adam_eps, t.adam_bias_correction) == (1e-6, False)
+        slanted = parse_train_config([str(repo / f"configs/declutr-{name}-slanted.yaml")]).train
+        assert (slanted.lr, slanted.lr_schedule, slanted.cut_frac, slanted.ratio) == (
+            5e-5,
+            "slanted_triangular",
+            0.1,
+            32,
+        )
+        linear = parse_train_config([str(repo / f"configs/declutr-{name}-linear.yaml")]).train
+        assert (linear.lr, linear.lr_schedule, linear.warmup_ratio) == (5e-5, "linear", 0.1)
+        for variant in (slanted, linear):  # otherwise the paper recipe's settings
+            same = dataclasses.replace(variant, lr=t.lr, lr_schedule=t.lr_schedule)
+            same = dataclasses.replace(same, warmup_ratio=0.0, cut_frac=0.1, ratio=32.0)
+            assert same == t
         assert (t.mixed_precision, d.epochs, t.max_steps, d.drop_last) == ("fp16", 1, 0, True)
         assert (o["name"], o["temperature"], o["mlm"], o["mlm_weight"]) == (
             "declutr",
