@@ -96,7 +96,8 @@ class OptimConfig:
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
             loss up to float rounding; dropout draws differ (same distribution). 1: off (one
             pass padded to the batch's longest). Applies to the encoder's sentence passes
-            (not the MLM pass or TSDAE's decoder, nor embedding-level augmentations); a pass is
+            (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
+            embedding-level augmentations); a pass is
             only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
             length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI triplets) faster
             (bench/profile_step.py); on a GPU, measure first: small passes may leave it idle.
