@@ -60,6 +60,9 @@ def test_paper_settings_of_the_bert_base_recipes():
     first, second = stages("consert-joint-unsup-bert-base.yaml")
     assert first.objective["name"] == "consert_joint" and second.objective["view2"] == "shuffle"
     assert (second.data.epochs, second.train.batch_size, second.data.max_seq_length) == (25, 96, 64)
+    # every stage: transformers' old AdamW(eps=1e-6, correct_bias=False), as the reference
+    for cfg in [unsup, joint, *stages("consert-sup-unsup-bert-base.yaml"), first, second]:
+        assert (cfg.train.adam_eps, cfg.train.adam_bias_correction) == (1e-6, False)
 
 
 def test_staged_recipe_runs_through_the_cli_and_prints_one_table(

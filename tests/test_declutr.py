@@ -189,6 +189,34 @@ def test_gradient_cache_equals_the_plain_step(quiet_bert, documents, options):
         assert plain["mlm"].item() > 0 and any("mlm" in n for n in plain_grads)
 
 
+def test_length_buckets_leave_the_masked_anchor_pass_whole(quiet_bert, documents):
+    """train.length_buckets splits the positives' pass, never the masked anchors' (its hook needs
+    every row's token states from one pass): the same loss and gradients as without buckets."""
+
+    def run(buckets: int):
+        torch.manual_seed(0)  # same fresh MLM head
+        enc = encoder(quiet_bert)
+        enc.length_buckets = buckets
+        obj = build_objective("declutr", enc, mlm_probability=0.3).double()
+        batch = span_batch(documents, enc.tokenizer, size=6, index=1)
+        calls: list[int] = []
+        handle = enc.model.register_forward_hook(lambda *_: calls.append(1))
+        record = obj(enc, batch)
+        handle.remove()
+        record["loss"].backward()
+        named = [*enc.named_parameters(), *obj.named_parameters()]
+        return record, {n: p.grad for n, p in named if p.grad is not None}, len(calls)
+
+    plain, plain_grads, plain_calls = run(1)
+    split, grads, split_calls = run(3)
+    assert plain_calls == 2 and split_calls > 2  # the positives did run in several passes
+    for k in plain:
+        assert split[k].item() == pytest.approx(plain[k].item(), rel=1e-10), k
+    assert plain["mlm"].item() > 0 and grads.keys() == plain_grads.keys()
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-8, atol=1e-12, msg=name)
+
+
 # -- two gloo processes ----------------------------------------------------------------------
 
 
@@ -389,7 +417,23 @@ def test_paper_recipes_have_the_reference_numbers():
         cfg = parse_train_config([str(repo / f"configs/declutr-{name}.yaml")])
         assert cfg.model.name_or_path == model and cfg.model.pooling == "mean"
         t, o, d = cfg.train, cfg.objective, cfg.data
-        assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5, 0.1, 1.0)
+        # the reference as it ran: slanted_triangular stuck at lr / 32, huggingface_adamw
+        assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5 / 32, 0.1, 1.0)
+        assert (t.lr_schedule, t.warmup_ratio, t.warmup_steps) == ("constant", 0.0, 0)
+        assert (t.adam_eps, t.adam_bias_correction) == (1e-6, False)
+        slanted = parse_train_config([str(repo / f"configs/declutr-{name}-slanted.yaml")]).train
+        assert (slanted.lr, slanted.lr_schedule, slanted.cut_frac, slanted.ratio) == (
+            5e-5,
+            "slanted_triangular",
+            0.1,
+            32,
+        )
+        linear = parse_train_config([str(repo / f"configs/declutr-{name}-linear.yaml")]).train
+        assert (linear.lr, linear.lr_schedule, linear.warmup_ratio) == (5e-5, "linear", 0.1)
+        for variant in (slanted, linear):  # otherwise the paper recipe's settings
+            same = dataclasses.replace(variant, lr=t.lr, lr_schedule=t.lr_schedule)
+            same = dataclasses.replace(same, warmup_ratio=0.0, cut_frac=0.1, ratio=32.0)
+            assert same == t
         assert (t.mixed_precision, d.epochs, t.max_steps, d.drop_last) == ("fp16", 1, 0, True)
         assert (o["name"], o["temperature"], o["mlm"], o["mlm_weight"]) == (
             "declutr",

@@ -312,3 +312,21 @@ def test_without_a_scan_the_stream_counts_as_it_reads(tmp_path):
     take(first, 5)
     resumed.load_state_dict(first.state_dict())
     assert next(resumed) == batches[5]
+
+
+def test_a_shuffle_buffer_smaller_than_the_documents_is_a_warning(tmp_path, caplog):
+    """The DeCLUTR reference shuffles the whole file: a buffer of fewer documents than the scan
+    counted (20 usable of 21 lines) is a warning naming both numbers; enough buffer is silent."""
+    path = corpus(tmp_path, [30 + i for i in range(20)] + [5])
+    for buffer, warned in [(19, True), (20, False), (1000, False)]:
+        caplog.clear()
+        s = spec(path)
+        s.shuffle_buffer = buffer
+        with caplog.at_level("WARNING", logger="contrasent.data.kinds.documents"):
+            build_stream(s, 4, 7, None)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warnings) == warned, (buffer, warnings)
+        if warned:
+            (message,) = warnings
+            assert f"data.shuffle_buffer {buffer} is smaller than its 20 documents" in message
+            assert "data.shuffle_buffer 20 shuffles them uniformly" in message

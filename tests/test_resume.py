@@ -38,7 +38,9 @@ def _config(tiny: Path, wiki: Path, out: Path, objective=None, **train_opts) -> 
         # the MLP head makes objective state part of the checkpoint
         objective=objective or {"name": "simcse_unsup"},
         data=DataSpec(kind="text", path=str(wiki), shuffle_buffer=500),
-        train=OptimConfig(batch_size=8, max_steps=STEPS, lr=3e-4, warmup_steps=2, **train_opts),
+        train=OptimConfig(
+            **{"batch_size": 8, "max_steps": STEPS, "lr": 3e-4, "warmup_steps": 2, **train_opts}
+        ),
         eval=EvalConfig(every_steps=0, at_end=False),
         checkpoint=CheckpointConfig(every_steps=SAVE_EVERY, keep_last=2),
         logging=LoggingConfig(log_every=1, tensorboard=False, progress_bar=False),
@@ -83,6 +85,15 @@ def wiki(shared_data: Path) -> Path:
     return shared_data / "corpus" / "wiki1m-head.txt"
 
 
+UNCORRECTED = {
+    "adam_bias_correction": False,
+    "adam_eps": 1e-6,
+    "weight_decay": 0.1,
+    "lr_schedule": "slanted_triangular",
+    "cut_frac": 0.34,  # cut = floor(6 x 0.34) = 2
+    "warmup_steps": 0,
+}
+
 VARIANTS = {
     # plain step; MLM auxiliary: its private masking generator must be restored too
     "plain+mlm": ({"name": "simcse_unsup", "do_mlm": True}, {}),
@@ -91,6 +102,8 @@ VARIANTS = {
     # speed options: passes by length (inside the cache's mini-batches too)
     "buckets+mlm": ({"name": "simcse_unsup", "do_mlm": True}, {"length_buckets": 3}),
     "buckets+gradcache": (None, {"mini_batch_size": 5, "length_buckets": 2}),
+    # the DeCLUTR/ConSERT optimizer (no bias correction: its own state dict) and ULMFiT's schedule
+    "uncorrected-adamw+slanted": (None, UNCORRECTED),
 }
 
 
@@ -110,6 +123,22 @@ def test_resume_is_exact(tmp_path, tiny_bert_dir, wiki, variant):
     _assert_bitwise(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
     # the replayed step 4 is logged once: lines past the checkpoint were dropped on resume
     assert _train_steps(tmp_path / "resumed") == list(range(1, STEPS + 1))
+    if opts is UNCORRECTED:
+        _assert_uncorrected_and_slanted(tmp_path / "resumed")
+
+
+def _assert_uncorrected_and_slanted(out: Path) -> None:
+    """The options reached the run: the optimizer's state is UncorrectedAdamW's (no step
+    counts), eps 1e-6, and the logged lr of step t + 1 is the slanted triangular value of t."""
+    from contrasent.train.optim import slanted_triangular
+
+    state = torch.load(out / "checkpoints" / f"step-{STEPS:08d}" / "optimizer.pt")
+    assert {g["eps"] for g in state["param_groups"]} == {1e-6}
+    assert all(set(s) == {"exp_avg", "exp_avg_sq"} for s in state["state"].values())
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lrs = [r["lr"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    want = [3e-4 * slanted_triangular(t, STEPS, 0.34, 32) for t in range(STEPS)]
+    assert lrs == pytest.approx(want, rel=1e-9)
 
 
 def test_rng_restore_matters(tmp_path, tiny_bert_dir, wiki, monkeypatch):

@@ -91,7 +91,8 @@ class FeatureCutoff(_RateView):
 
 
 class SpanCutoff(_RateView):
-    """One contiguous window of ``(1 - rate)`` of the real tokens kept, the other rows zeroed."""
+    """One contiguous window of ``(1 - rate)`` of the real tokens kept, the other rows zeroed
+    (still attended: the reference's cut tokens become attended padding; ``views.span_cutoff``)."""
 
     name = "span_cutoff"
 

@@ -194,10 +194,12 @@ def span_cutoff(
 ) -> Tensor:
     """Span view at the embedding level: real-token rows outside the kept window set to zero.
 
-    The reference instead sets those tokens' ids to 0 and their attention mask to 0 (for the
-    model only; pooling still uses the original mask). That needs the model's attention mask
-    changed, which the encoder's hook does not do; this form keeps the mask, as the other views
-    do. :func:`span_keep_mask` gives the window. No paper setting or script uses span.
+    The reference (ConSERT) sets the ids outside the window to 0, the padding id, but its
+    attention mask was computed before the cut and is not changed: the cut tokens stay
+    attended (and pooled) as padding tokens at their positions. Here they stay attended and
+    pooled too, with the same mask; what differs is their input to the first layer: a zero row
+    here, the embedding of the padding token there. :func:`span_keep_mask` gives the window. No
+    paper setting or script uses span.
     """
     keep = span_keep_mask(attention_mask, rate, generator)
     drop = attention_mask.bool() & ~keep

@@ -154,7 +154,9 @@ class DeCLUTR(Objective):
 
     def _masked_anchors(self, encoder: Any, view: View, features: dict[str, Tensor]) -> Tensor:
         """``[rows, H + 2]``: the pooled embedding of the masked anchors and, from the same
-        forward, their MLM loss sums and masked-token counts."""
+        forward, their MLM loss sums and masked-token counts. Always ONE pass over all rows
+        (``train.length_buckets`` does not split it, as it splits no MLM pass): the hook keeps
+        the token states of every row, in row order, for the labels of every row."""
         mlm = self._mlm()
         inputs, labels = mlm.mask(encoder, view, features)
         states: list[Tensor] = []
@@ -163,10 +165,14 @@ class DeCLUTR(Objective):
             states.append(output.last_hidden_state)  # the token states the pooling reads
 
         handle = encoder.model.register_forward_hook(keep)
+        buckets, encoder.length_buckets = encoder.length_buckets, 1
         try:
             emb = encoder({**features, "input_ids": inputs}, augment=view.augment)
         finally:
+            encoder.length_buckets = buckets
             handle.remove()
+        if len(states) != 1:
+            raise RuntimeError(f"the masked anchors ran {len(states)} encoder passes, not 1")
         sums = mlm.token_sums(encoder, states[-1], labels)
         emb = fp32(emb)  # the MLM sums would lose digits in half precision
         return torch.cat([emb, sums.to(emb.dtype)], dim=1)

@@ -67,7 +67,19 @@ class OptimConfig:
         warmup_steps: Linear warm-up steps (exclusive with ``warmup_ratio``).
         warmup_ratio: Warm-up as a fraction of the total steps (exclusive with
             ``warmup_steps``).
-        lr_schedule: After warm-up: ``linear`` decay to 0 at the last step, or ``constant``.
+        lr_schedule: After warm-up: ``linear`` decay to 0 at the last step, or ``constant``;
+            or ``slanted_triangular`` (ULMFiT; allennlp's, the DeCLUTR reference's): from
+            lr/ratio up to lr over the first ``cut_frac`` of the steps, then back down to
+            lr/ratio at the last step (its own warm-up: no warmup_steps/warmup_ratio).
+        cut_frac: ``slanted_triangular``: fraction of the steps spent rising (ULMFiT: 0.1).
+        ratio: ``slanted_triangular``: how much smaller the first and last lr are than the peak
+            (ULMFiT: 32).
+        adam_eps: AdamW's epsilon, added to the square root of the second moment (torch's
+            default 1e-8; the DeCLUTR and ConSERT references: 1e-6).
+        adam_bias_correction: Divide Adam's moments by ``1 - beta^t`` (torch's AdamW, the
+            default). false: the raw moments, transformers' old ``AdamW(correct_bias=False)``
+            (DeCLUTR, ConSERT): early updates several times larger; weight decay is applied
+            after the update, as that optimizer does.
         grad_clip: Clip the global gradient norm to this value; 0: off.
         grad_accum: Batches whose gradients are summed per optimizer step. This does NOT add
             negatives: each batch is still contrasted only within itself. Use
@@ -84,7 +96,8 @@ class OptimConfig:
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
             loss up to float rounding; dropout draws differ (same distribution). 1: off (one
             pass padded to the batch's longest). Applies to the encoder's sentence passes
-            (not the MLM pass or TSDAE's decoder, nor embedding-level augmentations); a pass is
+            (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
+            embedding-level augmentations); a pass is
             only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
             length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI triplets) faster
             (bench/profile_step.py); on a GPU, measure first: small passes may leave it idle.
@@ -101,7 +114,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
-    lr_schedule: Literal["linear", "constant"] = "linear"
+    lr_schedule: Literal["linear", "constant", "slanted_triangular"] = "linear"
+    cut_frac: float = 0.1
+    ratio: float = 32.0
+    adam_eps: float = 1e-8
+    adam_bias_correction: bool = True
     grad_clip: float = 1.0
     grad_accum: int = 1
     mini_batch_size: int = 0
@@ -292,6 +309,7 @@ class TrainConfig:
             raise UserError("set train.warmup_steps or train.warmup_ratio, not both")
         if t.lr <= 0 or t.weight_decay < 0 or t.grad_clip < 0:
             raise UserError("train.lr must be > 0, weight_decay and grad_clip >= 0")
+        self._check_schedule()
         if self.eval.every_steps < 0 or self.checkpoint.every_steps < 0:
             raise UserError("eval.every_steps and checkpoint.every_steps must be >= 0")
         self._resolve_metric()
@@ -313,6 +331,21 @@ class TrainConfig:
             raise UserError(f"logging.log_every must be >= 1, got {self.logging.log_every}")
         if not self.output_dir:
             raise UserError("output_dir is required")
+
+    def _check_schedule(self) -> None:
+        t = self.train
+        if not 0.0 < t.cut_frac < 1.0 or t.ratio < 1.0:
+            raise UserError(
+                f"train.cut_frac must be in (0, 1) and train.ratio >= 1, got {t.cut_frac}, "
+                f"{t.ratio}"
+            )
+        if t.lr_schedule == "slanted_triangular" and (t.warmup_steps or t.warmup_ratio):
+            raise UserError(
+                "train.lr_schedule slanted_triangular warms up by itself (train.cut_frac): "
+                "set train.warmup_steps and train.warmup_ratio to 0"
+            )
+        if not t.adam_eps > 0:
+            raise UserError(f"train.adam_eps must be > 0, got {t.adam_eps}")
 
 
 def check_objective_and_data(cfg: TrainConfig) -> None:

@@ -11,7 +11,8 @@ The same code runs on CPU, one GPU, several GPUs or nodes: start it with ``pytho
   :mod:`contrasent.train.gradcache`) and its named, weighted loss parts are summed;
 * ``train.grad_accum`` batches are summed per step. Gradient accumulation does NOT add negatives:
   each batch is still contrasted only within itself; the gradient cache does;
-* AdamW (no decay on biases/LayerNorm), linear warm-up/decay, gradient clipping, fp16/bf16 autocast
+* AdamW (no decay on biases/LayerNorm; optionally without bias correction), linear warm-up/decay
+  (or constant, slanted triangular), gradient clipping, fp16/bf16 autocast
   (similarity logits and losses always in float32);
 * STS evaluation every ``eval.every_steps`` and at the end, at the encoder's inference length (never
   the training truncation), with the objective's loss on held-out data when ``data.validation`` is
@@ -131,9 +132,17 @@ class _Trainer:
 
     def _build_optimizer(self) -> None:
         t = self.cfg.train
-        self.optimizer = build_optimizer(self.module, t.lr, t.weight_decay)
+        self.optimizer = build_optimizer(
+            self.module,
+            t.lr,
+            t.weight_decay,
+            eps=t.adam_eps,
+            bias_correction=t.adam_bias_correction,
+        )
         warm = warmup_steps(self.total, t.warmup_steps, t.warmup_ratio)
-        self.scheduler = build_scheduler(self.optimizer, t.lr_schedule, warm, self.total)
+        self.scheduler = build_scheduler(
+            self.optimizer, t.lr_schedule, warm, self.total, t.cut_frac, t.ratio
+        )
         self.model, self.optimizer = self.acc.prepare(self.module, self.optimizer)
 
     def _resumable(self) -> dict[str, Any]:

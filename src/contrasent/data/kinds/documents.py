@@ -13,6 +13,8 @@ each with ``num_anchors`` anchor spans and ``num_positives`` positives per ancho
    objective logs as a metric); when none is left, one UserError names the shortest and longest
    lengths found and the span settings that would admit them;
 2. documents are shuffled with a buffer of ``data.shuffle_buffer`` (keyed per epoch) and batched;
+   a buffer smaller than the scan's document count is a logged warning (the reference shuffles
+   the whole file; without a scan the count is not known before training);
 3. each document's spans are drawn from ``keyed_rng(seed, SPANS, batch index, document)``: the
    same spans whatever the number of processes or the gradient-cache chunking, and after any
    resume (the stream fast-forwards by re-reading the epoch without sampling).
@@ -216,6 +218,20 @@ def _copy_counts(src: ReadStats, dst: ReadStats) -> None:
     dst.skipped, dst.info = dict(src.skipped), dict(src.info)
 
 
+def _warn_partial_shuffle(name: str, buffer: int, documents: int) -> None:
+    # The DeCLUTR reference shuffles the whole file each epoch; a smaller buffer only mixes
+    # nearby documents, so a batch's documents (each other's negatives) come from one region.
+    log.warning(
+        "%s: data.shuffle_buffer %d is smaller than its %d documents: batches mix only nearby "
+        "documents (the DeCLUTR reference shuffles the whole file); data.shuffle_buffer %d "
+        "shuffles them uniformly (it holds that many tokenized documents in memory)",
+        name,
+        buffer,
+        documents,
+        documents,
+    )
+
+
 def build_documents_stream(
     spec: DataSpec, options: DocumentOptions, batch_size: int, seed: int, tokenizer: Any
 ) -> EpochStream:
@@ -231,6 +247,8 @@ def build_documents_stream(
     corpus = DocumentCorpus(spec, options, sampler, seed)
     stats = [corpus.scan()] if spec.scan else []
     rows = stats[0].rows if stats else None
+    if rows is not None and spec.shuffle_buffer < rows:
+        _warn_partial_shuffle(corpus.name, spec.shuffle_buffer, rows)
     source = RowSource(corpus.name, corpus.read, spec.shuffle_buffer, seed, 0)
     stream = epoch_stream(spec, batch_size, seed, (source, rows, stats), corpus.to_batch)
     stream.corpus = corpus  # type: ignore[attr-defined]  (counts for reports and tests)
