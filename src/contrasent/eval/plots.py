@@ -106,10 +106,16 @@ def training_curves(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[
     ax_loss, ax_lr, ax_sts = axes[:3]
     if own:
         e_steps = [r["step"] for r in evals]
+        loss = own.pop("validation_loss", None)
         for key, values in own.items():
             axes[3].plot(e_steps, values, marker="o", ms=3, lw=1, label=key)
+        if loss is not None:  # its own scale, on the right
+            right = axes[3].twinx()
+            right.plot(e_steps, loss, marker="s", ms=3, lw=1, color="tab:red", ls="--")
+            right.set_ylabel("validation_loss (dashed)", fontsize=8, color="tab:red")
         axes[3].set_title("your tasks (eval)", fontsize=10)
-        axes[3].legend(fontsize=8)
+        if own:
+            axes[3].legend(fontsize=8)
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [_num(r.get("loss")) for r in train], lw=1)
     ax_loss.set_title("training loss", fontsize=10)
