@@ -75,6 +75,8 @@ def split_specs(tasks: str | None) -> tuple[str | None, list[TaskSpec]]:
     if tasks is None:
         return None, []
     specs = parse_task_specs(tasks)
+    if not specs:
+        raise UserError(f"no task selected by --tasks {tasks!r}")
     builtin = [s.name for s in specs if s.kind is None]
     own = [s for s in specs if s.kind is not None]
     clash = [s.name for s in own if s.name in sts.TASKS]
