@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def metric_value(results: dict[str, Any], metric: str, mode: str) -> float | None:
-    """The selection number in an ``evaluate_sts`` result (None: undefined, e.g. collapse)."""
+    """The selection number in an evaluation result (None: undefined, e.g. a collapsed STS)."""
     value, missing, path = lookup(results, metric, mode)
     if missing is not None:
         raise UserError(
