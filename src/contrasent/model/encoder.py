@@ -373,6 +373,17 @@ class Encoder(nn.Module):
         return batch
 
     @contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Forwards inside run as one pass over all rows (``length_buckets`` off): for callers
+        whose forward hooks need the token states of every row, in row order (DeCLUTR's masked
+        anchors give both the embeddings and the MLM loss)."""
+        buckets, self.length_buckets = self.length_buckets, 1
+        try:
+            yield
+        finally:
+            self.length_buckets = buckets
+
+    @contextmanager
     def _eval_mode(self) -> Iterator[None]:
         was_training = self.training
         self.eval()

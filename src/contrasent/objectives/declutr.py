@@ -165,11 +165,10 @@ class DeCLUTR(Objective):
             states.append(output.last_hidden_state)  # the token states the pooling reads
 
         handle = encoder.model.register_forward_hook(keep)
-        buckets, encoder.length_buckets = encoder.length_buckets, 1
         try:
-            emb = encoder({**features, "input_ids": inputs}, augment=view.augment)
+            with encoder.one_pass():
+                emb = encoder({**features, "input_ids": inputs}, augment=view.augment)
         finally:
-            encoder.length_buckets = buckets
             handle.remove()
         if len(states) != 1:
             raise RuntimeError(f"the masked anchors ran {len(states)} encoder passes, not 1")

@@ -49,7 +49,7 @@ from contrasent.train.batching import local_slice
 from contrasent.train.config import TrainConfig, as_train_config
 from contrasent.train.gradcache import gradcache_step
 from contrasent.train.metrics import MetricsWriter, ProgressBar, Window, train_record
-from contrasent.train.optim import build_optimizer, build_scheduler, warmup_steps
+from contrasent.train.optim import optimizer_and_scheduler
 from contrasent.train.outputs import RunFolder
 from contrasent.train.result import (
     Callback,
@@ -131,17 +131,8 @@ class _Trainer:
         return validation_for_run(self.cfg, self.stream, self.module.encoder.tokenizer, self.world)
 
     def _build_optimizer(self) -> None:
-        t = self.cfg.train
-        self.optimizer = build_optimizer(
-            self.module,
-            t.lr,
-            t.weight_decay,
-            eps=t.adam_eps,
-            bias_correction=t.adam_bias_correction,
-        )
-        warm = warmup_steps(self.total, t.warmup_steps, t.warmup_ratio)
-        self.scheduler = build_scheduler(
-            self.optimizer, t.lr_schedule, warm, self.total, t.cut_frac, t.ratio
+        self.optimizer, self.scheduler = optimizer_and_scheduler(
+            self.module, self.cfg.train, self.total
         )
         self.model, self.optimizer = self.acc.prepare(self.module, self.optimizer)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -175,3 +176,16 @@ def build_scheduler(
         )
         return torch.optim.lr_scheduler.LambdaLR(optimizer, step)
     raise ValueError(f"unknown lr schedule {kind!r}")
+
+
+def optimizer_and_scheduler(
+    module: nn.Module, t: Any, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer and schedule that the ``train`` section ``t`` (``OptimConfig``) describes:
+    the one place that reads its optimizer options, so a new one never touches the loop."""
+    optimizer = build_optimizer(
+        module, t.lr, t.weight_decay, eps=t.adam_eps, bias_correction=t.adam_bias_correction
+    )
+    warm = warmup_steps(total_steps, t.warmup_steps, t.warmup_ratio)
+    scheduler = build_scheduler(optimizer, t.lr_schedule, warm, total_steps, t.cut_frac, t.ratio)
+    return optimizer, scheduler
