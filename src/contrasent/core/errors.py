@@ -6,6 +6,8 @@ Library code raises it for every input a user can get wrong, naming the file and
 
 from __future__ import annotations
 
+import math
+
 
 class UserError(Exception):
     """A mistake in user input: printed as one clear message by the CLI, no traceback.
@@ -22,3 +24,15 @@ class UserError(Exception):
 def where(path: object, line: int | None = None) -> str:
     """Format a `file:line` location for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def finite_number(text: str, path: object, line: int, what: str) -> float:
+    """``text`` (a field of a user's file) as a finite float, else one UserError at file:line
+    naming ``what`` it should have been (``gold score``, ``label``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UserError(f"{where(path, line)}: {what} {text!r} is not a number")
+    return value

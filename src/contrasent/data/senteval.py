@@ -9,14 +9,13 @@ header line. Pairs with an empty gold score (STS15/16: "not scored") are skipped
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from contrasent.core.errors import UserError, where
+from contrasent.core.errors import UserError, finite_number, where
 
 ENV_VAR = "CONTRASENT_DATA"
 STS_YEARS: dict[str, tuple[str, ...]] = {  # subset order as in SentEval
@@ -106,16 +105,6 @@ def _clean(sentence: str, path: Path, line: int) -> str:
     return out
 
 
-def _score(text: str, path: Path, line: int) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise UserError(f"{where(path, line)}: gold score {text!r} is not a number")
-    return value
-
-
 def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
     """One STS12-16 subset: ``STS.input.<subset>.txt`` + ``STS.gs.<subset>.txt``."""
     folder = root / "STS" / f"{task}-en-test"
@@ -132,7 +121,7 @@ def read_sts_subset(root: Path, task: str, subset: str) -> Pairs:
         if not g.strip():  # STS15/16: pair shipped without a gold score
             skipped += 1
             continue
-        gold.append(_score(g.strip(), gs, i))
+        gold.append(finite_number(g.strip(), gs, i, "gold score"))
         s1.append(a)
         s2.append(b)
     return Pairs(s1, s2, np.asarray(gold, dtype=np.float64), skipped)
@@ -165,7 +154,7 @@ def read_stsb(root: Path, split: str) -> Pairs:
                 f"{where(path, i)}: expected at least 7 tab-separated fields "
                 f"(genre, file, year, id, score, sentence1, sentence2), found {len(fields)}"
             )
-        gold.append(_score(fields[4].strip(), path, i))
+        gold.append(finite_number(fields[4].strip(), path, i, "gold score"))
         s1.append(_clean(fields[5], path, i))
         s2.append(_clean(fields[6], path, i))
     return Pairs(s1, s2, np.asarray(gold, dtype=np.float64))
@@ -190,7 +179,7 @@ def read_sick(root: Path, split: str) -> Pairs:
             raise UserError(
                 f"{where(path, i)}: expected {len(header)} tab-separated fields, found {len(fields)}"
             )
-        gold.append(_score(fields[isc].strip(), path, i))
+        gold.append(finite_number(fields[isc].strip(), path, i, "gold score"))
         s1.append(_clean(fields[ia], path, i))
         s2.append(_clean(fields[ib], path, i))
     return Pairs(s1, s2, np.asarray(gold, dtype=np.float64))

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contrasent.core.errors import UserError, where
+from contrasent.core.errors import UserError, finite_number, where
 
 Encode = Callable[[list[str]], Any]
 TABLE_SUFFIXES = (".tsv", ".csv")
@@ -147,25 +146,15 @@ def no_rows(path: Path, what: str, skipped: int = 0) -> UserError:
 
 
 # ----------------------------------------------------------------------------- values
-def parse_number(text: str, path: Path, line: int, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise UserError(f"{where(path, line)}: {what} {text!r} is not a number")
-    return value
-
-
 def parse_binary(text: str, path: Path, line: int) -> int:
-    value = parse_number(text.strip(), path, line, "label")
+    value = finite_number(text.strip(), path, line, "label")
     if value not in (0.0, 1.0):
         raise UserError(f"{where(path, line)}: label {text.strip()!r} must be 0 or 1")
     return int(value)
 
 
 def parse_int(text: str, path: Path, line: int, what: str) -> int:
-    value = parse_number(text.strip(), path, line, what)
+    value = finite_number(text.strip(), path, line, what)
     if not value.is_integer():
         raise UserError(f"{where(path, line)}: {what} {text.strip()!r} must be an integer")
     return int(value)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from contrasent.core.errors import finite_number
 from contrasent.data.senteval import Pairs
 from contrasent.eval.sts import correlations, cosine_scores, embed_unique
-from contrasent.eval.tasks.files import as_encode, no_rows, parse_number, read_table, table_has
+from contrasent.eval.tasks.files import as_encode, no_rows, read_table, table_has
 from contrasent.eval.tasks.kind import TaskKind
 
 COLUMNS = ("sentence1", "sentence2", "score")
@@ -36,7 +37,7 @@ def read_sts_file(path: str | os.PathLike, columns: dict[str, str] | None = None
     path = Path(path)
     task = STSTask([], [], [])
     for line, (s1, s2, score) in read_table(path, COLUMNS, columns):
-        task.scores.append(parse_number(score.strip(), path, line, "score"))
+        task.scores.append(finite_number(score.strip(), path, line, "score"))
         task.sentence1.append(s1)
         task.sentence2.append(s2)
     usable, skipped = usable_pairs(task.sentence1, task.sentence2)
