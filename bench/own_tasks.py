@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from gradcache import reset_peak, vm_kib  # bench/ is on sys.path: the same memory probes
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = (  # (name, kind, path under the data root)
     ("wikisplit-retrieval", "retrieval", "tasks/wikisplit-retrieval"),
@@ -98,23 +100,6 @@ def machine() -> dict[str, Any]:
 
 def machine_label(m: dict[str, Any]) -> str:
     return f"{m['cpu']} ({m['cores']} cores), torch threads {m['torch_threads']}"
-
-
-def vm_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (VmRSS: now, VmHWM: high-water mark)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        found = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    return int(found.group(1)) if found else 0
-
-
-def reset_peak() -> bool:
-    """Reset the RSS high-water mark (Linux >= 4.0); False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return vm_kib("VmHWM") <= vm_kib("VmRSS") + 4096
 
 
 # ----------------------------------------------------------------------------- our side
