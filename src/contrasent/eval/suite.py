@@ -112,11 +112,12 @@ def evaluate(
     batch_size: int = 128,
     progress: Callable[[str], None] | None = None,
     bars: bool = False,
+    plan: Plan | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """Run the selected tasks: (JSON-ready results, STS scores per task for plots).
     ``progress``: the transfer tasks' progress lines (and one line per task file); ``bars``: a
     progress bar while embedding each task."""
-    plan = check_tasks(tasks, mode, data_dir)
+    plan = plan or check_tasks(tasks, mode, data_dir)  # ``plan``: already checked and read
     sts_names, transfer_names = plan.sts, plan.transfer
     sts_mode = "dev" if mode == "dev" else "test"
     results: dict[str, Any] = {"mode": mode}

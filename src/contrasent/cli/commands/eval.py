@@ -50,7 +50,8 @@ class EvalArgs(ModelArgs):
             check_output_file(self.output, "--output")
         if self.plots:
             check_output_folder(self.plots, "--plots")
-        plan = check_tasks(self.tasks, self.mode, self.data_dir)  # task files read here
+        plan = check_tasks(self.tasks, self.mode, self.data_dir)  # task files read here, once
+        self.plan = plan  # run_eval evaluates what was read
         sts_names, transfer_names = plan.sts, plan.transfer
         if not sts_names and not transfer_names:
             return
@@ -74,7 +75,8 @@ def run_eval(args: EvalArgs) -> None:
         return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
 
     start = time.perf_counter()
-    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True)
+    plan = getattr(args, "plan", None)
+    results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True, plan=plan)
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
     results["time_s"] = round(time.perf_counter() - start, 2)
