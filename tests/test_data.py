@@ -477,8 +477,10 @@ def test_spec_checks():
         build_stream(DataSpec(kind="mixture"), 4, 0)
     with pytest.raises(UserError, match="data.epochs"):
         build_stream(DataSpec(kind="text", path="x.txt", epochs=0), 4, 0)
-    with pytest.raises(UserError, match="columns does not apply"):
+    with pytest.raises(UserError, match="texts take one column"):
         build_stream(DataSpec(kind="text", path="x.txt", columns={"anchor": "a"}), 4, 0)
+    with pytest.raises(UserError, match="columns does not apply"):
+        build_stream(DataSpec(kind="nli", path="x", columns={"text": "a"}), 4, 0)
 
 
 def test_dataspec_parses_with_jsonargparse(tmp_path):

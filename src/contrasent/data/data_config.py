@@ -26,7 +26,7 @@ from typing import Any
 from contrasent.core.errors import UserError, where
 
 ENTRY_KEYS = ("name", "path", "weight", "lines", "columns", "format", "header")
-FORMATS = ("auto", "txt", "tsv", "csv", "jsonl")
+FORMATS = ("auto", "txt", "tsv", "csv", "jsonl", "parquet")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Streaming readers: one text a line (.txt) and named-column pair files (TSV, CSV, JSONL).
+"""Streaming readers: one text a line (.txt), and texts or pairs from named columns of TSV, CSV,
+JSONL and Parquet files, ``datasets.save_to_disk`` folders, ``hf:`` dataset ids and data passed
+from Python (the last four through :mod:`contrasent.data.sources`).
 
 Every reader streams (never holds a file in memory), accepts a `.gz` twin of each format, and
 treats user mistakes the project's way: a :class:`~contrasent.core.errors.UserError` naming
@@ -15,6 +17,11 @@ Pair files map columns to roles with a dict such as
 - JSONL: one JSON value a line. An object is read by key. A list, as in the 1B-pairs
   project's files (``["anchor", "positive"]`` or ``["anchor", "positive", "negative"]``), is read
   by integer index.
+- Parquet, saved datasets, hf: ids and Python data: records are read by column name (an integer
+  indexes the column list); null cells count as empty. A missing column names the existing ones.
+- Texts (``text=True``, data.kind text): the map is ``{"text": column}``. Without one, a JSON
+  string line is the text, an object/table row uses its ``text`` column (or its only column) and
+  a TSV/CSV/JSON-list row its first field.
 - Without a column map, rows are positional: field 0 is the anchor, field 1 the positive, and
   any further fields are negatives (headerless TSV/CSV and JSON lists only). Every row must then
   have as many fields as the first one.
@@ -33,11 +40,13 @@ from pathlib import Path
 from typing import Literal
 
 from contrasent.core.errors import UserError, where
+from contrasent.data.sources import Table, open_table, table_kind
 
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
-Format = Literal["auto", "txt", "tsv", "csv", "jsonl"]
+Format = Literal["auto", "txt", "tsv", "csv", "jsonl", "parquet"]
+FORMATS = ("auto", "txt", "tsv", "csv", "jsonl", "parquet")
 ColumnRef = str | int
 ROLES = ("anchor", "positive", "negative")
 
@@ -46,6 +55,7 @@ EMPTY_LINE = "empty line"
 BAD_UTF8 = "invalid UTF-8"
 BAD_ROW = "malformed row"
 EMPTY_FIELD = "empty anchor/positive/negative"
+EMPTY_TEXT = "empty or null text"
 LONG_LINE = "line too long"
 REPLACED = "replaced lines"  # ReadStats.info key of on_error="replace"
 
@@ -87,6 +97,8 @@ def detect_format(path: str | Path, fmt: Format = "auto") -> str:
     """The file format: `fmt` unless "auto", else from the suffix (ignoring a trailing .gz)."""
     if fmt != "auto":
         return fmt
+    if table_kind(path) is not None:
+        return "table"  # parquet, a saved dataset folder, hf:, memory:
     name = str(path).lower()
     name = name.removesuffix(".gz")
     for suffix, found in ((".txt", "txt"), (".tsv", "tsv"), (".csv", "csv"), (".jsonl", "jsonl")):
@@ -96,7 +108,8 @@ def detect_format(path: str | Path, fmt: Format = "auto") -> str:
         return "jsonl"
     raise UserError(
         f"{path}: cannot tell the format from the file name; "
-        "use .txt, .tsv, .csv or .jsonl (optionally .gz), or set the format explicitly"
+        "use .txt, .tsv, .csv, .jsonl (optionally .gz) or .parquet, a datasets.save_to_disk "
+        "folder or hf:org/name, or set data.format"
     )
 
 
@@ -180,13 +193,24 @@ def _bounded_lines(fh, limit: int) -> Iterator[bytes | None]:
 
 
 def read_texts(
-    path: str | Path, on_error: OnError = "raise", stats: ReadStats | None = None
+    path: str | Path,
+    on_error: OnError = "raise",
+    stats: ReadStats | None = None,
+    fmt: Format = "auto",
+    columns: dict | None = None,
+    header: bool | None = None,
 ) -> Iterator[str]:
-    """Stream the texts of a one-text-a-line file (.txt or .txt.gz), stripped.
+    """Stream the texts of ``path``, stripped: one a line of a .txt (.gz) file, else the text
+    column of a JSONL/CSV/TSV/Parquet file, saved dataset or hf: id (``columns={"text": name}``,
+    see the module docstring).
 
-    Empty and whitespace-only lines are counted skips (`stats.skipped["empty line"]`).
+    Empty and whitespace-only lines/cells are counted skips (`stats.skipped`).
     """
     stats = stats if stats is not None else ReadStats(str(path))
+    if detect_format(path, fmt) != "txt":
+        for row in PairReader(path, columns, fmt, header, on_error, text=True).rows(stats):
+            yield row[0]
+        return
     for _, line in iter_lines(path, stats, on_error):
         text = line.strip()
         if not text:
@@ -201,11 +225,13 @@ class ColumnMap:
     """Which column (name or index) plays each role; `negatives` may be empty."""
 
     anchor: ColumnRef
-    positive: ColumnRef
+    positive: ColumnRef | None  # None: a text map ({"text": column}), anchor is the text
     negatives: tuple[ColumnRef, ...] = ()
 
     @property
     def refs(self) -> tuple[ColumnRef, ...]:
+        if self.positive is None:
+            return (self.anchor,)
         return (self.anchor, self.positive, *self.negatives)
 
     @property
@@ -236,6 +262,20 @@ class ColumnMap:
         refs = (columns["anchor"], columns["positive"], *negs)
         return cls(*(_as_index(r) for r in refs[:2]), tuple(_as_index(r) for r in refs[2:]))
 
+    @classmethod
+    def parse_text(cls, columns: dict | str | None, source: str) -> ColumnMap | None:
+        """Check a text column map ({"text": column}; a bare column name is accepted)."""
+        if columns is None:
+            return None
+        if isinstance(columns, (str, int)) and not isinstance(columns, bool):
+            columns = {"text": columns}
+        if not isinstance(columns, dict) or set(columns) != {"text"}:
+            raise UserError(f"{source}: texts take one column: {{text: COLUMN}}, got {columns!r}")
+        ref = columns["text"]
+        if not isinstance(ref, (str, int)) or isinstance(ref, bool):
+            raise UserError(f"{source}: columns.text must be one column name or index")
+        return cls(_as_index(ref), None)
+
 
 def _as_index(ref: ColumnRef) -> ColumnRef:
     """Integer-like references ("0", 0) become ints; names stay strings."""
@@ -245,7 +285,8 @@ def _as_index(ref: ColumnRef) -> ColumnRef:
 
 
 class PairReader:
-    """Streams `(anchor, positive, *negatives)` tuples from one TSV/CSV/JSONL file (or .gz).
+    """Streams `(anchor, positive, *negatives)` tuples (``text=True``: 1-tuples of a text) from
+    one TSV/CSV/JSONL file (or .gz), Parquet file, saved dataset, hf: id or Python data.
 
     Args:
         path: the file.
@@ -255,6 +296,7 @@ class PairReader:
             uses names, False when it is None or uses indices.
         on_error: "raise" (UserError with file:line) or "skip" (counted skip) for malformed rows
             and invalid UTF-8.
+        text: read one text a row (``columns`` is then ``{"text": column}``).
     """
 
     def __init__(
@@ -264,12 +306,15 @@ class PairReader:
         fmt: Format = "auto",
         header: bool | None = None,
         on_error: OnError = "raise",
+        text: bool = False,
     ) -> None:
         self.path = str(path)
         self.fmt = detect_format(path, fmt)
-        if self.fmt == "txt":
+        self.text = text
+        if self.fmt == "txt" and not text:
             raise UserError(f"{path}: a .txt file holds single texts, not pairs; use TSV/CSV/JSONL")
-        self.columns = ColumnMap.parse(columns, f"{path} (columns)")
+        parse = ColumnMap.parse_text if text else ColumnMap.parse
+        self.columns = parse(columns, f"{path} (columns)")
         uses_names = self.columns is not None and self.columns.uses_names
         self.header = uses_names if header is None else header
         if self.fmt in ("tsv", "csv") and uses_names and not self.header:
@@ -277,6 +322,39 @@ class PairReader:
         self.on_error = on_error
         self.num_fields: int | None = None if self.columns is None else len(self.columns.refs)
         self._indices: list[int] | None = None  # header names resolved to positions
+        self.empty = EMPTY_TEXT if text else EMPTY_FIELD
+        self.table: Table | None = None
+        self._names: list[str] | None = None  # the table columns read, in role order
+        if self.fmt in ("parquet", "table"):
+            self.table = open_table(path, "parquet" if self.fmt == "parquet" else "auto")
+            self._names = self._table_names(self.table)
+            self.num_fields = len(self._names) if self._names else None
+
+    def _table_names(self, table: Table) -> list[str] | None:
+        """The columns of ``table`` read for the roles, checked to exist (ints index them)."""
+        cols = table.columns
+        if self.columns is None:
+            if not self.text:
+                if cols:
+                    raise UserError(
+                        f"{self.path}: give data.columns (anchor, positive[, negative]) for its "
+                        f"columns: {', '.join(cols)}"
+                    )
+                return None  # rows passed from Python as tuples: positional
+            if not cols:
+                return None  # plain strings
+            refs: list[ColumnRef] = ["text" if "text" in cols or len(cols) != 1 else cols[0]]
+        else:
+            refs = list(self.columns.refs)
+        names = []
+        for ref in refs:
+            if isinstance(ref, int):
+                if ref >= len(cols):
+                    raise UserError(f"{self.path}: column index {ref} but it has {len(cols)}")
+                ref = cols[ref]
+            names.append(str(ref))
+        table.require(names)
+        return names
 
     @property
     def num_negatives(self) -> int | None:
@@ -292,13 +370,16 @@ class PairReader:
     def rows(self, stats: ReadStats | None = None) -> Iterator[tuple[str, ...]]:
         """Stream the rows; skips and errors are counted in `stats`."""
         stats = stats if stats is not None else ReadStats(self.path)
-        records = self._json_records if self.fmt == "jsonl" else self._table_records
+        if self.table is not None:
+            records = self._source_records
+        else:
+            records = self._json_records if self.fmt == "jsonl" else self._table_records
         for lineno, fields in records(stats):
             row = self._select(fields, lineno, stats) if fields is not None else None
             if row is None:
                 continue
             if not all(row):
-                stats.skip(EMPTY_FIELD)
+                stats.skip(self.empty)
                 continue
             stats.rows += 1
             yield row
@@ -310,6 +391,20 @@ class PairReader:
             stats.skip(BAD_ROW)
             return
         raise UserError(f"{where(self.path, lineno)}: {message} (set on_error: skip to skip)")
+
+    def _source_records(self, stats: ReadStats) -> Iterator[tuple[int, list | dict | None]]:
+        assert self.table is not None
+        for n, rec in self.table.records(self._names):
+            stats.lines += 1
+            if isinstance(rec, dict) and self._names:
+                yield n, [rec.get(c) for c in self._names]  # already in role order
+            elif isinstance(rec, str) or rec is None:
+                yield n, [rec]  # None: an empty row, counted below
+            elif isinstance(rec, (list, tuple)):
+                yield n, list(rec)
+            else:
+                self._bad(stats, n, f"expected a text, a tuple or a mapping, got {rec!r:.60}")
+                yield n, None
 
     def _table_records(self, stats: ReadStats) -> Iterator[tuple[int, list[str] | None]]:
         lines = iter_lines(self.path, stats, self.on_error, keepends=self.fmt == "csv")
@@ -371,12 +466,16 @@ class PairReader:
                 self._bad(stats, lineno, f"invalid JSON ({e.msg} at column {e.colno})")
                 yield lineno, None
                 continue
+            if isinstance(obj, str) and self.text:
+                obj = [obj]  # a JSON string line is the text
             if not isinstance(obj, (list, dict)):
                 self._bad(
                     stats, lineno, f"expected a JSON object or list, got {type(obj).__name__}"
                 )
                 yield lineno, None
                 continue
+            if isinstance(obj, dict) and self.columns is None and self.text:
+                self.columns = ColumnMap("text", None)
             if isinstance(obj, dict) and self.columns is None:
                 raise UserError(
                     f"{where(self.path, lineno)}: rows are JSON objects; give columns, e.g. "
@@ -407,6 +506,8 @@ class PairReader:
     def _check_width(self, width: int, lineno: int) -> None:
         """Fail early when an index points past the row (a config error, never skipped)."""
         if self.columns is None:
+            if self.text:
+                return
             if width < 2:
                 raise UserError(
                     f"{where(self.path, lineno)}: found {width} column; pairs need at least "
@@ -429,7 +530,9 @@ class PairReader:
                 self._bad(stats, lineno, f"missing key(s) {missing} (keys: {sorted(fields)})")
                 return None
             values = [fields[r] for r in refs]
-        elif self.columns is None:
+        elif self.text and self.columns is None:
+            values = fields[:1]
+        elif self.columns is None or self._names:
             if self.num_fields is None:
                 self._check_width(len(fields), lineno)
                 self.num_fields = len(fields)
@@ -453,6 +556,7 @@ class PairReader:
                 self._bad(stats, lineno, f"row has {len(fields)} fields, columns need {need}")
                 return None
             values = [fields[i] for i in indices]  # type: ignore[index]
+        values = ["" if v is None else v for v in values]  # a null cell counts as empty
         if not all(isinstance(v, str) for v in values):
             kinds = sorted({type(v).__name__ for v in values if not isinstance(v, str)})
             self._bad(stats, lineno, f"expected text in every selected column, found {kinds}")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from contrasent.core.errors import UserError
 from contrasent.core.options import build_options, suggest
 from contrasent.data.readers import ReadStats
+from contrasent.data.sources import is_remote
 from contrasent.data.streams import BatchStream, EpochStream, RowSource, ToBatch, hold_out
 
 __all__ = [
@@ -61,15 +62,19 @@ class DataSpec:
     """Options of the data kind itself (e.g. span sampling for documents); see its help."""
 
     path: str | list[str] | None = None
-    """The file (text, pairs) or folder (nli); a list is read in order as one dataset."""
+    """The file (text, pairs) or folder (nli); a list is read in order as one dataset. text and
+    pairs also read .parquet files, datasets.save_to_disk folders (FOLDER[@split]) and Hugging
+    Face datasets, streamed: hf:org/name[:config][@split] (pip install 'contrasent[datasets]')."""
 
     columns: dict[str, str | int | list[str | int]] | None = None
     """Pairs: role -> column, e.g. {"anchor": "sentence1", "positive": "sentence2",
-    "negative": ["hard_neg"]}. Names need a header row; integers ("0") index headerless
-    TSV/CSV and JSON-list rows. None: positional (anchor, positive, negatives...)."""
+    "negative": ["hard_neg"]}. Text: {"text": "body"} (default: a `text` column, the only
+    column, or the first field). Names need a header row in TSV/CSV; integers ("0") index
+    headerless TSV/CSV and JSON-list rows. None: positional (anchor, positive, negatives...)."""
 
-    format: Literal["auto", "txt", "tsv", "csv", "jsonl"] = "auto"
-    """File format; auto: from the suffix (.txt, .tsv, .csv, .jsonl, each optionally .gz)."""
+    format: Literal["auto", "txt", "tsv", "csv", "jsonl", "parquet"] = "auto"
+    """File format; auto: from the suffix (.txt, .tsv, .csv, .jsonl, each optionally .gz;
+    .parquet) or a saved dataset folder / hf: id."""
 
     header: bool | None = None
     """Whether the first TSV/CSV line names the columns. None: yes iff `columns` uses names."""
@@ -171,7 +176,11 @@ class DataSpec:
         named += [("data.data_dir", self.data_dir)] if self.data_dir else []
         named += [("data.validation", self.validation)] if isinstance(self.validation, str) else []
         for key, p in named:
+            if is_remote(p):
+                continue  # hf: ids and data passed from Python are checked when opened
             path = Path(p).expanduser()
+            if not path.exists() and Path(str(p).rpartition("@")[0] or p).expanduser().is_dir():
+                continue  # a saved dataset's FOLDER@split
             if not path.exists():
                 where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
                 raise UserError(f"{key} {p}: no such file or folder{where}", key)

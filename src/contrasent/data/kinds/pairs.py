@@ -35,6 +35,6 @@ KIND = epoch_kind(
     PairBatch,
     pair_rows,
     pair_batch,
-    "(anchor, positive[, negatives]) rows of a TSV/CSV/JSONL file",
+    "(anchor, positive[, negatives]) rows of a TSV/CSV/JSONL/Parquet file, datasets or hf:",
     fields=frozenset({"columns"}),
 )
