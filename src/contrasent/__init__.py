@@ -3,7 +3,7 @@
 from contrasent.core.errors import UserError
 from contrasent.core.version import __version__
 
-__all__ = ["Encoder", "UserError", "__version__"]
+__all__ = ["Encoder", "UserError", "__version__", "train"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from contrasent.model.encoder import Encoder
 
         return Encoder
+    if name == "train":  # contrasent.train(config, data=...): the package is callable
+        import contrasent.train
+
+        return contrasent.train
     raise AttributeError(name)

@@ -13,6 +13,7 @@ them (the objective's options dataclass) and the error names the recipe line thr
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -241,11 +242,38 @@ def parse_args(
         ok, value = _from_text(text, tp)
         if not ok:
             raise UserError(f"--{dotted} must be {type_words(tp)}, got {text!r}")
+        _switch_name(data, keys, value, locations)
         _set(data, keys, value)
         locations[dotted] = f"--{dotted}"
         i += 1
     _fill_positional(cls, data, bare, positional, locations)
     return build(cls, data, locations), locations
+
+
+def _switch_name(data: dict[str, Any], keys: list[str], value: Any, locations: Locations) -> None:
+    """``--objective.name X`` over a recipe whose objective is another one: the recipe's options
+    belong to ITS objective, so they are dropped (said on stderr), not handed to X. Options
+    given on the command line stay."""
+    if len(keys) != 2 or keys[1] != "name" or not isinstance(data.get(keys[0]), dict):
+        return
+    section = data[keys[0]]
+    if section.get("name") in (None, value):
+        return
+    dropped = [
+        k
+        for k in section
+        if k != "name" and not locations.get(f"{keys[0]}.{k}", "").startswith("--")
+    ]
+    if dropped:
+        old = section["name"]
+        for k in dropped:
+            section.pop(k)
+            locations.pop(f"{keys[0]}.{k}", None)
+        print(
+            f"note: --{keys[0]}.name {value} replaces the recipe's {old}: dropped its options "
+            f"{', '.join(dropped)}",
+            file=sys.stderr,
+        )
 
 
 def _fill_positional(cls, data, bare, positional, locations) -> None:

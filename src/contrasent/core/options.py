@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import textwrap
 import types
 import typing
@@ -109,6 +110,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if tp is str:
+        if isinstance(value, os.PathLike):  # pathlib.Path where a path is meant (from Python)
+            return True, os.fspath(value)
         return isinstance(value, str), value
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -210,6 +210,13 @@ class BatchStream:
         diff = sorted(
             k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k)
         )
+        memory = [p for p in saved.get("path") or [] if str(p).startswith("memory:")]
+        if "path" in diff and memory:
+            raise UserError(
+                "cannot resume: the data passed from Python is not the data of the checkpoint "
+                f"(fingerprint {memory[0]}, now {self.fingerprint.get('path')}); pass the same "
+                "data again, or start a new run"
+            )
         if diff:
             detail = "; ".join(
                 f"{k}: saved {saved.get(k)!r}, now {self.fingerprint.get(k)!r}" for k in diff
