@@ -105,6 +105,13 @@ COMMANDS: dict[str, Command] = {
         "Export MODEL to ONNX (--output DIR --format onnx [--quantize int8]).",
         positional=("model",),
     ),
+    "data prepare": Command(
+        "contrasent.cli.commands.data_prepare",
+        "PrepareConfig",
+        "run_prepare",
+        "Raw documents -> sentences (split, length filters, dedup, held-out, report).",
+        positional=("input",),
+    ),
 }
 
 

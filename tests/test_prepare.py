@@ -1,0 +1,139 @@
+"""`contrasent data prepare`: counts on a fixture with known duplicates, short lines and
+abbreviations; the held-out split is a property of the text (a grown corpus keeps old held-out
+lines held out); shards partition the documents; table inputs; the documents output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from contrasent.core.errors import UserError
+from contrasent.data.dedup import NearDedup, normalize
+from contrasent.data.prepare import PrepareConfig, prepare
+from contrasent.data.sentences import make_splitter, split_stream
+
+LONG = "the committee approved the new budget for the public library after a long debate"
+DOCS = [
+    # abbreviations and a decimal: 2 sentences, not 4
+    "Mr. Smith paid $3.50 for the old map. Then he left the shop before noon.",
+    # an exact duplicate after normalisation (case, punctuation, spacing) of the first sentence
+    "MR SMITH paid $3.50 for the  old map!",
+    # a near duplicate: one word added to a long sentence (Jaccard 0.92 over 5-grams)
+    f"The {LONG}. Everyone went home happy that evening.",
+    f"The {LONG} today.",
+    # too short (characters), too few words
+    "Ok. Yes indeed.",
+]
+
+
+def _run(tmp_path: Path, docs: list[str], **opts) -> tuple[dict, list[str]]:
+    src = tmp_path / "docs.txt"
+    src.write_text("\n".join(docs) + "\n")
+    out = tmp_path / opts.pop("name", "out")
+    report = prepare(PrepareConfig(input=[str(src)], output=str(out), **opts))
+    return report, (out / "train.txt").read_text().splitlines()
+
+
+def test_counts_on_known_fixture(tmp_path):
+    report, lines = _run(tmp_path, DOCS)
+    c = report["counts"]
+    assert c["documents"] == 5
+    assert c["sentences"] == 2 + 1 + 2 + 1 + 2  # abbreviations and $3.50 were not split
+    assert c["exact_duplicates"] == 1 and c["near_duplicates"] == 1
+    assert c["too_short_chars"] == 1 and c["too_few_words"] == 1  # "Ok." / "Yes indeed."
+    assert c["train"] == len(lines) == 4
+    assert lines[0] == "Mr. Smith paid $3.50 for the old map."
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"] == c
+    # the near-duplicate step off: the changed sentence stays
+    report, _ = _run(tmp_path, DOCS, near_dup=False, name="exact-only")
+    assert report["counts"]["near_duplicates"] == 0 and report["counts"]["train"] == 5
+
+
+def test_splitters_compared_on_abbreviations():
+    text = "Dr. Watson, i.e. the doctor, arrived at 5 p.m. on Jan. 3. He was late."
+    assert make_splitter("syntok")(text) == [
+        "Dr. Watson, i.e. the doctor, arrived at 5 p.m. on Jan. 3.",
+        "He was late.",
+    ]
+    assert len(make_splitter("regex")(text)) > 2  # the walkthrough's regex breaks at "Dr."
+    # streamed in small blocks, a document splits as it does whole
+    doc = [f"Sentence number {i} ends here. " for i in range(200)]
+    split = make_splitter("syntok")
+    assert list(split_stream(doc, split, block_chars=300)) == split(" ".join(doc))
+
+
+def test_held_out_lines_stay_held_out_in_a_grown_corpus(tmp_path, shared_data):
+    corpus = (shared_data / "corpus" / "wiki1m-head.txt").read_text().splitlines()[:400]
+    opts = {"validation": 0.2, "split": "none", "near_dup": False}
+    _run(tmp_path, corpus[:200], name="small", **opts)
+    _run(tmp_path, corpus, name="grown", **opts)
+    small = set((tmp_path / "small" / "validation.txt").read_text().splitlines())
+    grown = set((tmp_path / "grown" / "validation.txt").read_text().splitlines())
+    assert 20 < len(small) < 60 and small <= grown
+    train = set((tmp_path / "grown" / "train.txt").read_text().splitlines())
+    assert not train & grown
+
+
+def test_shards_partition_the_documents(tmp_path, shared_data):
+    corpus = (shared_data / "corpus" / "wiki1m-head.txt").read_text().splitlines()[:90]
+    opts = {"split": "none", "near_dup": False, "exact_dup": False}
+    _, whole = _run(tmp_path, corpus, **opts)
+    parts = []
+    for i in range(3):
+        report, _ = _run(tmp_path, corpus, shard=f"{i}/3", **opts)
+        parts += (tmp_path / f"out.shard-{i}-of-3" / "train.txt").read_text().splitlines()
+    assert sorted(parts) == sorted(whole)
+    with pytest.raises(UserError, match="--shard 3/3"):
+        _run(tmp_path, corpus, shard="3/3")
+
+
+def test_table_input_and_documents_output(tmp_path):
+    rows = [" ".join(["word"] * 50) + f" doc {i}." for i in range(3)] + [None, "short one here."]
+    pq.write_table(pa.table({"id": list(range(5)), "body": rows}), tmp_path / "d.parquet")
+    out = tmp_path / "o"
+    cfg = PrepareConfig(
+        input=[str(tmp_path / "d.parquet")],
+        output=str(out),
+        columns={"text": "body"},
+        documents=True,
+        documents_min_words=20,
+        near_dup=False,
+    )
+    c = prepare(cfg)["counts"]
+    assert c["documents"] == 4  # the null cell is a counted skip of the reader
+    assert c["documents_train"] == 3 and c["documents_too_short"] == 1
+    assert len((out / "documents.txt").read_text().splitlines()) == 3
+
+
+def _jaccard(a: str, b: str) -> float:
+    sa, sb = ({t[i : i + 5] for i in range(len(t) - 4)} for t in (normalize(a), normalize(b)))
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_near_duplicate_threshold():
+    assert _jaccard(f"The {LONG}.", f"The {LONG} today.") > 0.9
+    assert _jaccard(f"The {LONG}.", LONG.replace("library", "park").replace("long", "short")) < 0.7
+    near = NearDedup(window=10, threshold=0.8)
+    assert not near.seen(normalize(f"The {LONG}."))
+    assert near.seen(normalize(f"the {LONG}"))  # identical after normalisation
+    assert not near.seen(LONG.replace("library", "park").replace("long", "short"))
+    assert not near.seen(normalize("a completely different sentence about the weather today"))
+
+
+def test_cli_runs_and_names_a_missing_input(tmp_path):
+    src = tmp_path / "d.txt"
+    src.write_text("\n".join(DOCS) + "\n")
+    cli = [sys.executable, "-m", "contrasent.cli.main", "data", "prepare"]
+    done = subprocess.run(
+        [*cli, str(src), "--output", str(tmp_path / "o")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exact_duplicates: 1" in done.stdout
+    bad = subprocess.run([*cli, "nope.txt", "--output", "o"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope.txt: no such file" in bad.stderr
