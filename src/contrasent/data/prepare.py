@@ -193,15 +193,18 @@ def _txt_documents(path: str, unit: str, stats: ReadStats, on_error: Any, progre
         progress.done_bytes += len(line) + 1  # characters: an approximation of bytes
         if unit == "line":
             if line.strip():
+                stats.rows += 1
                 yield [line]
             continue
         if unit == "paragraph" and not line.strip():
             if doc:
+                stats.rows += 1
                 yield doc
             doc = []
             continue
         doc.append(line)
     if doc:
+        stats.rows += 1
         yield doc
 
 
