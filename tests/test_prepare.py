@@ -137,3 +137,18 @@ def test_cli_runs_and_names_a_missing_input(tmp_path):
     assert "exact_duplicates: 1" in done.stdout
     bad = subprocess.run([*cli, "nope.txt", "--output", "o"], capture_output=True, text=True)
     assert bad.returncode == 2 and "nope.txt: no such file" in bad.stderr
+
+
+def test_language_and_token_filters(tmp_path, minilm_dir):
+    docs = [
+        "The weather was mild and the harvest came in early this year.",
+        "Le temps était doux et la récolte est arrivée tôt cette année.",
+        "Supercalifragilisticexpialidocious words tokenize into many pieces here.",
+    ]
+    report, lines = _run(tmp_path, docs, lang_filter=True, near_dup=False)
+    assert report["counts"]["documents_other_language"] == 1 and len(lines) == 2
+    # the third sentence has 8 words but many more word pieces
+    report, lines = _run(
+        tmp_path, docs[::2], tokenizer=str(minilm_dir), max_tokens=13, name="tok", near_dup=False
+    )
+    assert report["counts"]["too_many_tokens"] == 1 and lines == docs[:1]

@@ -194,3 +194,50 @@ def test_resume_is_exact_on_new_sources(tmp_path, tiny_bert_dir, lines, source):
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_table_rows_of_the_wrong_type_raise_or_are_counted(tmp_path):
+    pq.write_table(
+        pa.table({"body": ["a text", "another text"], "n": [1, 2]}), tmp_path / "b.parquet"
+    )
+    path = str(tmp_path / "b.parquet")
+    with pytest.raises(UserError, match=r"b\.parquet:1: expected text"):
+        list(read_texts(path, columns={"text": "n"}))
+    stats = ReadStats(path)
+    assert list(read_texts(path, "skip", stats, columns={"text": "n"})) == []
+    assert stats.skipped == {"malformed row": 2}
+
+
+def test_hf_id_streams_a_local_dataset_folder(tmp_path, lines):
+    """hf: goes through datasets.load_dataset(streaming=True): a local folder of Parquet files
+    (no hub needed) streams the same texts in the same order, every pass."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": lines}), folder / "train.parquet")
+    stats = ReadStats("hf")
+    assert list(read_texts(f"hf:{folder}@train", "raise", stats)) == lines
+    spec = DataSpec(path=f"hf:{folder}", shuffle_buffer=40)
+    a = [b.texts for b in build_stream(spec, 16, 1)]
+    stream = build_stream(spec, 16, 1)
+    next(stream), next(stream)
+    state = stream.state_dict()
+    resumed = build_stream(spec, 16, 1)
+    resumed.load_state_dict(state)
+    assert [b.texts for b in resumed] == a[2:]
+
+
+def test_mixture_entries_take_parquet_and_saved_datasets(tmp_path, pairs):
+    import datasets
+
+    a, p = zip(*pairs, strict=True)
+    pq.write_table(pa.table({"q": a, "d": p}), tmp_path / "one.parquet")
+    datasets.Dataset.from_dict({"q": a, "d": p}).save_to_disk(str(tmp_path / "two"))
+    config = tmp_path / "data_config.json"
+    config.write_text(
+        json.dumps([{"path": "one.parquet", "weight": 1}, {"path": "two", "weight": 1}])
+    )
+    spec = DataSpec(
+        kind="mixture", data_config=str(config), columns={"anchor": "q", "positive": "d"}
+    )
+    batch = next(build_stream(spec, 8, 0))
+    assert set(batch.anchors) <= set(a) and len(batch.anchors) == 8

@@ -8,7 +8,7 @@ The file is a JSON list, one object per dataset::
        "columns": {"anchor": "sent0", "positive": "sent1", "negative": "hard_neg"}}
     ]
 
-Keys: `name` and/or `path` (the file; relative paths are resolved against the spec's
+Keys: `name` and/or `path` (the file, a datasets.save_to_disk folder or an hf: id; relative paths are resolved against the spec's
 `data_dir`, else the config file's folder; when both are given `name` only labels the dataset),
 `weight` (a positive integer: the dataset is drawn with probability weight / sum of weights),
 and optionally `lines` (row count, used for steps_per_epoch when the files are not scanned),
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from contrasent.core.errors import UserError, where
+from contrasent.data.sources import is_remote, table_kind
 
 ENTRY_KEYS = ("name", "path", "weight", "lines", "columns", "format", "header")
 FORMATS = ("auto", "txt", "tsv", "csv", "jsonl", "parquet")
@@ -79,8 +80,10 @@ def _entry(
     if header is not None and not isinstance(header, bool):
         raise UserError(f"{label}: 'header' must be true, false or null, got {header!r}")
     path = Path(file).expanduser()
+    if is_remote(file):  # hf:org/name: opened (and checked) by the reader
+        return DatasetEntry(name, path, weight, lines, columns, fmt, header)
     path = path if path.is_absolute() else root / path
-    if not path.is_file():
+    if not path.is_file() and table_kind(path) != "disk":  # a file or a save_to_disk folder
         raise UserError(f"{label}: data file not found: {path}")
     return DatasetEntry(name, path, weight, lines, columns, fmt, header)
 
