@@ -9,9 +9,9 @@
 Bounded memory: both keep at most two generations of ``window`` texts each. When the current
 generation is full the older one is dropped, so a duplicate is always found within the last
 ``window`` kept texts and never further back than ``2 * window``. The state is therefore at
-most ``2 * window`` hashes (exact: about 70 bytes each in a Python set) and ``2 * window`` LSH
-entries (near: about 1.8 KB each at 64 permutations, measured: see the issue 21 note), whatever
-the size of the corpus.
+most ``2 * window`` hashes (exact: about 78 bytes each in a Python set, measured) and
+``2 * window`` LSH entries (near: about 1.86 KB each at 64 permutations, measured with
+tracemalloc by bench/prepare_data.py), whatever the size of the corpus.
 - Held-out split (:func:`held_out`): a text is held out when the hash of its normalised form,
   keyed by ``seed``, falls below ``fraction``: a property of the text alone, so re-running on a
   grown corpus keeps every old held-out line held out, and duplicates fall on one side.

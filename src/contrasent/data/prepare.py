@@ -103,12 +103,13 @@ class PrepareConfig:
     near_threshold: float = 0.8
     """Estimated Jaccard similarity at or above which a sentence is a near duplicate."""
 
-    exact_window: int = 2_000_000
-    """Exact-duplicate memory: found within the last exact_window..2x kept sentences."""
+    exact_window: int = 1_000_000
+    """Exact-duplicate memory: found within the last exact_window..2x kept sentences
+    (state <= 2 x exact_window x ~78 bytes: about 150 MB at the default)."""
 
     near_window: int = 100_000
     """Near-duplicate memory: found within the last near_window..2x kept sentences
-    (state <= 2 x near_window x ~1.8 KB)."""
+    (state <= 2 x near_window x ~1.86 KB: about 355 MB at the default)."""
 
     validation: float = 0.0
     """Fraction held out to validation.txt, by a hash of each sentence's normalised text (a
@@ -375,7 +376,7 @@ def _report(cfg, folder: Path, counts: Counter, stats: list[ReadStats], seconds:
         "sentences_per_s": round(counts["sentences"] / max(seconds, 1e-9), 1),
         "documents_per_s": round(counts["documents"] / max(seconds, 1e-9), 2),
         "near_duplicate_state_bound": (
-            f"<= 2 x {cfg.near_window} LSH entries (~1.8 KB each at 64 permutations)"
+            f"<= 2 x {cfg.near_window} LSH entries (~1.86 KB each at 64 permutations)"
             if cfg.near_dup
             else None
         ),
