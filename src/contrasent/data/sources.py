@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,25 @@ def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set to a true value."""
     return any(
         os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+@contextmanager
+def _offline_flags(datasets: Any, offline: bool) -> Iterator[None]:
+    """The libraries read HF_HUB_OFFLINE once, at import: a variable set later (a notebook,
+    a test) would otherwise reach for the network and wait for its timeout."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
 def _hub(path: str) -> Table:
@@ -195,7 +213,8 @@ def _hub(path: str) -> Table:
     datasets = _datasets()
     offline = hub_offline()
     try:  # streaming: a corpus larger than the disk is never downloaded whole
-        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        with _offline_flags(datasets, offline):
+            ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # noqa: BLE001 - the hub and its cache raise many types
         if offline:
             raise UserError(
