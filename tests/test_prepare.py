@@ -152,3 +152,21 @@ def test_language_and_token_filters(tmp_path, minilm_dir):
         tmp_path, docs[::2], tokenizer=str(minilm_dir), max_tokens=13, name="tok", near_dup=False
     )
     assert report["counts"]["too_many_tokens"] == 1 and lines == docs[:1]
+
+
+def test_duplicate_state_is_bounded():
+    """Two generations of `window` entries at most; a duplicate within the window is found."""
+    import random
+
+    from contrasent.data.dedup import ExactDedup
+
+    rng = random.Random(0)
+    words = [("".join(rng.choice("abcdefghij") for _ in range(6))) for _ in range(400)]
+    texts = [" ".join(rng.sample(words, 8)) for _ in range(50)]  # unrelated "sentences"
+    exact, near = ExactDedup(window=10), NearDedup(window=10)
+    for t in texts:
+        assert not exact.seen(t) and not near.seen(t)
+        assert len(exact.current) <= 10 and len(exact.previous) <= 10
+        assert near.count <= 10
+    assert exact.seen(texts[-5]) and near.seen(texts[-5])
+    assert not exact.seen(texts[0])  # forgotten: beyond two windows

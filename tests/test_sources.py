@@ -241,3 +241,13 @@ def test_mixture_entries_take_parquet_and_saved_datasets(tmp_path, pairs):
     )
     batch = next(build_stream(spec, 8, 0))
     assert set(batch.anchors) <= set(a) and len(batch.anchors) == 8
+
+
+def test_iterable_dataset_from_python(lines):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
+    path = register_memory(ds)
+    assert list(read_texts(path)) == lines
+    assert list(read_texts(path)) == lines  # every pass (epoch) reads it again, same order
+    assert register_memory(ds) == path  # same data, same fingerprint
