@@ -97,8 +97,11 @@ def open_table(path: str | Path, fmt: str = "auto") -> Table:
 
 
 def _parquet(path: str) -> Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
 
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
