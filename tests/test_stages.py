@@ -69,10 +69,33 @@ def test_stage_configs_merge_and_chain(tiny_bert_dir, shared_data, senteval_dir,
         TrainConfig.from_dict(bad).validate()
 
 
+def test_stage_init_from_is_checked(tiny_bert_dir, shared_data, senteval_dir, tmp_path):
+    raw = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path)
+    raw["stages"][1]["init_from"] = "best"
+    (_, s2) = stage_configs(TrainConfig.from_dict(raw))[1]
+    assert s2.model.name_or_path == str(tmp_path / "stage-1-pairs" / "best")
+    for where, value, match in (
+        (1, "bst", r"stages\[1\]\.init_from must be one of final, best, got 'bst'"),
+        (0, "final", r"stages\[0\]\.init_from: the first stage starts from model.name_or_path"),
+    ):
+        bad = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path)
+        bad["stages"][where]["init_from"] = value
+        with pytest.raises(UserError, match=match):
+            TrainConfig.from_dict(bad).validate()
+    raw["stages"][0]["eval"] = {"keep_best": False}
+    with pytest.raises(UserError, match=r"init_from is best but stage 1 keeps no best/"):
+        TrainConfig.from_dict(raw).validate()
+
+
 def test_stages_chain_and_resume_across_the_boundary(
     tiny_bert_dir, shared_data, senteval_dir, tmp_path
 ):
+    """Stage 2 starts from stage 1's best/ (init_from: best), which stage 1's only evaluation
+    (before its first step) made the untrained model: stage 2 is then bitwise the one-stage run
+    from that model, stage 1's training discarded; a kill in stage 2 resumes to the same bits."""
     raw = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path / "straight")
+    raw["stages"][0]["eval"] = {"at_start": True, "at_end": False}
+    raw["stages"][1]["init_from"] = "best"
     straight = train(raw)
     assert [f for f, _ in straight.stages] == ["stage-1-pairs", "stage-2-simcse_unsup"]
     assert (
@@ -81,10 +104,18 @@ def test_stages_chain_and_resume_across_the_boundary(
         == (tmp_path / "straight" / "stage-2-simcse_unsup" / "final").resolve()
     )
     stage2 = json.loads((tmp_path / "straight/stage-2-simcse_unsup/config.json").read_text())
-    assert stage2["model"]["name_or_path"] == str(tmp_path / "straight/stage-1-pairs/final")
+    assert stage2["model"]["name_or_path"] == str(tmp_path / "straight/stage-1-pairs/best")
+    assert straight.stages[0][1].best_step == 0
     first = load_file(tmp_path / "straight/stage-1-pairs/final/model.safetensors")
+    best = load_file(tmp_path / "straight/stage-1-pairs/best/model.safetensors")
     last = load_file(tmp_path / "straight/final/model.safetensors")
-    assert any(not torch.equal(first[k], last[k]) for k in first)  # stage 2 trained on
+    assert any(not torch.equal(first[k], best[k]) for k in first)  # stage 1 trained on
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # stage 2 trained on
+    one = {k: v for k, v in raw.items() if k != "stages"} | raw["stages"][1]
+    one = {k: v for k, v in one.items() if k not in ("init_from",)}
+    one["output_dir"] = str(tmp_path / "one-stage")
+    alone = load_file(Path(train(one).final_dir) / "model.safetensors")
+    assert all(torch.equal(last[k], alone[k]) for k in last)  # from best/ = the untrained model
 
     killed = {**raw, "output_dir": str(tmp_path / "killed")}
     calls = []
