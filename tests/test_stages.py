@@ -190,3 +190,46 @@ def test_command_line_train_options_reach_every_stage(monkeypatch):
     assert (
         [c.data.kind for c in capped] == [c.data.kind for c in plain] == ["nli_pairs", "sts_texts"]
     )
+
+
+def test_ends_epoch_counts_batches_across_accumulation():
+    from contrasent.train.runtime import ends_epoch
+
+    # 3 batches an epoch, 1 batch a step: steps 3, 6, 9 end epochs
+    assert [s for s in range(1, 10) if ends_epoch(s, 3, 1)] == [3, 6, 9]
+    # 2 batches a step: the epochs end inside steps 2 (batch 3) and 5 (batch 9), and with step 3
+    assert [s for s in range(1, 7) if ends_epoch(s, 3, 2)] == [2, 3, 5, 6]
+
+
+def test_eval_at_epoch_end_and_patience_counts_it(tiny_bert_dir, senteval_dir, tmp_path):
+    """24 distinct texts, batch 8: 3 steps an epoch. every_steps 2 + at_epoch_end evaluates at
+    steps 2, 3, 4, 6, 8, 9 (6: once); with lr ~0 and patience 2 (epoch ends only) the run stops
+    at its third evaluation, step 9, as sentence-transformers' fit counts them in ConSERT."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"sentence number {i} about topic {i % 5}\n" for i in range(24)))
+    raw = {
+        "model": {"name_or_path": str(tiny_bert_dir), "pooling": "mean"},
+        "objective": {"name": "simcse_unsup"},
+        "data": {"kind": "text", "path": str(texts), "epochs": 3},
+        "train": {"batch_size": 8, "lr": 1e-3},
+        "eval": {"every_steps": 2, "at_epoch_end": True, "mode": "dev", "metric": "sickr",
+                 "data_dir": str(senteval_dir)},
+        "checkpoint": {"every_steps": 0},
+        "logging": {"tensorboard": False, "progress_bar": False},
+        "output_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    assert train(raw).steps == 9
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    evals = [r["step"] for r in map(json.loads, lines) if r.get("kind") == "eval"]
+    assert evals == [2, 3, 4, 6, 8, 9]
+
+    raw["eval"] = {**raw["eval"], "every_steps": 0, "patience": 2}
+    raw.update(output_dir=str(tmp_path / "patience"), train={"batch_size": 8, "lr": 1e-12,
+                                                             "max_steps": 30})  # fmt: skip
+    result = train(raw)
+    assert result.stopped_early and result.steps == 9 and result.best_step == 3
+
+    raw["data"] = {**raw["data"], "scan": False}
+    raw["output_dir"] = str(tmp_path / "noscan")
+    with pytest.raises(UserError, match="eval.at_epoch_end: the number of batches per epoch"):
+        train(raw)

@@ -138,6 +138,10 @@ class EvalConfig:
         at_start: Evaluate the starting model before the first step (a "before" number for
             the run; it also competes for ``best/``).
         at_end: Evaluate after the last step.
+        at_epoch_end: Also evaluate after the step that ends each pass over the data (the
+            sentence-transformers ``fit`` that ConSERT's reference runs does; patience counts
+            these evaluations too). One evaluation where it meets ``every_steps``. Needs a
+            known epoch length (not ``data.scan: false`` or a mixture without ``lines``).
         mode: ``dev``: STS-B dev + SICK-R trial (model selection); ``test``: every STS task.
         data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
         tasks: What to evaluate, as ``contrasent eval --tasks`` takes it (a list or a comma
@@ -161,6 +165,7 @@ class EvalConfig:
     every_steps: int = 0
     at_start: bool = False
     at_end: bool = True
+    at_epoch_end: bool = False
     mode: Literal["dev", "test"] = "dev"
     data_dir: str | None = None
     tasks: list[str] | str | None = None
@@ -326,8 +331,11 @@ class TrainConfig:
             raise UserError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")
         if self.eval.patience < 0:
             raise UserError(f"eval.patience must be >= 0, got {self.eval.patience}")
-        if self.eval.patience and not self.eval.every_steps:
-            raise UserError("eval.patience needs periodic evaluation: set eval.every_steps > 0")
+        if self.eval.patience and not (self.eval.every_steps or self.eval.at_epoch_end):
+            raise UserError(
+                "eval.patience needs periodic evaluation: set eval.every_steps > 0 "
+                "(or eval.at_epoch_end: true)"
+            )
         if self.logging.log_every < 1:
             raise UserError(f"logging.log_every must be >= 1, got {self.logging.log_every}")
         if not self.output_dir:
