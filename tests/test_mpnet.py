@@ -144,8 +144,9 @@ def test_mpnet_pairs_finetune_loads_in_sentence_transformers(
     base = SentenceTransformer(str(mpnet_dir), device="cpu").encode(SENTS, convert_to_numpy=True)
     print(f"\ncosine of the fine-tuned to the base embeddings: min {cosines(base, st).min():.6f}")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [m["loss"] for m in metrics if "loss" in m and "kind" not in m]
-    print(f"\n{steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    logged = [(m["step"], m["loss"]) for m in metrics if m.get("kind") == "train"]
+    assert logged and logged[-1][0] == steps and all(np.isfinite(v) for _, v in logged)
+    print(f"\n{steps} steps, the logged losses (step, loss): {logged}")
 
 
 def test_mpnet_onnx_export_parity(mpnet_dir: Path, senteval_dir: Path, tmp_path: Path) -> None:
