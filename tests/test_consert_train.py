@@ -42,8 +42,14 @@ def test_paper_settings_of_the_bert_base_recipes():
     assert (o["view1"], o["view1_rate"], o["view2"]) == ("feature_cutoff", 0.2, "shuffle")
     assert (o["temperature"], o["weight"], o["encoder_dropout"]) == (0.1, 0.3, False)
     assert (t.batch_size, t.lr, t.warmup_ratio, t.seed) == (96, 5e-7, 0.1, 1)
-    assert (unsup.data.max_seq_length, unsup.data.epochs) == (64, 10)
+    # 64 word pieces + 3 (the reference's Transformer.py line 88), in training and evaluation
+    assert (unsup.data.max_seq_length, unsup.model.max_seq_length, unsup.data.epochs) == (
+        67,
+        67,
+        10,
+    )
     assert (unsup.eval.every_steps, unsup.eval.patience, unsup.model.pooling) == (200, 10, "mean")
+    assert unsup.eval.at_epoch_end  # fit evaluates at each epoch's end too
     assert unsup.data.options == {"splits": "all", "dedup": False}
     (sbert,) = stages("sbert-nli-bert-base.yaml")
     assert sbert.objective == {"name": "nli_softmax", "max_square": True, "encoder_dropout": True}
@@ -56,10 +62,12 @@ def test_paper_settings_of_the_bert_base_recipes():
         first.objective["name"] == "nli_softmax" and second.objective["view2"] == "feature_cutoff"
     )
     assert (second.objective["view2_rate"], second.data.epochs, second.train.lr) == (0.1, 25, 5e-7)
-    assert second.eval.patience == 10 and second.model.name_or_path.endswith("sbert-nli/final")
+    # stage 2 from stage 1's best/: the reference's second script loads the saved-at-best model
+    assert second.eval.patience == 10 and second.model.name_or_path.endswith("sbert-nli/best")
     first, second = stages("consert-joint-unsup-bert-base.yaml")
     assert first.objective["name"] == "consert_joint" and second.objective["view2"] == "shuffle"
-    assert (second.data.epochs, second.train.batch_size, second.data.max_seq_length) == (25, 96, 64)
+    assert (second.data.epochs, second.train.batch_size, second.data.max_seq_length) == (25, 96, 67)
+    assert second.model.name_or_path.endswith("joint/best") and second.eval.at_epoch_end
     # every stage: transformers' old AdamW(eps=1e-6, correct_bias=False), as the reference
     for cfg in [unsup, joint, *stages("consert-sup-unsup-bert-base.yaml"), first, second]:
         assert (cfg.train.adam_eps, cfg.train.adam_bias_correction) == (1e-6, False)

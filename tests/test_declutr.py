@@ -421,6 +421,7 @@ def test_paper_recipes_have_the_reference_numbers():
         assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (4, 5e-5 / 32, 0.1, 1.0)
         assert (t.lr_schedule, t.warmup_ratio, t.warmup_steps) == ("constant", 0.0, 0)
         assert (t.adam_eps, t.adam_bias_correction) == (1e-6, False)
+        assert not cfg.eval.keep_best  # the reference (no validation data) reports the last model
         slanted = parse_train_config([str(repo / f"configs/declutr-{name}-slanted.yaml")]).train
         assert (slanted.lr, slanted.lr_schedule, slanted.cut_frac, slanted.ratio) == (
             5e-5,

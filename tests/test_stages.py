@@ -69,10 +69,33 @@ def test_stage_configs_merge_and_chain(tiny_bert_dir, shared_data, senteval_dir,
         TrainConfig.from_dict(bad).validate()
 
 
+def test_stage_init_from_is_checked(tiny_bert_dir, shared_data, senteval_dir, tmp_path):
+    raw = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path)
+    raw["stages"][1]["init_from"] = "best"
+    (_, s2) = stage_configs(TrainConfig.from_dict(raw))[1]
+    assert s2.model.name_or_path == str(tmp_path / "stage-1-pairs" / "best")
+    for where, value, match in (
+        (1, "bst", r"stages\[1\]\.init_from must be one of final, best, got 'bst'"),
+        (0, "final", r"stages\[0\]\.init_from: the first stage starts from model.name_or_path"),
+    ):
+        bad = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path)
+        bad["stages"][where]["init_from"] = value
+        with pytest.raises(UserError, match=match):
+            TrainConfig.from_dict(bad).validate()
+    raw["stages"][0]["eval"] = {"keep_best": False}
+    with pytest.raises(UserError, match=r"init_from is best but stage 1 keeps no best/"):
+        TrainConfig.from_dict(raw).validate()
+
+
 def test_stages_chain_and_resume_across_the_boundary(
     tiny_bert_dir, shared_data, senteval_dir, tmp_path
 ):
+    """Stage 2 starts from stage 1's best/ (init_from: best), which stage 1's only evaluation
+    (before its first step) made the untrained model: stage 2 is then bitwise the one-stage run
+    from that model, stage 1's training discarded; a kill in stage 2 resumes to the same bits."""
     raw = _recipe(tiny_bert_dir, shared_data, senteval_dir, tmp_path / "straight")
+    raw["stages"][0]["eval"] = {"at_start": True, "at_end": False}
+    raw["stages"][1]["init_from"] = "best"
     straight = train(raw)
     assert [f for f, _ in straight.stages] == ["stage-1-pairs", "stage-2-simcse_unsup"]
     assert (
@@ -81,10 +104,18 @@ def test_stages_chain_and_resume_across_the_boundary(
         == (tmp_path / "straight" / "stage-2-simcse_unsup" / "final").resolve()
     )
     stage2 = json.loads((tmp_path / "straight/stage-2-simcse_unsup/config.json").read_text())
-    assert stage2["model"]["name_or_path"] == str(tmp_path / "straight/stage-1-pairs/final")
+    assert stage2["model"]["name_or_path"] == str(tmp_path / "straight/stage-1-pairs/best")
+    assert straight.stages[0][1].best_step == 0
     first = load_file(tmp_path / "straight/stage-1-pairs/final/model.safetensors")
+    best = load_file(tmp_path / "straight/stage-1-pairs/best/model.safetensors")
     last = load_file(tmp_path / "straight/final/model.safetensors")
-    assert any(not torch.equal(first[k], last[k]) for k in first)  # stage 2 trained on
+    assert any(not torch.equal(first[k], best[k]) for k in first)  # stage 1 trained on
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # stage 2 trained on
+    one = {k: v for k, v in raw.items() if k != "stages"} | raw["stages"][1]
+    one = {k: v for k, v in one.items() if k not in ("init_from",)}
+    one["output_dir"] = str(tmp_path / "one-stage")
+    alone = load_file(Path(train(one).final_dir) / "model.safetensors")
+    assert all(torch.equal(last[k], alone[k]) for k in last)  # from best/ = the untrained model
 
     killed = {**raw, "output_dir": str(tmp_path / "killed")}
     calls = []
@@ -159,3 +190,46 @@ def test_command_line_train_options_reach_every_stage(monkeypatch):
     assert (
         [c.data.kind for c in capped] == [c.data.kind for c in plain] == ["nli_pairs", "sts_texts"]
     )
+
+
+def test_ends_epoch_counts_batches_across_accumulation():
+    from contrasent.train.runtime import ends_epoch
+
+    # 3 batches an epoch, 1 batch a step: steps 3, 6, 9 end epochs
+    assert [s for s in range(1, 10) if ends_epoch(s, 3, 1)] == [3, 6, 9]
+    # 2 batches a step: the epochs end inside steps 2 (batch 3) and 5 (batch 9), and with step 3
+    assert [s for s in range(1, 7) if ends_epoch(s, 3, 2)] == [2, 3, 5, 6]
+
+
+def test_eval_at_epoch_end_and_patience_counts_it(tiny_bert_dir, senteval_dir, tmp_path):
+    """24 distinct texts, batch 8: 3 steps an epoch. every_steps 2 + at_epoch_end evaluates at
+    steps 2, 3, 4, 6, 8, 9 (6: once); with lr ~0 and patience 2 (epoch ends only) the run stops
+    at its third evaluation, step 9, as sentence-transformers' fit counts them in ConSERT."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"sentence number {i} about topic {i % 5}\n" for i in range(24)))
+    raw = {
+        "model": {"name_or_path": str(tiny_bert_dir), "pooling": "mean"},
+        "objective": {"name": "simcse_unsup"},
+        "data": {"kind": "text", "path": str(texts), "epochs": 3},
+        "train": {"batch_size": 8, "lr": 1e-3},
+        "eval": {"every_steps": 2, "at_epoch_end": True, "mode": "dev", "metric": "sickr",
+                 "data_dir": str(senteval_dir)},
+        "checkpoint": {"every_steps": 0},
+        "logging": {"tensorboard": False, "progress_bar": False},
+        "output_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    assert train(raw).steps == 9
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    evals = [r["step"] for r in map(json.loads, lines) if r.get("kind") == "eval"]
+    assert evals == [2, 3, 4, 6, 8, 9]
+
+    raw["eval"] = {**raw["eval"], "every_steps": 0, "patience": 2}
+    raw.update(output_dir=str(tmp_path / "patience"), train={"batch_size": 8, "lr": 1e-12,
+                                                             "max_steps": 30})  # fmt: skip
+    result = train(raw)
+    assert result.stopped_early and result.steps == 9 and result.best_step == 3
+
+    raw["data"] = {**raw["data"], "scan": False}
+    raw["output_dir"] = str(tmp_path / "noscan")
+    with pytest.raises(UserError, match="eval.at_epoch_end: the number of batches per epoch"):
+        train(raw)

@@ -419,6 +419,7 @@ def test_recipes_hold_the_paper_settings(monkeypatch):
     assert (t.batch_size, t.lr, t.lr_schedule, t.warmup_steps, t.warmup_ratio) == (
         8, 3e-5, "constant", 0, 0.0)  # fmt: skip
     assert t.weight_decay == 0.0 and paper.data.epochs == 1 and t.max_steps == 0
+    assert not paper.eval.keep_best  # the reference reports the last model: final/
     assert (o["name"], o["noise"], o["noise_ratio"], o["tie_decoder"]) == (
         "tsdae", "delete", 0.6, True)  # fmt: skip
     cpu = parse_train_config(["configs/tsdae-cpu.yaml"])

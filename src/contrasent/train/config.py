@@ -138,6 +138,10 @@ class EvalConfig:
         at_start: Evaluate the starting model before the first step (a "before" number for
             the run; it also competes for ``best/``).
         at_end: Evaluate after the last step.
+        at_epoch_end: Also evaluate after the step that ends each pass over the data (the
+            sentence-transformers ``fit`` that ConSERT's reference runs does; patience counts
+            these evaluations too). One evaluation where it meets ``every_steps``. Needs a
+            known epoch length (not ``data.scan: false`` or a mixture without ``lines``).
         mode: ``dev``: STS-B dev + SICK-R trial (model selection); ``test``: every STS task.
         data_dir: SentEval ``data/downstream`` folder; default: ``$CONTRASENT_DATA``.
         tasks: What to evaluate, as ``contrasent eval --tasks`` takes it (a list or a comma
@@ -161,6 +165,7 @@ class EvalConfig:
     every_steps: int = 0
     at_start: bool = False
     at_end: bool = True
+    at_epoch_end: bool = False
     mode: Literal["dev", "test"] = "dev"
     data_dir: str | None = None
     tasks: list[str] | str | None = None
@@ -225,8 +230,9 @@ class TrainConfig:
         stages: Several runs in sequence, each a mapping that may set ``name``, ``objective``,
             ``data`` (each replacing the top-level one), ``train``, ``eval``, ``checkpoint``,
             ``logging`` and ``model`` (pooling, normalize, max_seq_length; merged key by key
-            over the top-level ones). Stage ``i`` starts from stage ``i-1``'s final encoder and
-            writes ``output_dir/stage-<i>-<name>/``.
+            over the top-level ones). Stage ``i`` starts from stage ``i-1``'s encoder, its
+            ``final/`` or, with ``init_from: best``, its ``best/`` (ConSERT's second stage loads
+            the first stage's best checkpoint), and writes ``output_dir/stage-<i>-<name>/``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -325,8 +331,11 @@ class TrainConfig:
             raise UserError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")
         if self.eval.patience < 0:
             raise UserError(f"eval.patience must be >= 0, got {self.eval.patience}")
-        if self.eval.patience and not self.eval.every_steps:
-            raise UserError("eval.patience needs periodic evaluation: set eval.every_steps > 0")
+        if self.eval.patience and not (self.eval.every_steps or self.eval.at_epoch_end):
+            raise UserError(
+                "eval.patience needs periodic evaluation: set eval.every_steps > 0 "
+                "(or eval.at_epoch_end: true)"
+            )
         if self.logging.log_every < 1:
             raise UserError(f"logging.log_every must be >= 1, got {self.logging.log_every}")
         if not self.output_dir:
@@ -379,7 +388,10 @@ def check_objective_and_data(cfg: TrainConfig) -> None:
         )
 
 
-STAGE_KEYS = ("name", "objective", "data", "train", "eval", "checkpoint", "logging", "model")
+STAGE_KEYS = (
+    "name", "objective", "data", "train", "eval", "checkpoint", "logging", "model", "init_from"
+)  # fmt: skip
+INIT_FROM = ("final", "best")  # which folder of the previous stage a stage starts from
 _REPLACED = ("objective", "data")  # a stage's own; merging two objectives' options is wrong
 _MODEL_KEYS = ("pooling", "normalize", "max_seq_length")
 
@@ -387,8 +399,9 @@ _MODEL_KEYS = ("pooling", "normalize", "max_seq_length")
 def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
     """``(folder name, config)`` of each stage: the top level with the stage's sections over it.
 
-    Stage ``i > 0`` starts from ``<stage i-1 folder>/final``; every stage writes to its own
-    folder under ``output_dir`` and resumes there.
+    Stage ``i > 0`` starts from ``<stage i-1 folder>/final``, or ``/best`` with the stage's
+    ``init_from: best`` (the previous stage must keep one: ``eval.keep_best``); every stage
+    writes to its own folder under ``output_dir`` and resumes there.
     """
     from pathlib import Path
 
@@ -417,8 +430,9 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
         name = str(raw.get("name") or raw.get("objective", {}).get("name") or f"stage{i}")
         folder = f"stage-{i}-{name}"
         merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+        init_from = _init_from(raw, i, out)
         for key, value in raw.items():
-            if key == "name":
+            if key in ("name", "init_from"):
                 continue
             if key in _REPLACED or not isinstance(value, Mapping):
                 merged[key] = value
@@ -426,10 +440,30 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
                 merged[key] = {**merged.get(key, {}), **value}
         merged["output_dir"] = str(Path(cfg.output_dir) / folder)
         if out:
-            merged["model"]["name_or_path"] = str(Path(out[-1][1].output_dir) / "final")
+            merged["model"]["name_or_path"] = str(Path(out[-1][1].output_dir) / init_from)
         merged["resume_from"] = None
         out.append((folder, TrainConfig.from_dict(merged)))
     return out
+
+
+def _init_from(raw: Mapping[str, Any], i: int, previous: list[tuple[str, TrainConfig]]) -> str:
+    """Stage ``i``'s (1-based) ``init_from``, checked: a known value, not on the first stage,
+    and ``best`` only after a stage that keeps a ``best/``."""
+    value = raw.get("init_from", "final")
+    where = f"stages[{i - 1}].init_from"
+    if value not in INIT_FROM:
+        raise UserError(f"{where} must be one of {', '.join(INIT_FROM)}, got {value!r}")
+    if "init_from" in raw and not previous:
+        raise UserError(
+            f"{where}: the first stage starts from model.name_or_path; set init_from "
+            "on a later stage"
+        )
+    if value == "best" and not previous[-1][1].eval.keep_best:
+        raise UserError(
+            f"{where} is best but stage {i - 1} keeps no best/ "
+            f"(its eval.keep_best is false); set init_from: final or keep_best: true"
+        )
+    return value
 
 
 def as_train_config(config: Any) -> TrainConfig:

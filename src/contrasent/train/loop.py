@@ -14,9 +14,10 @@ The same code runs on CPU, one GPU, several GPUs or nodes: start it with ``pytho
 * AdamW (no decay on biases/LayerNorm; optionally without bias correction), linear warm-up/decay
   (or constant, slanted triangular), gradient clipping, fp16/bf16 autocast
   (similarity logits and losses always in float32);
-* STS evaluation every ``eval.every_steps`` and at the end, at the encoder's inference length (never
-  the training truncation), with the objective's loss on held-out data when ``data.validation`` is
-  set (:mod:`contrasent.train.validation`); the best model by ``eval.metric`` is saved to
+* STS evaluation every ``eval.every_steps`` (and at each epoch's end: ``eval.at_epoch_end``) and
+  at the end, at the encoder's inference length (never the training truncation), with the
+  objective's loss on held-out data when ``data.validation`` is set
+  (:mod:`contrasent.train.validation`); the best model by ``eval.metric`` is saved to
   ``output_dir/best``, the last to ``output_dir/final`` (sentence-transformers folders holding the
   encoder only); optional early stopping after ``eval.patience`` evaluations without a new best;
 * checkpoints (:mod:`contrasent.train.checkpoint`) every ``checkpoint.every_steps`` resume exactly;
@@ -62,6 +63,8 @@ from contrasent.train.runtime import (
     TrainModule,
     build_module,
     check_finite,
+    ends_epoch,
+    epoch_batches,
     make_accelerator,
     preflight,
     restore_run,
@@ -94,6 +97,7 @@ class _Trainer:
         self.stream = self._build_stream()
         validation = self._build_validation()
         self.total = total_steps(cfg, self.stream)
+        self.epoch_batches = epoch_batches(cfg, self.stream)  # eval.at_epoch_end
         self._build_optimizer()
         if resume is None:  # everything is validated, loaded and open: only now touch outputs
             self.folder.set_aside()
@@ -278,7 +282,10 @@ class _Trainer:
         record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr}
         if step % cfg.logging.log_every == 0 or step == self.total:
             record = self._train_record(step, lr, grad_norm)
-        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+        epoch_end = self.epoch_batches and ends_epoch(
+            step, self.epoch_batches, cfg.train.grad_accum
+        )
+        if (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or epoch_end:
             self.evaluate(step)
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
             self.save_checkpoint(step)

@@ -152,6 +152,26 @@ def total_steps(cfg: TrainConfig, stream: Any) -> int:
     return max(1, math.ceil(cfg.data.epochs * per_epoch / t.grad_accum))
 
 
+def epoch_batches(cfg: TrainConfig, stream: Any) -> int | None:
+    """Batches per epoch for ``eval.at_epoch_end`` (None when it is off); an unknown epoch
+    length is a one-line error before any step."""
+    if not cfg.eval.at_epoch_end:
+        return None
+    per_epoch = getattr(stream, "steps_per_epoch", None)
+    if not per_epoch:
+        raise UserError(
+            "eval.at_epoch_end: the number of batches per epoch is unknown (data.scan: false, "
+            "or a mixture without lines); use eval.every_steps"
+        )
+    return int(per_epoch)
+
+
+def ends_epoch(step: int, per_epoch: int, grad_accum: int) -> bool:
+    """Whether optimizer step ``step`` (1-based, ``grad_accum`` batches each) took the last batch
+    of an epoch of ``per_epoch`` batches, or went past it (an epoch that ends inside a step)."""
+    return (step * grad_accum) // per_epoch > ((step - 1) * grad_accum) // per_epoch
+
+
 def compile_encoder(encoder: Any) -> bool:
     """``train.compile``: compile the encoder's transformer in place (``nn.Module.compile``:
     parameter names, saving and DDP are unchanged), with dynamic shapes (every batch and length

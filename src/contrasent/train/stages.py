@@ -3,10 +3,12 @@
 ConSERT's supervised schedules are two runs: ``sup-unsup`` trains the NLI classifier, then the
 contrastive loss on the target texts; ``joint-unsup`` the joint objective, then contrastive.
 A recipe lists them under ``stages`` (:func:`contrasent.train.config.stage_configs`): stage ``i``
-starts from stage ``i - 1``'s final encoder and writes ``output_dir/stage-<i>-<name>/`` (its own
-checkpoints, metrics, best/ and final/). A finished stage leaves ``stage_done.json`` there
-(written last, atomically); ``resume_from: latest`` skips finished stages, resumes the first
-unfinished one from its newest checkpoint and runs the rest. ``output_dir/final`` is the last
+starts from stage ``i - 1``'s final encoder (or its best, with the stage's ``init_from: best``:
+ConSERT's second script loads the model its first one saved at its best STS-B dev score) and
+writes ``output_dir/stage-<i>-<name>/`` (its own checkpoints, metrics, best/ and final/). A
+finished stage leaves ``stage_done.json`` there (written last, atomically); ``resume_from:
+latest`` skips finished stages, resumes the first unfinished one from its newest checkpoint and
+runs the rest. ``output_dir/final`` is the last
 stage's final model (a symbolic link where the filesystem has them, else a copy).
 """
 
@@ -87,6 +89,17 @@ def _check_fresh(cfg: TrainConfig, folders: list[str]) -> None:
         )
 
 
+def _check_start(stage: TrainConfig, folder: str) -> None:
+    """The previous stage's folder this stage starts from exists (``best/`` is only written
+    when an evaluation gave a metric value)."""
+    start = Path(stage.model.name_or_path)
+    if not start.is_dir():
+        raise UserError(
+            f"stage {folder} starts from {start}, which the previous stage did not write (best/ "
+            "needs an evaluation with a metric value); set that stage's init_from: final"
+        )
+
+
 def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
     """Run every stage with ``run_one(stage_config)``; the combined :class:`TrainResult`."""
     from contrasent.train.result import TrainResult
@@ -108,6 +121,7 @@ def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
         stage.overwrite_output_dir = cfg.overwrite_output_dir
         if i > 0:
             stage.eval.at_start = False  # the previous stage's last evaluation is its "before"
+            _check_start(stage, folder)
         log.info("stage %d/%d: %s", i + 1, len(stages), folder)
         result = run_one(stage)
         if launched_rank() == 0:
