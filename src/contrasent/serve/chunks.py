@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "manifest.json"
 CHUNKS_FORMAT = "contrasent-embed-chunks"
@@ -58,17 +58,28 @@ def lock(folder: Path) -> Any:
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no partial chunk left beside the whole ones
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_texts(path: Path, texts: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes("\n".join(texts).encode("utf-8", errors="surrogatepass"))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "\n".join(texts).encode("utf-8", errors="surrogatepass"))
+
+
+def kept_note(folder: Path, manifest: dict[str, Any]) -> str:
+    """What a failed write left intact in a chunk folder, and how to go on."""
+    rows = sum(c["rows"] for c in manifest["chunks"])
+    return (
+        f"{len(manifest['chunks'])} finished chunk(s) ({rows} rows) in {folder} are intact; "
+        "free space and run the same command again to continue"
+    )
 
 
 def chunk_texts(folder: Path, entry: dict[str, Any]) -> list[str]:

@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
+from contrasent.core.fileio import make_folder, no_room
 from contrasent.data.readers import REPLACED, ReadStats, iter_lines
 from contrasent.serve.chunks import (
     CHUNKS_FORMAT,
     chunk_dir,
+    kept_note,
     lock,
     read_manifest,
     save_npy,
@@ -188,19 +190,20 @@ def embed_file(
         "dim": int(encoder.hidden_size),
         "model": _model_record(encoder, model_id, normalize),
     }
-    folder = chunk_dir(out, shard)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(chunk_dir(out, shard), "chunk folder")
     held = lock(folder)
     try:
         manifest = _resume(folder, run)
         resumed = sum(c["rows"] for c in manifest["chunks"])
-        _embed_chunks(
-            encoder, src, folder, manifest, (start, end), label, batch_size, precision,
-            normalize, show_progress,
-        )  # fmt: skip
+        with no_room(folder, None, lambda: kept_note(folder, manifest)):
+            _embed_chunks(
+                encoder, src, folder, manifest, (start, end), label, batch_size, precision,
+                normalize, show_progress,
+            )  # fmt: skip
         counts = totals([manifest])
         if shard is None:
-            assemble([folder], out, fmt)
+            with no_room(out.parent, None, lambda: kept_note(folder, manifest)):
+                assemble([folder], out, fmt)
     finally:
         held.close()
     if shard is None:

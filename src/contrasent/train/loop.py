@@ -66,6 +66,7 @@ from contrasent.train.runtime import (
     preflight,
     restore_run,
     total_steps,
+    warn_if_no_room,
 )
 from contrasent.train.selection import Selection
 from contrasent.train.signals import StopSignals, stop_if_signalled
@@ -95,6 +96,8 @@ class _Trainer:
         validation = self._build_validation()
         self.total = total_steps(cfg, self.stream)
         self._build_optimizer()
+        if self.is_main:
+            warn_if_no_room(cfg, self.module, self.optimizer)
         if resume is None:  # everything is validated, loaded and open: only now touch outputs
             self.folder.set_aside()
         self.folder.write_config(cfg.to_dict())
