@@ -7,7 +7,6 @@ written to a temp name and renamed, so a killed run leaves only whole chunks beh
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import atomic_write_bytes, atomic_write_text
+from contrasent.core.runlock import RunLock
 
 MANIFEST = "manifest.json"
 CHUNKS_FORMAT = "contrasent-embed-chunks"
@@ -46,14 +46,11 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def lock(folder: Path) -> Any:
-    """An exclusive lock on the chunk folder (released by the OS even on SIGKILL)."""
-    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UserError(f"{folder}: another process is embedding into it right now") from None
-    return fh
+    """The folder's run lock (:mod:`contrasent.core.runlock`): a second process embedding into
+    it is refused with one line naming the first; released by the OS even on SIGKILL."""
+    held = RunLock(folder, "contrasent embed")
+    held.acquire()
+    return held
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:

@@ -205,7 +205,7 @@ def embed_file(
             with no_room(out.parent, None, lambda: kept_note(folder, manifest)):
                 assemble([folder], out, fmt)
     finally:
-        held.close()
+        held.release()
     if shard is None:
         shutil.rmtree(folder, ignore_errors=True)
     if counts["replaced_lines"]:

@@ -43,6 +43,8 @@ import torch
 
 from contrasent.core.distributed import average_gradients
 from contrasent.core.errors import UserError
+from contrasent.core.launch import launched_rank
+from contrasent.core.runlock import RunLock
 from contrasent.objectives.base import Objective
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.batching import local_slice
@@ -375,10 +377,12 @@ def train(
             loss stops being finite.
     """
     cfg = as_train_config(config)
-    if cfg.stages:
-        if objective is not None:
-            raise UserError("a staged recipe builds each stage's objective: objective= is unused")
-        from contrasent.train.stages import run_stages
+    if cfg.stages and objective is not None:
+        raise UserError("a staged recipe builds each stage's objective: objective= is unused")
+    # one run per folder: a second one is refused (the ranks of one launched job share it)
+    with RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0):
+        if cfg.stages:
+            from contrasent.train.stages import run_stages
 
-        return run_stages(cfg, lambda c: _Trainer(c, None, callbacks).run())
-    return _Trainer(cfg, objective, callbacks).run()
+            return run_stages(cfg, lambda c: _Trainer(c, None, callbacks).run())
+        return _Trainer(cfg, objective, callbacks).run()

@@ -29,6 +29,14 @@ def check_train(cfg: TrainConfig) -> None:
 
 
 def run_train(cfg: TrainConfig) -> None:
+    from contrasent.core.runlock import RunLock
+
+    # taken before torch and the model load: a second run into the folder stops at once
+    with RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0):
+        _run_train(cfg)
+
+
+def _run_train(cfg: TrainConfig) -> None:
     from contrasent.train.loop import train
     from contrasent.train.selection import fmt
 
