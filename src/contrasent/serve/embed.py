@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,18 +272,15 @@ def _embed_chunks(
     normalize: bool | None,
     show_progress: bool | None,
 ) -> None:
-    from tqdm.auto import tqdm
+    from contrasent.core.progress import progress
 
     run, chunks = manifest["run"], manifest["chunks"]
     done = sum(c["rows"] for c in chunks)
     start = chunks[-1]["end_byte"] if chunks and chunks[-1]["end_byte"] >= 0 else byte_range[0]
     skip = done if src.name.endswith(".gz") else 0  # gzip: re-read the done lines, no seek
     if show_progress is None:
-        show_progress = run["rows"] - done >= PROGRESS_MIN_LINES and sys.stderr.isatty()
-    bar = tqdm(
-        total=run["rows"], initial=done, unit="row", desc=f"embed {src.name}",
-        disable=not show_progress, dynamic_ncols=True,
-    )  # fmt: skip
+        show_progress = run["rows"] - done >= PROGRESS_MIN_LINES
+    bar = progress(run["rows"], f"embed {src.name}", "row", done, disable=not show_progress)
     stats = ReadStats(str(src))
     lines = iter_range(src, start, byte_range[1], run["errors"], stats, label)
     with bar:
