@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from contrasent.core.distributed import average_gradients
+from contrasent.core.distributed import OneFailsAll, average_gradients
 from contrasent.core.errors import UserError
 from contrasent.core.launch import launched_rank
 from contrasent.core.runlock import RunLock
@@ -379,8 +379,13 @@ def train(
     cfg = as_train_config(config)
     if cfg.stages and objective is not None:
         raise UserError("a staged recipe builds each stage's objective: objective= is unused")
-    # one run per folder: a second one is refused (the ranks of one launched job share it)
-    with RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0):
+    # one run per folder: a second one is refused (the ranks of one launched job share it);
+    # an error on one process ends them all with its message (not a hang in a collective)
+    together = (TrainingInterrupted, TrainingDiverged)
+    with (
+        RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0),
+        OneFailsAll("contrasent train", together),
+    ):
         if cfg.stages:
             from contrasent.train.stages import run_stages
 

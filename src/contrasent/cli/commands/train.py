@@ -33,7 +33,14 @@ def run_train(cfg: TrainConfig) -> None:
 
     # taken before torch and the model load: a second run into the folder stops at once
     with RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0):
-        _run_train(cfg)
+        ok = False
+        try:
+            _run_train(cfg)
+            ok = True
+        finally:
+            from contrasent.core.distributed import end_process_group
+
+            end_process_group(ok)  # under torchrun: no gloo thread left for shutdown
 
 
 def _run_train(cfg: TrainConfig) -> None:
