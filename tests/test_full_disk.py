@@ -47,9 +47,17 @@ def _config(tiny: Path, wiki: Path, out: Path) -> TrainConfig:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def wiki(shared_data: Path) -> Path:
     return shared_data / "corpus" / "wiki1m-head.txt"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_bert_dir, wiki) -> dict[str, torch.Tensor]:
+    """final/ of the run that never stopped (one for every test here)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(_config(tiny_bert_dir, wiki, out))
+    return _final(out)
 
 
 def _no_space(*_a, **_k):
@@ -91,12 +99,10 @@ def tmpfs(tmp_path: Path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_checkpoint_on_a_full_tmpfs_resumes_equal(tmp_path, tiny_bert_dir, wiki, tmpfs, caplog):
+def test_checkpoint_on_a_full_tmpfs_resumes_equal(tiny_bert_dir, wiki, tmpfs, straight):
     """The quickstart's fault: the second checkpoint does not fit. One NoSpace line naming the
     folder, the size and the intact checkpoint; no .tmp-step folder holding the disk; after the
     file system grows, resume_from latest ends equal to a run that never stopped."""
-    straight = tmp_path / "straight"
-    train(_config(tiny_bert_dir, wiki, straight))
     small, resize = tmpfs
     out = small / "run"
     cfg = _config(tiny_bert_dir, wiki, out)
@@ -113,7 +119,7 @@ def test_checkpoint_on_a_full_tmpfs_resumes_equal(tmp_path, tiny_bert_dir, wiki,
     resize("64m")
     cfg.resume_from = "latest"
     train(cfg)
-    _assert_same(_final(out), _final(straight))
+    _assert_same(_final(out), straight)
     assert not _leftovers(out)
 
 
@@ -133,11 +139,9 @@ def test_room_warning_counts_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("site", ["checkpoint", "final"])
-def test_injected_enospc_in_training(tmp_path, tiny_bert_dir, wiki, monkeypatch, site):
+def test_injected_enospc_in_training(tmp_path, tiny_bert_dir, wiki, monkeypatch, site, straight):
     """Without a tmpfs: ENOSPC raised by the checkpoint writer (at step 4) or while writing
     final/: the checkpoint before it stays, no temp folder is left, and the run resumes."""
-    straight = tmp_path / "straight"
-    train(_config(tiny_bert_dir, wiki, straight))
     out = tmp_path / "run"
     real_save = ckpt._save
     from contrasent.model import encoder as encoder_module
@@ -165,7 +169,7 @@ def test_injected_enospc_in_training(tmp_path, tiny_bert_dir, wiki, monkeypatch,
     monkeypatch.undo()
     cfg.resume_from = "latest"
     train(cfg)
-    _assert_same(_final(out), _final(straight))
+    _assert_same(_final(out), straight)
 
 
 def _embed(encoder, src: Path, out: Path, **kw):
