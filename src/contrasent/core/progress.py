@@ -63,6 +63,7 @@ class PlainProgress:
         self.postfix: dict[str, Any] = {}
         self.start = self.last = time.perf_counter()
         self.lines = 0
+        self._printed_at: int | None = None  # the count of the last progress line
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -79,6 +80,7 @@ class PlainProgress:
         if not self.disable and now - self.last >= self.every:
             self.last = now
             self._print(self.line(now))
+            self._printed_at = self.n
 
     def line(self, now: float | None = None) -> str:
         """``train: step 40/150 (27%), loss 0.12, lr 2.0e-05, 1.3 step/s, elapsed 30s, ETA 1m25s``."""
@@ -108,8 +110,8 @@ class PlainProgress:
 
     def close(self) -> None:
         """A last line, when the task was long enough to print any before."""
-        if not self.disable and self.lines and self.n != getattr(self, "_closed_at", None):
-            self._closed_at = self.n
+        if not self.disable and self.lines and self.n != self._printed_at:
+            self._printed_at = self.n
             self._print(self.line())
 
 

@@ -23,6 +23,7 @@ These ``.pt`` files are unpickled on resume: only resume from checkpoints you wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -194,6 +195,8 @@ def save_checkpoint(
         except OSError:
             if is_main:  # a full disk: no half-written checkpoint keeps holding it
                 shutil.rmtree(tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # only if empty: a first save leaves the folder as it was
             raise
     if is_main:
         for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
