@@ -105,6 +105,27 @@ def test_run_card_info_from_recipe(tmp_path: Path) -> None:
     text = write_model_card(tmp_path, info).read_text()
     meta = front_matter(text)
     assert meta["base_model"] == "bert-base-uncased" and "simcse_unsup" in meta["tags"]
+    assert "datasets" not in meta and "data/wiki1m_for_simcse.txt" in text  # a file: body only
     for snippet in ("**Steps:** 125", "1m 01s", "**Global batch size:** 64", "76.85", "89.40",
                     "alignment 0.2000".capitalize(), "temperature: 0.05"):  # fmt: skip
         assert snippet in text, snippet
+
+
+def test_local_base_model_named_by_its_own_card_or_config(tmp_path: Path, minilm_dir: Path) -> None:
+    """A local folder as the base: the front matter names the hub model it is (its card's usage
+    snippet, the hub cache's folder name, or its config), never a path."""
+    text = render_model_card({"base_model": str(minilm_dir), "datasets": [str(minilm_dir / "x.txt"),
+                              "wiki1m.txt", "princeton-nlp/datasets-for-simcse"]})  # fmt: skip
+    meta = front_matter(text)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["datasets"] == ["princeton-nlp/datasets-for-simcse"]
+    assert str(minilm_dir) in text  # the body still says where it came from
+    cached = tmp_path / "models--org--name" / "snapshots" / "abc"
+    cached.mkdir(parents=True)
+    assert front_matter(render_model_card({"base_model": str(cached)}))["base_model"] == "org/name"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text('{"_name_or_path": "google-bert/bert-base-uncased"}')
+    assert front_matter(render_model_card({"base_model": str(bare)}))["base_model"] == (
+        "google-bert/bert-base-uncased"
+    )

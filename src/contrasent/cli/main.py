@@ -186,6 +186,14 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"contrasent {name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path it cannot read or write (a full disk): one line
+        from contrasent.core.fileio import path_error_line
+
+        line = path_error_line(exc)
+        if line is None:
+            raise
+        print(f"contrasent {name}: error: {line}", file=sys.stderr)
+        return 2
     except Exception as exc:
         from contrasent.train.loop import TrainingInterrupted
 

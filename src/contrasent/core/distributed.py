@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from contrasent.core.errors import UserError
+
 _alone = 0  # depth of local_only() blocks: inside one, this process computes by itself
 
 
@@ -158,3 +160,125 @@ def average_gradients(parameters, bucket_bytes: int = 25 * 2**20) -> None:
             for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
                 g.copy_(part.view_as(g))
             bucket, size = [], 0
+
+
+# ----------------------------------------------------------------------------- one fails, all end
+FAILED_KEY = "contrasent/failed"  # the first failing process's message, in the group's store
+_FAILURES = "contrasent/failures"  # how many processes failed (the first one writes the message)
+_SEEN = "contrasent/failure_seen"  # how many others read it (the failing one waits for them)
+
+
+class PeerFailed(UserError):
+    """Another process of the run failed first; the message is its own (one line, as a user's
+    mistake is: the first process's traceback, if any, is in that process's output)."""
+
+
+class OneFailsAll:
+    """A failure on one process ends every process of the run within seconds, with the failing
+    process's message (never a hang until the group's 30-minute timeout, never an abort).
+
+    The failing process writes ``rank R: <error>`` into the process group's store before it
+    raises, and waits (at most ``grace_s``) until the others have read it; a watcher thread on
+    every process polls the store every ``poll_s`` seconds and, on finding another process's
+    message, prints it and ends its own process (exit status 1): a process blocked inside a
+    collective cannot be interrupted any other way. A process whose own error comes after
+    another's (the collective it waited in broke) raises :class:`PeerFailed` with the first
+    message instead. The process group may start inside the block: the watcher waits for it.
+    """
+
+    def __init__(
+        self,
+        command: str = "contrasent",
+        together: tuple[type[BaseException], ...] = (),
+        poll_s: float = 0.5,
+        grace_s: float = 5.0,
+    ) -> None:
+        import threading
+
+        self.command, self.poll_s, self.grace_s = command, poll_s, grace_s
+        # errors every process raises at the same point by design (a stop signal, a diverged
+        # loss agreed by a reduction): each process handles its own, nobody is ended
+        self.together = (KeyboardInterrupt, SystemExit, *together)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="contrasent-peers", daemon=True)
+
+    def __enter__(self) -> OneFailsAll:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc is None or isinstance(exc, self.together) or not is_distributed():
+            return
+        store = _store()
+        if store is None:
+            return
+        try:
+            if store.add(_FAILURES, 1) == 1:
+                store.set(FAILED_KEY, f"rank {rank()}: {type(exc).__name__}: {exc}")
+                self._wait_seen(store)
+                return
+            first = store.get(FAILED_KEY).decode()
+        except Exception:  # the store went with a failed peer: keep this process's own error
+            return
+        if isinstance(exc, UserError):  # the same mistake seen by every process: its own line
+            return
+        raise PeerFailed(f"{first} (rank {rank()} stops too)") from exc
+
+    def _wait_seen(self, store) -> None:
+        import time
+
+        end = time.monotonic() + self.grace_s
+        # every other process read the message, or failed itself
+        while time.monotonic() < end and (
+            store.add(_SEEN, 0) + store.add(_FAILURES, 0) < world_size()
+        ):
+            time.sleep(0.05)
+
+    def _watch(self) -> None:
+        import os
+        import sys
+
+        while not self._stop.wait(self.poll_s):
+            if not is_distributed():
+                continue
+            store = _store()
+            try:
+                if store is None or not store.check([FAILED_KEY]):
+                    continue
+                message = store.get(FAILED_KEY).decode()
+                if message.startswith(f"rank {rank()}:"):
+                    continue
+                store.add(_SEEN, 1)
+            except Exception:  # the store is gone (its process ended): nothing to learn
+                return
+            print(f"{self.command}: error: {message} (rank {rank()} stops too)", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            os._exit(1)
+
+
+def end_process_group(ok: bool = True) -> None:
+    """Tear the process group down while the interpreter is fully alive (then collect what
+    still refers to it): gloo threads left running into interpreter shutdown may release a
+    tensor that needs the GIL there, and the process dies with "terminate called without an
+    active exception". ``ok``: every process got here (meet at a barrier first, so nobody
+    closes its connections while another still receives on them)."""
+    import gc
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+
+
+def _store():
+    """The default process group's key-value store (None when there is none)."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:
+        return None

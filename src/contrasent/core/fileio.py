@@ -1,13 +1,126 @@
-"""File helpers shared by every module that writes user-visible files: atomic file writes and
-atomic folder swaps (a folder replaced by a complete new one, never left half-written)."""
+"""File helpers shared by every module that writes user-visible files: atomic file writes,
+atomic folder swaps (a folder replaced by a complete new one, never left half-written), and one
+line for a write that fails for lack of room (a full disk, a quota, a read-only file system)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from contrasent.core.errors import UserError
+
+#: a write that failed because the file system has no room for it: not a bug, not a traceback
+NO_ROOM = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+
+class NoSpace(UserError):
+    """A write failed for lack of space, for a quota or a read-only file system; the message
+    names the folder, the bytes needed (when known) and what is still intact."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free bytes (for this user) on the file system holding ``folder`` or its nearest existing
+    parent; None when it cannot be told."""
+    path = Path(folder).absolute()
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    try:
+        return shutil.disk_usage(existing).free if existing else None
+    except OSError:
+        return None
+
+
+Intact = str | Callable[[], str] | None
+
+
+def no_room_error(
+    err: OSError, folder: str | os.PathLike, needed: int | None = None, intact: Intact = None
+) -> NoSpace:
+    """The one-line error for ``err`` (an errno of :data:`NO_ROOM`) while writing in ``folder``."""
+    text = f"cannot write in {folder}: {NO_ROOM.get(err.errno or 0, err.strerror)}"
+    free = free_bytes(folder)
+    if needed:
+        text += f" (needs about {human_bytes(needed)}"
+        text += ")" if free is None else f", {human_bytes(free)} free)"
+    elif free is not None and err.errno != errno.EROFS:
+        text += f" ({human_bytes(free)} free)"
+    said = intact() if callable(intact) else intact
+    if said:
+        text += f"; {said}"
+    return NoSpace(text)
+
+
+@contextlib.contextmanager
+def no_room(
+    folder: str | os.PathLike, needed: int | None = None, intact: Intact = None
+) -> Iterator[None]:
+    """Turn a write in the block that fails for lack of room (:data:`NO_ROOM`) into one
+    :class:`NoSpace` line naming ``folder``, ``needed`` bytes and what is ``intact`` (a string,
+    or a function called only when it fails). The block cleans up its own temp files."""
+    try:
+        yield
+    except NoSpace:
+        raise
+    except OSError as err:
+        if err.errno not in NO_ROOM:
+            raise
+        raise no_room_error(err, folder, needed, intact) from err
+
+
+def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``mkdir -p path``; a folder that cannot be created is one line naming it (a path under
+    /proc, a file in the way, no permission, a full or read-only disk)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno in NO_ROOM:
+            raise no_room_error(err, path) from err
+        raise UserError(f"cannot create the {what} {path}: {err.strerror}") from err
+    return path
+
+
+#: errnos of a path a command cannot read or write: one line naming it, never a traceback
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, *NO_ROOM}
+
+
+def path_error_line(err: OSError) -> str | None:
+    """One line for an OSError about a path (:data:`PATH_ERRNOS`, with a file name) that no
+    command turned into its own message; None for any other error (a bug: keep its traceback)."""
+    if err.errno not in PATH_ERRNOS or not err.filename:
+        return None
+    name = Path(os.fsdecode(err.filename))
+    if err.errno in NO_ROOM:
+        return str(no_room_error(err, name if name.is_dir() else name.parent))
+    return f"{name}: {err.strerror}"
+
+
+def room_warning(folder: str | os.PathLike, needed: int, what: str) -> str | None:
+    """A warning when the file system of ``folder`` has less than ``needed`` bytes free."""
+    free = free_bytes(folder)
+    if free is None or free >= needed:
+        return None
+    return (
+        f"{folder} has {human_bytes(free)} free but {what} needs about {human_bytes(needed)}: "
+        "the run will stop when it writes one (nothing written before is lost)"
+    )
 
 
 def _umask() -> int:
@@ -39,6 +152,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def reserve(path: str | os.PathLike) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` now: a memory map's page written on a
+    full disk kills the process with SIGBUS, this fails with an ordinary ENOSPC instead."""
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
 
 def follow_umask(folder: str | os.PathLike) -> None:

@@ -99,11 +99,11 @@ def embed_unique(
     progress: bool = False,
 ) -> tuple[dict[str, int], np.ndarray]:
     """Embed each distinct sentence once; longest first so padding is small and OOM comes early."""
-    from tqdm.auto import tqdm
+    from contrasent.core.progress import progress as progress_bar
 
     uniq = sorted(set(sentences), key=lambda s: (-len(s), s))
     parts = []
-    bar = tqdm(total=len(uniq), desc=label, unit="sent", disable=not progress, leave=False)
+    bar = progress_bar(len(uniq), label, "sent", disable=not progress, leave=False)
     for start in range(0, len(uniq), batch_size):
         chunk = uniq[start : start + batch_size]
         emb = _as_float64(encode(chunk))

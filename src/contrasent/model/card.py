@@ -8,6 +8,7 @@ real numbers through ``info`` (keys documented on :func:`write_model_card`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -32,16 +33,76 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
+#: how a data file is named (never a hub dataset id, which the front matter's datasets lists)
+_DATA_SUFFIXES = (".txt", ".gz", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".bz2")
+#: `SentenceTransformer("org/name")` / `from_pretrained('org/name')` in a card's usage snippet
+_CARD_ID = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*['"]([^'"]+)['"]""")
+_CACHE_ID = re.compile(r"models--([^/]+?)--([^/]+)(?:/|$)")  # the hub cache's folder names
+
+
+def base_model_id(name: str | None) -> str | None:
+    """The hub id of the base model ``name``: itself when it is one; for a local folder the id
+    that folder was downloaded as (the hub cache's folder name), else the one its own card's
+    usage snippet or front matter (``base_model``) names, else its config's ``_name_or_path``."""
+    if hub_id(name):
+        return name
+    if not name or not os.path.isdir(name):
+        return None
+    cached = _CACHE_ID.search(os.path.abspath(name))
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    card, config = os.path.join(name, CARD_FILE), os.path.join(name, "config.json")
+    found: list[str | None] = []
+    if os.path.isfile(card):
+        text = _read(card)
+        found += _CARD_ID.findall(text)
+        found.append(_card_base(text))
+    if os.path.isfile(config):
+        import json
+
+        with contextlib.suppress(ValueError, AttributeError):
+            found.append(json.loads(_read(config)).get("_name_or_path"))
+    return next((f for f in found if f and hub_id(f) and f != name), None)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _card_base(text: str) -> str | None:
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except (yaml.YAMLError, IndexError):
+        return None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    return base if isinstance(base, str) else None
+
+
+def hub_datasets(names: Any) -> list[str]:
+    """The entries of ``names`` that can be hub dataset ids (local files stay in the body)."""
+    return [
+        n for n in names or []
+        if hub_id(n) and not n.lower().endswith(_DATA_SUFFIXES)
+    ]  # fmt: skip
+
+
 def _front_matter(info: Mapping[str, Any]) -> str:
     tags = list(dict.fromkeys([*BASE_TAGS, *(info.get("tags") or [])]))
     meta: dict[str, Any] = {"library_name": "sentence-transformers"}
     meta["pipeline_tag"] = "sentence-similarity"
     meta["tags"] = tags
-    base = hub_id(info.get("base_model"))
+    base = base_model_id(info.get("base_model"))
     if base:
         meta["base_model"] = base
-    if info.get("datasets"):
-        meta["datasets"] = list(info["datasets"])
+    datasets = hub_datasets(info.get("datasets"))
+    if datasets:
+        meta["datasets"] = datasets
     for key in ("language", "license"):
         if info.get(key):
             meta[key] = info[key]
@@ -96,6 +157,8 @@ def _details(name: str, info: Mapping[str, Any]) -> list[str]:
     elif base:
         what += " saved by contrasent"
     what += f" from `{base}`" if base else ""
+    known = base_model_id(base)
+    what += f" (`{known}`)" if known and known != base else ""
     dim = f"a {enc['dimension']}-dimensional" if enc.get("dimension") else "a dense"
     lines += [
         f"{what}. It maps sentences and paragraphs to {dim} vector space for semantic textual "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -327,11 +326,11 @@ class Encoder(nn.Module):
         if not texts:
             return out
         if show_progress is None:
-            show_progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+            show_progress = len(texts) >= PROGRESS_MIN_TEXTS
         enc, order = tokenize_longest_first(self, texts, stats)
-        from tqdm.auto import tqdm
+        from contrasent.core.progress import progress
 
-        bar = tqdm(total=len(texts), unit="sent", desc="encode", disable=not show_progress)
+        bar = progress(len(texts), "encode", "sent", disable=not show_progress)
         with self._eval_mode(), torch.inference_mode(), amp, bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]

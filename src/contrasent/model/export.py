@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text, swap_into_place
+from contrasent.core.fileio import atomic_write_text, make_folder, no_room, swap_into_place
 from contrasent.model.onnx import META_FILE, OnnxEncoder
 from contrasent.model.pooling import HIDDEN_STATE_POOLINGS
 
@@ -98,7 +98,45 @@ def export_onnx(
         raise UserError(f"{out} exists and is not a model directory (refusing to replace it)")
     encoder = model.to("cpu").eval()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
+    kept = f"{out} is unchanged" if out.exists() else "nothing was written"
+    with no_room(out.parent, None, kept):
+        meta = _export(encoder, tmp, out, quantize, target, opset)
+    if not meta["sentence_transformers_onnx"]:
+        log.warning(
+            "pooling %r needs every layer's hidden states, which sentence-transformers' ONNX "
+            "backend does not pass on: %s runs with contrasent's backend='onnx' only",
+            encoder.pooling,
+            out,
+        )
+    return meta
+
+
+class _Graph(torch.nn.Module):
+    """Encoder forward with named tensor inputs, returning (last_hidden_state, embedding).
+
+    The embedding is `Encoder._embed` itself (pooling + Dense heads, no normalisation); the
+    token states are caught with a forward hook on the HF model, so there is one forward pass.
+    """
+
+    def __init__(self, encoder: Any, names: list[str]) -> None:
+        super().__init__()
+        self.encoder, self.names = encoder, names
+        self._hidden: torch.Tensor | None = None
+        self.hook = encoder.model.register_forward_hook(self._catch)
+
+    def _catch(self, module: Any, args: Any, output: Any) -> None:
+        self._hidden = output.last_hidden_state
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.encoder._embed(dict(zip(self.names, tensors, strict=True)), False)
+        return self._hidden, emb
+
+
+def _export(
+    encoder: Any, tmp: Path, out: Path, quantize: str | None, target: str, opset: int
+) -> dict[str, Any]:
+    """Write the export into ``tmp`` and swap it into ``out``; nothing is left on failure."""
     try:
         encoder.save(tmp)
         (tmp / "onnx").mkdir()
@@ -130,35 +168,7 @@ def export_onnx(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not meta["sentence_transformers_onnx"]:
-        log.warning(
-            "pooling %r needs every layer's hidden states, which sentence-transformers' ONNX "
-            "backend does not pass on: %s runs with contrasent's backend='onnx' only",
-            encoder.pooling,
-            out,
-        )
     return meta
-
-
-class _Graph(torch.nn.Module):
-    """Encoder forward with named tensor inputs, returning (last_hidden_state, embedding).
-
-    The embedding is `Encoder._embed` itself (pooling + Dense heads, no normalisation); the
-    token states are caught with a forward hook on the HF model, so there is one forward pass.
-    """
-
-    def __init__(self, encoder: Any, names: list[str]) -> None:
-        super().__init__()
-        self.encoder, self.names = encoder, names
-        self._hidden: torch.Tensor | None = None
-        self.hook = encoder.model.register_forward_hook(self._catch)
-
-    def _catch(self, module: Any, args: Any, output: Any) -> None:
-        self._hidden = output.last_hidden_state
-
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.encoder._embed(dict(zip(self.names, tensors, strict=True)), False)
-        return self._hidden, emb
 
 
 def _export_graph(encoder: Any, path: Path, opset: int) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -193,10 +192,10 @@ class OnnxEncoder:
         feats = {k: enc[k] for k in self.input_names if k in enc}
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         if show_progress is None:
-            show_progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
-        from tqdm.auto import tqdm
+            show_progress = len(texts) >= PROGRESS_MIN_TEXTS
+        from contrasent.core.progress import progress
 
-        with tqdm(total=len(texts), unit="sent", desc="encode", disable=not show_progress) as bar:
+        with progress(len(texts), "encode", "sent", disable=not show_progress) as bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
                 batch = pad_features(feats, idx, self._pads, left)

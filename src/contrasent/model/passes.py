@@ -134,8 +134,11 @@ def pool(
         return pooler_output
     if pooling == "cls_before_pooler":
         # First real token (index 0 with right padding), as ST's Pooling("cls") picks it.
-        first = attention_mask.to(torch.int).argmax(dim=1)
-        return last_hidden_state[torch.arange(len(first), device=first.device), first]
+        # gather, not indexing with arange(len(...)): an ONNX trace would freeze that length
+        # to the export batch's size (ORT then fails to broadcast any other batch)
+        first = attention_mask.to(torch.int).argmax(dim=1)  # [B]
+        index = first[:, None, None].expand(-1, 1, last_hidden_state.shape[-1])  # [B, 1, H]
+        return last_hidden_state.gather(1, index).squeeze(1)
     mask = attention_mask.unsqueeze(-1)
     if pooling == "max":
         return last_hidden_state.masked_fill(mask == 0, float("-inf")).max(dim=1).values

@@ -7,7 +7,6 @@ written to a temp name and renamed, so a killed run leaves only whole chunks beh
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_bytes, atomic_write_text
+from contrasent.core.runlock import RunLock
 
 MANIFEST = "manifest.json"
 CHUNKS_FORMAT = "contrasent-embed-chunks"
@@ -46,29 +46,37 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def lock(folder: Path) -> Any:
-    """An exclusive lock on the chunk folder (released by the OS even on SIGKILL)."""
-    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UserError(f"{folder}: another process is embedding into it right now") from None
-    return fh
+    """The folder's run lock (:mod:`contrasent.core.runlock`): a second process embedding into
+    it is refused with one line naming the first; released by the OS even on SIGKILL."""
+    held = RunLock(folder, "contrasent embed")
+    held.acquire()
+    return held
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no partial chunk left beside the whole ones
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_texts(path: Path, texts: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes("\n".join(texts).encode("utf-8", errors="surrogatepass"))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "\n".join(texts).encode("utf-8", errors="surrogatepass"))
+
+
+def kept_note(folder: Path, manifest: dict[str, Any]) -> str:
+    """What a failed write left intact in a chunk folder, and how to go on."""
+    rows = sum(c["rows"] for c in manifest["chunks"])
+    return (
+        f"{len(manifest['chunks'])} finished chunk(s) ({rows} rows) in {folder} are intact; "
+        "free space and run the same command again to continue"
+    )
 
 
 def chunk_texts(folder: Path, entry: dict[str, Any]) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
+from contrasent.core.fileio import make_folder, no_room
 from contrasent.data.readers import REPLACED, ReadStats, iter_lines
 from contrasent.serve.chunks import (
     CHUNKS_FORMAT,
     chunk_dir,
+    kept_note,
     lock,
     read_manifest,
     save_npy,
@@ -188,21 +189,22 @@ def embed_file(
         "dim": int(encoder.hidden_size),
         "model": _model_record(encoder, model_id, normalize),
     }
-    folder = chunk_dir(out, shard)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(chunk_dir(out, shard), "chunk folder")
     held = lock(folder)
     try:
         manifest = _resume(folder, run)
         resumed = sum(c["rows"] for c in manifest["chunks"])
-        _embed_chunks(
-            encoder, src, folder, manifest, (start, end), label, batch_size, precision,
-            normalize, show_progress,
-        )  # fmt: skip
+        with no_room(folder, None, lambda: kept_note(folder, manifest)):
+            _embed_chunks(
+                encoder, src, folder, manifest, (start, end), label, batch_size, precision,
+                normalize, show_progress,
+            )  # fmt: skip
         counts = totals([manifest])
         if shard is None:
-            assemble([folder], out, fmt)
+            with no_room(out.parent, None, lambda: kept_note(folder, manifest)):
+                assemble([folder], out, fmt)
     finally:
-        held.close()
+        held.release()
     if shard is None:
         shutil.rmtree(folder, ignore_errors=True)
     if counts["replaced_lines"]:
@@ -270,18 +272,15 @@ def _embed_chunks(
     normalize: bool | None,
     show_progress: bool | None,
 ) -> None:
-    from tqdm.auto import tqdm
+    from contrasent.core.progress import progress
 
     run, chunks = manifest["run"], manifest["chunks"]
     done = sum(c["rows"] for c in chunks)
     start = chunks[-1]["end_byte"] if chunks and chunks[-1]["end_byte"] >= 0 else byte_range[0]
     skip = done if src.name.endswith(".gz") else 0  # gzip: re-read the done lines, no seek
     if show_progress is None:
-        show_progress = run["rows"] - done >= PROGRESS_MIN_LINES and sys.stderr.isatty()
-    bar = tqdm(
-        total=run["rows"], initial=done, unit="row", desc=f"embed {src.name}",
-        disable=not show_progress, dynamic_ncols=True,
-    )  # fmt: skip
+        show_progress = run["rows"] - done >= PROGRESS_MIN_LINES
+    bar = progress(run["rows"], f"embed {src.name}", "row", done, disable=not show_progress)
     stats = ReadStats(str(src))
     lines = iter_range(src, start, byte_range[1], run["errors"], stats, label)
     with bar:

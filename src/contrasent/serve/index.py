@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_text, make_folder, no_room
 from contrasent.serve.search import Index, TextStore, _open_npy, write_texts
 
 
@@ -33,16 +33,26 @@ def build_index(
     when started again) unless ``embeddings_path`` gives a matrix whose row i is line i. The
     folder is assembled under a temporary name and renamed at the end.
     """
-    from contrasent.data.readers import ReadStats
-    from contrasent.serve.embed import embed_file, iter_range
 
     src, out = Path(input_path), Path(output_dir).absolute()
     if out.exists() and (
         not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())
     ):
         raise UserError(f"{out} exists and is not an index folder (refusing to replace it)")
-    work = out.parent / f".{out.name}.building"
-    work.mkdir(parents=True, exist_ok=True)
+    work = make_folder(out.parent / f".{out.name}.building", "index build folder")
+    note = f"what is built so far is kept in {work}; free space and run the same command again"
+    with no_room(out.parent, None, note):
+        return _build(encoder, src, out, work, embeddings_path, batch_size, errors, engine,
+                      model, show_progress)  # fmt: skip
+
+
+def _build(
+    encoder: Any, src: Path, out: Path, work: Path, embeddings_path: Any, batch_size: int,
+    errors: str, engine: str, model: dict[str, Any] | None, show_progress: bool | None,
+) -> Index:  # fmt: skip
+    from contrasent.data.readers import ReadStats
+    from contrasent.serve.embed import embed_file, iter_range
+
     emb_file, stamp_file = work / "embeddings.npy", work / "embeddings.json"
     if not src.is_file():
         raise UserError(f"input file {src} not found")

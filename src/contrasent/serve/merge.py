@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError
+from contrasent.core.fileio import make_folder, no_room, reserve
 from contrasent.serve.chunks import chunk_dir, chunk_texts, read_manifest, totals
 from contrasent.serve.formats import FORMATS
 
@@ -30,7 +31,7 @@ def assemble(folders: list[Path], out: Path, fmt: str | None = None) -> None:
     dim = manifests[0]["run"]["dim"]
     parts = [(f, c) for f, m in zip(folders, manifests, strict=True) for c in m["chunks"]]
     rows = sum(c["rows"] for _, c in parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
     try:
         writer = {"npy": _write_npy, "parquet": _write_parquet, "jsonl": _write_jsonl}[fmt]
@@ -46,6 +47,7 @@ def _write_npy(tmp: Path, parts: list, rows: int, dim: int, with_text: bool) -> 
         np.save(tmp, np.empty((0, dim), np.float32))
         return
     mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+    reserve(tmp)  # a full disk: ENOSPC now, not SIGBUS on a page of the map
     pos = 0
     for folder, c in parts:
         mat[pos : pos + c["rows"]] = np.load(folder / c["file"], mmap_mode="r")
@@ -159,7 +161,9 @@ def merge_shards(output: str | os.PathLike, keep_chunks: bool = False) -> dict[s
     """Join the finished shards of ``output`` (the --output every shard was given) into it."""
     out = Path(output)
     folders = find_shards(out)
-    assemble(folders, out)
+    with no_room(out.parent, None, "every shard's chunk folder is intact; free space and run "
+                 "`contrasent embed merge` again"):  # fmt: skip
+        assemble(folders, out)
     counts = totals([read_manifest(f) for f in folders])
     if not keep_chunks:
         for f in folders:

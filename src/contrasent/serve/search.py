@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from contrasent.core.errors import UserError, where
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_text, reserve
 from contrasent.model.similarity import BLOCK_BYTES, exact_search, normalize_rows
 from contrasent.serve.faiss import build_faiss, faiss_available, import_faiss
 
@@ -219,17 +219,25 @@ class Index:
         """Write the unit-length embedding rows to ``path`` (.npy), block by block."""
         n, dim = self.embeddings.shape
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (n, dim)) if n else None
-        block = max(1, BLOCK_BYTES // (4 * max(dim, 1)))
-        for start in range(0, n, block):
-            rows = np.asarray(self.embeddings[start : start + block], dtype=np.float32)
-            out[start : start + block] = rows if self.inv_norms is None else normalize_rows(rows)
-        if out is None:
-            np.save(tmp, np.empty((0, dim), np.float32))
-        else:
-            out.flush()
-            del out
-        os.replace(tmp, path)
+        try:
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, (n, dim)) if n else None
+            if out is not None:
+                reserve(tmp)  # a full disk: ENOSPC now, not SIGBUS on a page of the map
+            block = max(1, BLOCK_BYTES // (4 * max(dim, 1)))
+            for start in range(0, n, block):
+                rows = np.asarray(self.embeddings[start : start + block], dtype=np.float32)
+                out[start : start + block] = (
+                    rows if self.inv_norms is None else normalize_rows(rows)
+                )
+            if out is None:
+                np.save(tmp, np.empty((0, dim), np.float32))
+            else:
+                out.flush()
+                del out
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _write(self, tmp: Path) -> None:
         n = len(self)

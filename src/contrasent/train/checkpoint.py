@@ -23,6 +23,7 @@ These ``.pt`` files are unpickled on resume: only resume from checkpoints you wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_text, no_room
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,33 @@ def save_checkpoint(
     root = Path(output_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
     tmp = root / f"{_TMP_PREFIX}{final.name}"
+    needed = checkpoint_bytes(trainable, optimizer)
+    with no_room(root, needed, lambda: intact_note(output_dir)):
+        try:
+            _save_all(root, tmp, final, rank, is_main, barrier, trainable, optimizer, scheduler,
+                      stream, trainer_state, scaler, step)  # fmt: skip
+        except OSError:
+            if is_main:  # a full disk: no half-written checkpoint keeps holding it
+                shutil.rmtree(tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # only if empty: a first save leaves the folder as it was
+            raise
+    if is_main:
+        for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def _save_all(
+    root: Path, tmp: Path, final: Path, rank: int, is_main: bool, barrier: Callable[[], None],
+    trainable: torch.nn.Module, optimizer: Any, scheduler: Any, stream: Any,
+    trainer_state: dict[str, Any], scaler: Any, step: int,
+) -> None:  # fmt: skip
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():  # left by a run killed mid-save
-            shutil.rmtree(tmp)
+        for leftover in root.glob(f"{_TMP_PREFIX}*"):  # left by a run killed mid-save
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
     barrier()
     _save(rng_state(trainable), tmp / f"rng-{rank}.pt")
@@ -207,10 +231,37 @@ def save_checkpoint(
         if final.exists():  # the same step saved twice (e.g. a resumed run's end)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+
+
+def intact_note(output_dir: str | os.PathLike) -> str:
+    """What a failed save left intact: the newest complete checkpoint, best/ and final/."""
+    out = Path(output_dir)
+    found = list_checkpoints(out)
+    kept = [f"checkpoint {found[-1].name} is intact"] if found else ["no checkpoint yet"]
+    kept += [f"{name}/ is intact" for name in ("best", "final") if (out / name).is_dir()]
+    how = "--resume_from latest" if found else "run again"
+    return f"{', '.join(kept)}; free space, then {how}"
+
+
+def state_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples): what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def checkpoint_bytes(trainable: torch.nn.Module, optimizer: Any) -> int:
+    """The size of one checkpoint: the module's state and the optimizer's (before the first
+    step it has none yet: AdamW's two moments per trainable float32 parameter then)."""
+    size = state_bytes(trainable.state_dict())
+    moments = state_bytes(optimizer.state_dict().get("state", {}))
+    if not moments:
+        moments = 2 * sum(p.numel() * 4 for p in trainable.parameters() if p.requires_grad)
+    return size + moments
 
 
 def load_checkpoint(
@@ -249,11 +300,35 @@ def load_checkpoint(
 
 
 def _save(obj: Any, path: Path) -> None:
-    """torch.save, flushed to disk before the folder is renamed into place."""
+    """torch.save, flushed to disk before the folder is renamed into place. A write that fails
+    (a full disk) raises its OSError, not the RuntimeError torch's zip writer turns it into."""
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        writer = _Writer(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
         f.flush()
         os.fsync(f.fileno())
+
+
+class _Writer:
+    """A file for torch.save that remembers the OSError of a failed write."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _sha256(path: Path) -> str:

@@ -42,8 +42,10 @@ from typing import Any
 
 import torch
 
-from contrasent.core.distributed import average_gradients
+from contrasent.core.distributed import OneFailsAll, average_gradients
 from contrasent.core.errors import UserError
+from contrasent.core.launch import launched_rank
+from contrasent.core.runlock import RunLock
 from contrasent.objectives.base import Objective
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.batching import local_slice
@@ -69,6 +71,7 @@ from contrasent.train.runtime import (
     preflight,
     restore_run,
     total_steps,
+    warn_if_no_room,
 )
 from contrasent.train.selection import Selection
 from contrasent.train.signals import StopSignals, stop_if_signalled
@@ -99,6 +102,8 @@ class _Trainer:
         self.total = total_steps(cfg, self.stream)
         self.epoch_batches = epoch_batches(cfg, self.stream)  # eval.at_epoch_end
         self._build_optimizer()
+        if self.is_main:
+            warn_if_no_room(cfg, self.module, self.optimizer)
         if resume is None:  # everything is validated, loaded and open: only now touch outputs
             self.folder.set_aside()
         self.folder.write_config(cfg.to_dict())
@@ -379,10 +384,17 @@ def train(
             loss stops being finite.
     """
     cfg = as_train_config(config)
-    if cfg.stages:
-        if objective is not None:
-            raise UserError("a staged recipe builds each stage's objective: objective= is unused")
-        from contrasent.train.stages import run_stages
+    if cfg.stages and objective is not None:
+        raise UserError("a staged recipe builds each stage's objective: objective= is unused")
+    # one run per folder: a second one is refused (the ranks of one launched job share it);
+    # an error on one process ends them all with its message (not a hang in a collective)
+    together = (TrainingInterrupted, TrainingDiverged)
+    with (
+        RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0),
+        OneFailsAll("contrasent train", together),
+    ):
+        if cfg.stages:
+            from contrasent.train.stages import run_stages
 
-        return run_stages(cfg, lambda c: _Trainer(c, None, callbacks).run())
-    return _Trainer(cfg, objective, callbacks).run()
+            return run_stages(cfg, lambda c: _Trainer(c, None, callbacks).run())
+        return _Trainer(cfg, objective, callbacks).run()

@@ -102,16 +102,15 @@ class MetricsWriter:
 
 
 class ProgressBar:
-    """tqdm over optimizer steps with loss, lr and sentences/s; tqdm computes the ETA."""
+    """Progress over optimizer steps with loss, lr and sentences/s, and the ETA: a tqdm bar on a
+    terminal, a plain line every 30 s when stderr is a file (Slurm, nohup)."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
+        if enabled:  # a bar on a terminal, plain lines in a log file (core.progress)
+            from contrasent.core.progress import progress
 
-            self.bar = tqdm(
-                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True
-            )
+            self.bar = progress(total, "train", "step", initial)
 
     def update(self, loss: float, lr: float, sentences_per_s: float) -> None:
         if self.bar is not None:

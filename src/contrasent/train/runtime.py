@@ -238,3 +238,14 @@ def check_finite(loss: torch.Tensor, step: int, acc: Any, last_checkpoint: str, 
             f"made with it). Last good checkpoint: {last_checkpoint}. Lower train.lr, keep "
             "train.grad_clip on, or try mixed_precision: no/bf16, then resume_from: latest"
         )
+
+
+def warn_if_no_room(cfg: TrainConfig, module: nn.Module, optimizer: Any) -> None:
+    """Before the first step: warn when the output folder's disk cannot hold one checkpoint."""
+    from contrasent.core.fileio import room_warning
+
+    if cfg.checkpoint.every_steps:
+        needed = ckpt.checkpoint_bytes(module, optimizer)
+        warning = room_warning(cfg.output_dir, needed, "one checkpoint (model + optimizer state)")
+        if warning:
+            log.warning(warning)

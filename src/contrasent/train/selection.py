@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import link_model
+from contrasent.core.fileio import link_model, no_room
 from contrasent.core.results import own_tasks, task_metrics
 from contrasent.eval.metric_paths import METRIC_PATHS, VALIDATION_LOSS, is_better, lookup
 from contrasent.eval.sts import evaluate_sts
 from contrasent.eval.suite import Plan, check_tasks, evaluate_own
+from contrasent.train import checkpoint as ckpt
 from contrasent.train.card import run_card_info, write_run_card
 from contrasent.train.config import EvalConfig, TrainConfig
 from contrasent.train.outputs import RunFolder
@@ -199,7 +200,9 @@ class Selection:
 
     def save_encoder(self, module: nn.Module, name: str) -> Path:
         target = self.out / name
-        module.encoder.save(target)  # atomic: temp folder, then rename
+        needed = ckpt.state_bytes(module.encoder.state_dict())
+        with no_room(self.out, needed, lambda: ckpt.intact_note(self.out)):
+            module.encoder.save(target)  # atomic: temp folder, then rename
         return target
 
     def save_final(self, module: nn.Module) -> Path:
@@ -207,7 +210,8 @@ class Selection:
         target = self.out / "final"
         best = self.out / "best"
         if self.state.best_step == self.state.step and best.is_dir():
-            link_model(best, target)
+            with no_room(self.out, None, lambda: ckpt.intact_note(self.out)):
+                link_model(best, target)
             log.info("final/ holds the weights of best/ (step %d): hard-linked", self.state.step)
         else:
             self.save_encoder(module, "final")

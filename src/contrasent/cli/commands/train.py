@@ -29,6 +29,21 @@ def check_train(cfg: TrainConfig) -> None:
 
 
 def run_train(cfg: TrainConfig) -> None:
+    from contrasent.core.runlock import RunLock
+
+    # taken before torch and the model load: a second run into the folder stops at once
+    with RunLock(cfg.output_dir, "contrasent train", is_main=launched_rank() == 0):
+        ok = False
+        try:
+            _run_train(cfg)
+            ok = True
+        finally:
+            from contrasent.core.distributed import end_process_group
+
+            end_process_group(ok)  # under torchrun: no gloo thread left for shutdown
+
+
+def _run_train(cfg: TrainConfig) -> None:
     from contrasent.train.loop import train
     from contrasent.train.selection import fmt
 
