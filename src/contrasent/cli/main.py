@@ -91,6 +91,12 @@ COMMANDS: dict[str, Command] = {
         "run_index_build",
         "Build a search index from a corpus file (one text a line).",
     ),
+    "mine": Command(
+        "contrasent.cli.commands.mine",
+        "MineArgs",
+        "run_mine",
+        "Add hard negatives to (anchor, positive) pairs (margins, rank range, --shard I/N).",
+    ),
     "search": Command(
         "contrasent.cli.commands.search",
         "SearchArgs",
