@@ -162,3 +162,28 @@ def test_mistakes_are_one_line(st_model, pairs, tmp_path):
     with pytest.raises(UserError, match="1 row\\(s\\) without an anchor or a positive"):
         read_pairs(str(bad), None)
     assert read_pairs(str(bad), None, "skip") == (["a"], ["b"])
+
+
+def test_command_writes_what_the_pairs_kind_reads(tiny_bert_dir, shared_data, tmp_path, capsys):
+    """`contrasent mine` end to end: the statistics printed, the output read by `pairs` with
+    the hard-negative columns, and a mistake as one line (exit 2)."""
+    from contrasent.cli.main import main
+    from contrasent.data.registry import DataSpec, build_stream
+
+    pairs_file = tmp_path / "p.tsv"
+    lines = (shared_data / "pairs" / "wiki-split-tune.tsv").read_text().splitlines()[:40]
+    pairs_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "hn.jsonl"
+    args = ["mine", "--model", str(tiny_bert_dir), "--input", str(pairs_file), "--output",
+            str(out), "--num_negatives", "2", "--max_score", "0.999", "--output_scores", "false"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mined 40 rows (2 negatives each)" in printed and "--max_score 0.999" in printed
+    assert "scores" not in json.loads(out.read_text().splitlines()[0])
+    columns = {"anchor": "anchor", "positive": "positive", "negative": ["negative_1", "negative_2"]}
+    batch = next(
+        iter(build_stream(DataSpec(kind="pairs", path=str(out), columns=columns), 8, 0, None))
+    )
+    assert len(batch.negatives) == 2 and len(batch) == 8
+    assert main([*args[:-6], "--num_negatives", "3", "--range_min", "2", "--range_max", "4"]) == 2
+    assert "leave 2 candidates for --num_negatives 3" in capsys.readouterr().err
