@@ -232,6 +232,10 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
         recipe_first=cmd.recipe_first,
     )
     locations.update(found)
+    if cmd.recipe_first:  # a staged recipe: command-line options reach every stage
+        from contrasent.cli.commands.train import overrides_reach_stages
+
+        overrides_reach_stages(args, found)
     cmd.check(args)
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
         cmd.run(args)
