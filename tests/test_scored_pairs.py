@@ -268,18 +268,3 @@ def test_stsb_train_pairs_raise_stsb_dev(tmp_path, tiny_bert_dir, senteval_dir, 
     before = _stsb_dev(tiny_bert_dir, senteval_dir)
     after = _stsb_dev(train(cfg).final_dir, senteval_dir)
     assert after - before >= 2.0, (before, after)
-
-
-def test_command_line_caps_every_stage_of_a_staged_recipe(monkeypatch):
-    """`contrasent train RECIPE --train.max_steps 4` (the README test's cap) reaches every stage
-    of a staged recipe through the command line itself, not only through parse_train_config."""
-    from contrasent.cli import main as cli
-    from contrasent.cli.commands import train as train_command
-    from contrasent.train.config import stage_configs
-
-    seen = []
-    monkeypatch.setattr(train_command, "run_train", lambda cfg: seen.append(cfg))
-    monkeypatch.setattr(train_command, "check_train", lambda cfg: None)
-    recipe = str(Path(__file__).parents[1] / "configs" / "domain-tsdae-nli-sts-cpu.yaml")
-    assert cli.main(["train", recipe, "--train.max_steps", "4"]) == 0
-    assert [c.train.max_steps for _, c in stage_configs(seen[0])] == [4, 4, 4]
