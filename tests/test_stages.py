@@ -233,3 +233,16 @@ def test_eval_at_epoch_end_and_patience_counts_it(tiny_bert_dir, senteval_dir, t
     raw["output_dir"] = str(tmp_path / "noscan")
     with pytest.raises(UserError, match="eval.at_epoch_end: the number of batches per epoch"):
         train(raw)
+def test_command_line_caps_every_stage_of_a_staged_recipe(monkeypatch):
+    """`contrasent train RECIPE --train.max_steps 4` (the README test's cap) reaches every stage
+    of a staged recipe through the command line itself, not only through parse_train_config."""
+    from contrasent.cli import main as cli
+    from contrasent.cli.commands import train as train_command
+    from contrasent.train.config import stage_configs
+
+    seen = []
+    monkeypatch.setattr(train_command, "run_train", lambda cfg: seen.append(cfg))
+    monkeypatch.setattr(train_command, "check_train", lambda cfg: None)
+    recipe = str(Path(__file__).parents[1] / "configs" / "domain-tsdae-nli-sts-cpu.yaml")
+    assert cli.main(["train", recipe, "--train.max_steps", "4"]) == 0
+    assert [c.train.max_steps for _, c in stage_configs(seen[0])] == [4, 4, 4]

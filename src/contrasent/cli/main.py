@@ -91,6 +91,12 @@ COMMANDS: dict[str, Command] = {
         "run_index_build",
         "Build a search index from a corpus file (one text a line).",
     ),
+    "mine": Command(
+        "contrasent.cli.commands.mine",
+        "MineArgs",
+        "run_mine",
+        "Add hard negatives to (anchor, positive) pairs (margins, rank range, --shard I/N).",
+    ),
     "search": Command(
         "contrasent.cli.commands.search",
         "SearchArgs",
@@ -241,6 +247,10 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
         recipe_first=cmd.recipe_first,
     )
     locations.update(found)
+    if cmd.recipe_first:  # a staged recipe: command-line options reach every stage
+        from contrasent.cli.commands.train import overrides_reach_stages
+
+        overrides_reach_stages(args, found)
     cmd.check(args)
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
         cmd.run(args)

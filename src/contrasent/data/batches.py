@@ -101,6 +101,23 @@ class PairBatch(Batch):
         return len(getattr(self, name))
 
 
+@dataclass
+class ScoredPairBatch(Batch):
+    """(sentence1, sentence2, score) rows: STS-style graded pairs or 0/1 duplicate flags.
+
+    ``scores`` are floats already normalised by the data kind (``scored_pairs``: the declared
+    range mapped onto [0, 1]), so every objective reads one scale.
+    """
+
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+    ROWS = ("sentences1", "sentences2", "scores")
+
+    def __post_init__(self) -> None:
+        self.check_lengths()
+
+
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 

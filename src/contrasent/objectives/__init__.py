@@ -14,9 +14,11 @@ from contrasent.core.errors import UserError
 from contrasent.core.options import build_options, suggest
 from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
+from contrasent.objectives.contrastive_pairs import Contrastive, OnlineContrastive
 from contrasent.objectives.declutr import DeCLUTR
 from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
+from contrasent.objectives.scored_pairs import AnglE, CoSENT, CosineMSE
 from contrasent.objectives.simcse import SimCSESup, SimCSEUnsup
 from contrasent.objectives.tsdae import TSDAE
 
@@ -47,6 +49,8 @@ for _cls in (
 ):
     register(_cls)
 register(TSDAE)
+for _cls in (CoSENT, AnglE, CosineMSE, Contrastive, OnlineContrastive):
+    register(_cls)
 
 
 def objective_class(name: str) -> type[Objective]:

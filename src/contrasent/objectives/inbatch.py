@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from contrasent.core.distributed import all_gather_no_grad, all_gather_with_grad, row_offset
@@ -22,6 +23,7 @@ from contrasent.objectives.functional import (
     LOSS_CHUNK_ROWS,
     chunked_info_nce,
     duplicate_mask,
+    fp32,
     logit_scale,
     text_ids,
 )
@@ -68,6 +70,50 @@ def _id_masks(ids: RowTextIds, labels: Tensor, symmetric: bool):
     return forward, (reverse if symmetric else None)
 
 
+@dataclass
+class Guide:
+    """A frozen guide encoder's embeddings of the local rows (GISTEmbed, Solatorio 2024): a
+    column the guide scores closer to the row's anchor than the row's own positive (minus
+    ``margin``) is a likely false negative and is masked."""
+
+    anchors: Tensor
+    positives: Tensor
+    negatives: list[Tensor]
+    margin: float = 0.0
+
+
+def guide_mask(rows: Tensor, cols: Tensor, labels: Tensor, margin: float) -> Tensor:
+    """Bool [B, C]: ``cos_g(row i, col j) > cos_g(row i, col labels[i]) - margin``, the
+    positive ``labels[i]`` itself never masked (GISTEmbed's absolute margin strategy)."""
+    sims = F.normalize(fp32(rows), dim=-1) @ F.normalize(fp32(cols), dim=-1).T
+    own = sims.gather(1, labels[:, None])
+    mask = sims > own - margin
+    mask[torch.arange(len(labels), device=labels.device), labels] = False
+    return mask
+
+
+def _guide_masks(guide: Guide, labels: Tensor, symmetric: bool):
+    """Chunk mask functions of the guide over the gathered columns (as :func:`_id_masks`)."""
+    pos = all_gather_no_grad(guide.positives)
+    cols = torch.cat([pos, *[all_gather_no_grad(n) for n in guide.negatives]])
+    forward = guide_mask(guide.anchors, cols, labels, guide.margin)
+    reverse = None
+    if symmetric:
+        reverse = guide_mask(
+            guide.positives, all_gather_no_grad(guide.anchors), labels, guide.margin
+        )
+    return forward, reverse
+
+
+def _either(mask_fn, fixed: Tensor | None):
+    """``mask_fn``'s chunk OR the rows ``start:stop`` of a precomputed mask (None: unchanged)."""
+    if fixed is None:
+        return mask_fn
+    if mask_fn is None:
+        return lambda start, stop: fixed[start:stop]
+    return lambda start, stop: mask_fn(start, stop) | fixed[start:stop]
+
+
 def gathered_info_nce(
     anchors: Tensor,
     positives: Tensor,
@@ -78,6 +124,7 @@ def gathered_info_nce(
     hard_negative_weight: float = 0.0,
     symmetric: bool = False,
     ids: RowTextIds | None = None,
+    guide: Guide | None = None,
     chunk_rows: int = LOSS_CHUNK_ROWS,
 ) -> tuple[Tensor, Tensor]:
     """``(loss, accuracy)``: InfoNCE of the local rows against the gathered pool.
@@ -88,7 +135,8 @@ def gathered_info_nce(
     them (SimCSE's ``cat([cos_sim, z1_z3_cos], 1)``); ``hard_negative_weight`` is SimCSE's
     log-weight at each row's own hard negative. ``symmetric``: ``(loss_a + loss_b) / 2`` where
     ``loss_b`` scores each row's positive against the gathered anchors (1B-pairs "as in CLIP";
-    hard negatives take no part in it). ``ids`` switches on false-negative masking.
+    hard negatives take no part in it). ``ids`` switches on false-negative masking by text,
+    ``guide`` by a frozen guide encoder's similarities (both may be on).
     """
     s = logit_scale(temperature, scale)
     negatives = negatives or []
@@ -104,6 +152,9 @@ def gathered_info_nce(
     mask_fn = rev_mask_fn = None
     if ids is not None:
         mask_fn, rev_mask_fn = _id_masks(ids, labels, symmetric)
+    if guide is not None:
+        fixed, rev_fixed = _guide_masks(guide, labels, symmetric)
+        mask_fn, rev_mask_fn = _either(mask_fn, fixed), _either(rev_mask_fn, rev_fixed)
     loss, accuracy = chunked_info_nce(
         anchors,
         pool,
@@ -173,6 +224,7 @@ def in_batch_parts(
     negatives: list[list[str]],
     *,
     dedup: str,
+    guide: Guide | None = None,
     **info_nce_options: Any,
 ) -> Parts:
     """``{"contrastive": LossPart, "accuracy": detached}`` of :func:`gathered_info_nce` on
@@ -180,5 +232,5 @@ def in_batch_parts(
     ``dedup == "mask"`` (the texts are the rows the embeddings came from)."""
     a, p, *neg = embeddings
     ids = RowTextIds.of(anchors, positives, negatives, a.device) if dedup == "mask" else None
-    loss, accuracy = gathered_info_nce(a, p, neg, ids=ids, **info_nce_options)
+    loss, accuracy = gathered_info_nce(a, p, neg, ids=ids, guide=guide, **info_nce_options)
     return {"contrastive": LossPart(loss), "accuracy": accuracy}

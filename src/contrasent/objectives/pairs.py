@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from contrasent.data.batches import PairBatch
 from contrasent.objectives.base import Objective, Parts, View
 from contrasent.objectives.functional import logit_scale
-from contrasent.objectives.inbatch import DEDUP, in_batch_parts
+from contrasent.objectives.inbatch import DEDUP, Guide, in_batch_parts
 
 
 @dataclass
@@ -26,6 +27,12 @@ class PairsConfig:
         dedup: "mask": columns sharing a text with the row (its anchor or positive) are not
             negatives; "none".
         hard_negative_weight: Log-weight added to each row's own hard-negative logits.
+        guide_model: A second, frozen encoder (path or hub id; GISTEmbed, Solatorio 2024): an
+            in-batch column it scores closer to the row's anchor than the row's own positive
+            (minus guide_margin) is a likely false negative and is masked. None: no guide.
+        guide_margin: GISTEmbed's absolute margin: mask when guide(anchor, column) >
+            guide(anchor, positive) - guide_margin (0: anything the guide ranks above the
+            positive).
     """
 
     scale: float | None = None
@@ -33,6 +40,8 @@ class PairsConfig:
     symmetric: bool | Literal["auto"] = False
     dedup: Literal["mask", "none"] = "mask"
     hard_negative_weight: float = 0.0
+    guide_model: str | None = None
+    guide_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scale is None and self.temperature is None:
@@ -63,6 +72,30 @@ class PairsInBatch(Objective):
     Config = PairsConfig
     batch_type = PairBatch
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._guide: Any = None  # a frozen Encoder, deliberately not a submodule (never saved)
+        self._dim = 0
+
+    def setup(self, encoder: Any) -> None:
+        if self.config.guide_model is None:
+            return
+        from contrasent.model.encoder import Encoder
+
+        guide = Encoder.from_pretrained(self.config.guide_model, device=encoder.device).eval()
+        guide.requires_grad_(False)
+        self._guide, self._dim = guide, encoder.hidden_size
+
+    def embed(self, encoder: Any, view: View, features: dict[str, Tensor]) -> Tensor:
+        """The embedding, with the guide's embedding of the same texts appended when there is a
+        guide (row-wise, no gradient: the gradient cache and the gathers carry it as is)."""
+        out = encoder(features, augment=view.augment)
+        if self._guide is None:
+            return out
+        with torch.no_grad():
+            g = self._guide.encode(view.texts, batch_size=max(len(view.texts), 1), normalize=True)
+        return torch.cat([out, torch.as_tensor(g, device=out.device, dtype=out.dtype)], 1)
+
     def views(self, batch: PairBatch) -> list[View]:
         negatives = [View(f"negative_{k}", col) for k, col in enumerate(batch.negatives)]
         return [View("anchor", batch.anchors), View("positive", batch.positives), *negatives]
@@ -71,8 +104,18 @@ class PairsInBatch(Objective):
         c = self.config
         symmetric = not batch.negatives if c.symmetric == "auto" else bool(c.symmetric)
         k = len(batch.negatives)
+        embs = [
+            outputs["anchor"],
+            outputs["positive"],
+            *(outputs[f"negative_{i}"] for i in range(k)),
+        ]
+        guide = None
+        if self._guide is not None:
+            g = [e[:, self._dim :] for e in embs]
+            embs = [e[:, : self._dim] for e in embs]
+            guide = Guide(g[0], g[1], g[2:], c.guide_margin)
         return in_batch_parts(
-            [outputs["anchor"], outputs["positive"], *(outputs[f"negative_{i}"] for i in range(k))],
+            embs,
             batch.anchors,
             batch.positives,
             batch.negatives,
@@ -81,4 +124,5 @@ class PairsInBatch(Objective):
             scale=c.scale,
             hard_negative_weight=c.hard_negative_weight,
             symmetric=symmetric,
+            guide=guide,
         )

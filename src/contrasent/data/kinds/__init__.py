@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from contrasent.data.kinds import documents, mixture, nli, pairs, sts_texts, text
+from contrasent.data.kinds import documents, mixture, nli, pairs, scored_pairs, sts_texts, text
 from contrasent.data.registry import register_data_kind
 
 for _kind in (
@@ -14,5 +14,6 @@ for _kind in (
     mixture.KIND,
     documents.KIND,
     sts_texts.KIND,
+    scored_pairs.KIND,
 ):
     register_data_kind(_kind)
