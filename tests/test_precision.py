@@ -20,7 +20,8 @@ OLD_XEON = "model name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
 
 
 @pytest.mark.parametrize(
-    "cpuinfo, level", [(XEON_AMX, "amx"), (EPYC_ZEN4, "avx512_bf16"), (OLD_XEON, "none"), ("", "none")]
+    "cpuinfo, level",
+    [(XEON_AMX, "amx"), (EPYC_ZEN4, "avx512_bf16"), (OLD_XEON, "none"), ("", "none")],
 )
 def test_bf16_level_from_cpu_flags(cpuinfo, level):
     assert hardware.bf16_level(hardware.cpu_flags(cpuinfo), "AVX512") == level
@@ -76,11 +77,16 @@ def test_threads_given_win_over_the_environment_and_the_default(monkeypatch):
     monkeypatch.setattr(hardware, "read_cpu_max", lambda: None)
     monkeypatch.setattr(hardware, "read_load", lambda: 4.2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert (hardware.machine().threads, hardware.machine().threads_from) == (1, "default")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert hardware.machine().threads == 2
     assert (hardware.machine(3).threads, hardware.machine(3).threads_from) == (3, "--threads")
     assert "threads 3 of 2 usable (load 4.2; --threads)" in hardware.machine(3).line()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(hardware, "read_load", lambda: 0.0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two launched processes share the 2 CPUs
+    assert (hardware.machine().usable_cpus, hardware.machine().threads) == (1, 1)
 
 
 def test_bf16_encode_holds_a_copy_and_keeps_the_weights_fp32(tiny_bert_dir):

@@ -105,6 +105,12 @@ COMMANDS: dict[str, Command] = {
         "Export MODEL to ONNX (--output DIR --format onnx [--quantize int8]).",
         positional=("model",),
     ),
+    "env": Command(
+        "contrasent.cli.commands.env",
+        "EnvArgs",
+        "run_env",
+        "Show the CPU's bf16 support (AMX / AVX512-BF16 / none), threads, torch and CUDA.",
+    ),
 }
 
 
@@ -157,9 +163,10 @@ def _main(argv: list[str]) -> int:
         print(_top_help())
         return 0
     if argv[0] in ("--version", "-V"):
+        from contrasent.core.hardware import machine
         from contrasent.core.version import __version__
 
-        print(f"contrasent {__version__}")
+        print(f"contrasent {__version__}\n{machine().line()}")
         return 0
     name, rest = _command_name(argv)
     if name is None:
@@ -227,9 +234,17 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
     )
     locations.update(found)
     cmd.check(args)
+    if name != "env":  # env says it itself
+        from contrasent.core.hardware import apply_threads
+
+        apply_threads(getattr(args, "threads", None) or _train_threads(args))
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
         cmd.run(args)
     return 0
+
+
+def _train_threads(args: Any) -> int | None:
+    return getattr(getattr(args, "train", None), "threads", None) or None
 
 
 def parse_train_config(argv: list[str]) -> Any:

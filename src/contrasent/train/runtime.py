@@ -80,6 +80,7 @@ def make_accelerator(mixed_precision: str):
     # a lone "main" process (all writing the same files) beside an initialised process group.
     launched = launched_world()
     cpu = launched > 1 and not torch.cuda.is_available()
+    mixed_precision = training_precision(mixed_precision)
     # BERT's pooler (and any head unused by an objective) gets no gradient: DDP must look for it.
     kwargs = dict(
         cpu=cpu,
@@ -109,6 +110,17 @@ def make_accelerator(mixed_precision: str):
     if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("train.mixed_precision: this GPU has no bf16 support; use fp16 or no")
     return accelerator
+
+
+def training_precision(mixed_precision: str) -> str:
+    """``train.mixed_precision`` resolved: ``auto`` = bf16 on a GPU that has it, fp16 on another
+    GPU; ``no`` on a CPU, even one with AVX512-BF16: bf16 autocast re-casts every weight each
+    forward and backward, and a training step measured slower than fp32 there (README)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
 
 
 def check_custom_objective(cfg: TrainConfig, objective: Objective) -> None:
