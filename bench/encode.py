@@ -221,7 +221,7 @@ def report(args, sents, gold, times, emb, peaks, flops, load, machine) -> int:
     wall = {k: n / statistics.median(t[0] for t in v) for k, v in times.items()}
     sts = {k: spearman(e, gold) for k, e in emb.items()}
     base = sts["ours torch fp32"]
-    print(f"model {args.model}\n{n} sentences (STS-B test), batch {args.batch_size}, "
+    print(f"model {args.model}\n{n} sentences (STS-B test{', first pairs' if args.pairs else ''}), batch {args.batch_size}, "
           f"{args.threads} thread(s), median of {args.repeats}; load avg {load[0]} -> {load[1]}")  # fmt: skip
     print(machine)
     print("matmul peak measured here (per core-second): "
@@ -275,6 +275,7 @@ def main() -> None:
                          "with bench/make_st_onnx_env.sh; none: skip the ST ONNX sides")  # fmt: skip
     ap.add_argument("--no-st-onnx", dest="st_onnx_python", action="store_const", const="none")
     ap.add_argument("--no-onnx", action="store_true", help="torch sides only (no ONNX export)")
+    ap.add_argument("--pairs", type=int, default=0, help="first N STS-B test pairs only (0: all)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -289,6 +290,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     sents, gold = stsb_test(Path(args.data_dir))
+    if args.pairs:  # a shorter run on a busy machine (its STS-B is of these pairs only)
+        sents, gold = sents[: 2 * args.pairs], gold[: args.pairs]
     tok = AutoTokenizer.from_pretrained(args.model)
     lengths = [len(x) for x in tok(sents, truncation=True, max_length=256)["input_ids"]]
     flops = transformer_flops(lengths, AutoConfig.from_pretrained(args.model))

@@ -147,3 +147,15 @@ def test_bf16_minilm_matches_fp32_on_every_sts_task(minilm_dir, shared_data):
     tasks = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
     fp32, bf16, min_cos = _sts_in_both(minilm_dir, shared_data, ",".join(tasks))
     _check_parity(fp32, bf16, min_cos, 7)
+
+
+@pytest.mark.parametrize(
+    "level, expected", [("amx", "bf16"), ("avx512_bf16", "bf16"), ("none", "no")]
+)
+def test_auto_mixed_precision_for_training_on_cpu(monkeypatch, level, expected):
+    from contrasent.train.runtime import training_precision
+
+    monkeypatch.setattr(hardware, "cpu_bf16_level", lambda: level)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_precision("auto") == expected
+    assert training_precision("no") == "no" and training_precision("bf16") == "bf16"

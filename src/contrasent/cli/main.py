@@ -234,7 +234,7 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
     )
     locations.update(found)
     cmd.check(args)
-    if name != "env":  # env says it itself
+    if name not in ("env", "report", "embed merge"):  # env says it itself; the others: no model
         from contrasent.core.hardware import apply_threads
 
         apply_threads(getattr(args, "threads", None) or _train_threads(args))

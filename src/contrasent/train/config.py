@@ -89,9 +89,8 @@ class OptimConfig:
             batch).
         mixed_precision: Autocast precision: ``fp16`` (CUDA, with loss scaling), ``bf16``
             (CUDA Ampere+ or CPU; the losses' similarity matmuls and cross-entropies stay
-            fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU ``no`` (bf16
-            autocast training measured slower than fp32 on a CPU with AVX512-BF16: see the
-            README's precision section).
+            fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has
+            fast bf16 matmuls (AMX or AVX512-BF16; `contrasent env`), else ``no``.
         threads: CPU threads of each process; 0: every usable CPU while the machine has room,
             fewer when it is loaded ($OMP_NUM_THREADS if set; `contrasent env` shows it).
         seed: Seed of model-head initialisation, data order and dropout.
