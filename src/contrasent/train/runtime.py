@@ -80,7 +80,9 @@ def make_accelerator(mixed_precision: str):
     # a lone "main" process (all writing the same files) beside an initialised process group.
     launched = launched_world()
     cpu = launched > 1 and not torch.cuda.is_available()
-    mixed_precision = training_precision(mixed_precision)
+    if mixed_precision == "auto":
+        mixed_precision = training_precision(mixed_precision)
+        log.info("train.mixed_precision auto: %s", mixed_precision)
     # BERT's pooler (and any head unused by an objective) gets no gradient: DDP must look for it.
     kwargs = dict(
         cpu=cpu,
