@@ -159,3 +159,22 @@ def test_auto_mixed_precision_for_training_on_cpu(monkeypatch, level, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training_precision("auto") == expected
     assert training_precision("no") == "no" and training_precision("bf16") == "bf16"
+
+
+def test_version_and_env_name_the_bf16_level(capsys, monkeypatch):
+    from contrasent.cli.main import main
+
+    monkeypatch.setattr(hardware, "read_cpuinfo", lambda: EPYC_ZEN4)
+    assert main(["--version"]) == 0
+    assert "cpu: AMD EPYC; bf16 matmuls: avx512_bf16; threads" in capsys.readouterr().out
+    threads = torch.get_num_threads()
+    try:
+        assert main(["env", "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    level = "avx512_bf16" if torch.backends.mkldnn.is_available() else "none"
+    assert f"bf16 matmuls: {level}" in out and "threads: 1 of" in out and "(--threads;" in out
+    assert main(["env", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "contrasent env: error: --threads must be >= 1, got 0"
