@@ -463,4 +463,6 @@ class Encoder(nn.Module):
 
 
 def _fp32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 else t.float()
+    """Half-precision token states (a bf16 copy, fp16 autocast) up to fp32 for pooling; fp32 and
+    fp64 (a model run in double) are left as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
