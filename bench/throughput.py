@@ -157,13 +157,20 @@ class PassCounter:
 
 
 def matmul_peak(
-    d: int, f: int, tokens: int = 2048, seconds: float = 1.0, clock: str = "wall"
+    d: int,
+    f: int,
+    tokens: int = 2048,
+    seconds: float = 1.0,
+    clock: str = "wall",
+    precision: str = "fp32",
 ) -> float:
-    """Best GFLOP/s of an fp32 ``[tokens, d] @ [d, f]`` matmul here (current threads, device),
-    timed by ``clock``: ``wall`` or ``cpu`` (process CPU time: steadier on a shared CPU)."""
+    """Best GFLOP/s of a ``[tokens, d] @ [d, f]`` matmul in ``precision`` (fp32, bf16, fp16)
+    here (current threads, device), timed by ``clock``: ``wall`` or ``cpu`` (process CPU time:
+    steadier on a shared CPU)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(tokens, d, device=device)
-    b = torch.randn(d, f, device=device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(tokens, d, device=device, dtype=dtype)
+    b = torch.randn(d, f, device=device, dtype=dtype)
     flops = 2.0 * tokens * d * f
     best = float("inf")
     now = time.perf_counter if clock == "wall" or device == "cuda" else time.process_time
@@ -179,3 +186,15 @@ def matmul_peak(
             torch.cuda.synchronize()
         best = min(best, (now() - t0) / 5)
     return flops / best / 1e9
+
+
+def machine_line() -> str:
+    """The CPU (or GPU), its bf16 matmul level (AMX / AVX512-BF16 / none) and the threads."""
+    from contrasent.core.hardware import cpu_bf16_level, cpu_model, read_cpuinfo
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return (
+        f"device: {gpu or cpu_model(read_cpuinfo())}; CPU bf16 matmuls: {cpu_bf16_level()}; "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads "
+        f"{torch.get_num_threads()}"
+    )

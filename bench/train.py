@@ -279,7 +279,10 @@ def parse_args(
         "--clock", choices=["cpu", "wall"], default=None, help="default: cpu on CPU, wall on GPU"
     )
     ap.add_argument(
-        "--length-buckets", type=int, default=1, help="our train.length_buckets (speed option)"
+        "--length-buckets",
+        type=int,
+        default=None,
+        help="our train.length_buckets (default: the library's default, as a user gets it)",
     )
     ap.add_argument("--compile", action="store_true", help="our train.compile (speed option)")
     ap.add_argument("--simcse-mlp", action="store_true", help="our SimCSE MLP head on (ST: none)")
@@ -290,6 +293,10 @@ def parse_args(
         help="our pairs false-negative masking (default on, as users run it; ST has none)",
     )
     args = ap.parse_args(argv)
+    if args.length_buckets is None:
+        from contrasent.train.config import OptimConfig
+
+        args.length_buckets = OptimConfig().length_buckets
     if args.steps <= args.warmup_steps:
         ap.error("--steps must exceed --warmup-steps")
     return args
@@ -320,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     files = data_files(Path(args.data_root))
     datasets = {m: st_dataset(m, files[m]) for m in args.methods}
     runs: dict[tuple[str, str], list[Run]] = {(m, s): [] for m in args.methods for s in SIDES}
-    peaks = [peak_gflops(args.model, matmul_peak, args.clock)]
+    precisions = ("fp32", args.precision) if args.precision != "fp32" else ("fp32",)
+    peaks = {p: [peak_gflops(args.model, matmul_peak, args.clock, p)] for p in precisions}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for rep in range(args.repeats):
             for method in args.methods:
@@ -336,19 +344,18 @@ def main(argv: list[str] | None = None) -> None:
                     gc.collect()
                     r = run.steps_per_s(args.warmup_steps, args.clock)
                     print(f"  rep {rep} {method:10s} {side:4s} {r:6.3f} steps/s ({args.clock})")
-            peaks.append(
-                peak_gflops(args.model, matmul_peak, args.clock)
-            )  # the peak drifts with the load
-    report(args, runs, statistics.median(peaks))
+            for p in precisions:  # the peak drifts with the load
+                peaks[p].append(peak_gflops(args.model, matmul_peak, args.clock, p))
+    report(args, runs, {p: statistics.median(v) for p, v in peaks.items()})
 
 
-def peak_gflops(model: str, matmul_peak, clock: str) -> float:
-    """The matmul peak for this model's FFN shape (see throughput.py)."""
+def peak_gflops(model: str, matmul_peak, clock: str, precision: str = "fp32") -> float:
+    """The matmul peak for this model's FFN shape in ``precision`` (see throughput.py)."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model)
     ffn = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
-    return matmul_peak(cfg.hidden_size, ffn, clock=clock)
+    return matmul_peak(cfg.hidden_size, ffn, clock=clock, precision=precision)
 
 
 def step_stats(runs: list[Run], warmup: int, clock: str) -> tuple[float, float, float]:
@@ -361,9 +368,14 @@ def step_stats(runs: list[Run], warmup: int, clock: str) -> tuple[float, float, 
     return rate, 1 - real / slots if slots else 0.0, rate * flops_per_step / 1e9
 
 
-def report(args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]], peak: float) -> None:
+def report(
+    args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]], peaks: dict[str, float]
+) -> None:
     import torch
 
+    from throughput import machine_line
+
+    peak = peaks[args.precision]  # %peak: of the precision the runs used
     timed = args.steps - args.warmup_steps
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
@@ -371,8 +383,8 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]], pea
         f"lr {args.lr}, {args.precision}, {timed} timed steps after {args.warmup_steps} warm-up, "
         f"median of {args.repeats}, torch threads {torch.get_num_threads()}, device {device}, "
         f"load {os.getloadavg()[0]:.2f}\nour speed options: {our_options(args) or 'none'}\n"
-        f"fp32 matmul peak (FFN shape, {args.clock} clock, median of {args.repeats + 1}): "
-        f"{peak:.1f} GFLOP/s"
+        f"{machine_line()}\nmatmul peak (FFN shape, {args.clock} clock, median of "
+        f"{args.repeats + 1}): " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in peaks.items())
     )
     other = "wall" if args.clock == "cpu" else "cpu"
     print(

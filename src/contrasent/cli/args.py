@@ -26,7 +26,12 @@ class ModelArgs:
         normalize: L2-normalise embeddings; default: the directory's own (ST) or off.
         max_seq_length: Truncate inputs to this many tokens; default: the model's.
         device: "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
-        precision: Inference precision: fp16/bf16 only on GPU.
+        precision: Inference precision: fp32; bf16 (weights held in bf16, pooling and
+            normalisation in fp32: fast on CPUs with AMX or AVX512-BF16 and on GPUs); fp16
+            (GPU only); auto: bf16 where the device has fast bf16 matmuls, else fp32 (CPU) or
+            fp16 (GPU). `contrasent env` shows what this CPU has.
+        threads: CPU threads; default: every usable CPU (affinity, cgroup quota) while the
+            machine has room, fewer when it is loaded ($OMP_NUM_THREADS if set).
         batch_size: Sentences per forward pass.
         backend: "onnx" runs a folder written by `contrasent export` with ONNX Runtime.
         file_name: ONNX file of that folder (e.g. model_qint8_avx512_vnni.onnx); default
@@ -38,7 +43,8 @@ class ModelArgs:
     normalize: bool | None = None
     max_seq_length: int | None = None
     device: str | None = None
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "auto"] = "fp32"
+    threads: int | None = None
     batch_size: int = 64
     backend: Literal["torch", "onnx"] = "torch"
     file_name: str | None = None
@@ -49,13 +55,15 @@ class ModelArgs:
             raise UserError("--model is required (a hub id, a model folder or an ST folder)")
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise UserError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
         if self.backend == "onnx":
             from contrasent.model.onnx import check_export
 
             check_export(self.model, self.file_name, self.pooling)
-            if self.precision != "fp32":
+            if self.precision not in ("fp32", "auto"):
                 raise UserError(f"--precision {self.precision}: --backend onnx runs fp32 or int8")
         elif self.file_name is not None:
             raise UserError("--file_name picks an ONNX file: it needs --backend onnx")

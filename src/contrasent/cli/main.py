@@ -118,6 +118,12 @@ COMMANDS: dict[str, Command] = {
         "Raw documents -> sentences (split, length filters, dedup, held-out, report).",
         positional=("input",),
     ),
+    "env": Command(
+        "contrasent.cli.commands.env",
+        "EnvArgs",
+        "run_env",
+        "Show the CPU's bf16 support (AMX / AVX512-BF16 / none), threads, torch and CUDA.",
+    ),
 }
 
 
@@ -170,9 +176,10 @@ def _main(argv: list[str]) -> int:
         print(_top_help())
         return 0
     if argv[0] in ("--version", "-V"):
+        from contrasent.core.hardware import machine
         from contrasent.core.version import __version__
 
-        print(f"contrasent {__version__}")
+        print(f"contrasent {__version__}\n{machine().line()}")
         return 0
     name, rest = _command_name(argv)
     if name is None:
@@ -252,9 +259,17 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
 
         overrides_reach_stages(args, found)
     cmd.check(args)
+    if name not in ("env", "report", "embed merge"):  # env says it itself; the others: no model
+        from contrasent.core.hardware import apply_threads
+
+        apply_threads(getattr(args, "threads", None) or _train_threads(args))
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
         cmd.run(args)
     return 0
+
+
+def _train_threads(args: Any) -> int | None:
+    return getattr(getattr(args, "train", None), "threads", None) or None
 
 
 def parse_train_config(argv: list[str]) -> Any:

@@ -7,6 +7,7 @@ sequence, how poolings ST lacks are expressed, key format) lives in `contrasent.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from contrasent.model.loading import (
     model_source,
     pick_device,
     position_limit,
+    resolve_precision,
     unused_inputs,
 )
 from contrasent.model.passes import length_buckets, pool, relative_bias_from, rows_of
@@ -275,22 +277,28 @@ class Encoder(nn.Module):
             return (torch.cumsum(real, dim=1) * real).long() + padding_idx
         return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
 
-    def _embed(self, features: dict[str, Tensor], normalize: bool) -> Tensor:
+    def _embed(
+        self, features: dict[str, Tensor], normalize: bool, model: nn.Module | None = None
+    ) -> Tensor:
+        """Pooled (+ heads, + normalised) embeddings; ``model`` (default: ``self.model``) may be a
+        bf16 copy: its token states are pooled in fp32."""
         feats = dict(features)
         if feats.get("inputs_embeds") is not None:
             feats.pop("input_ids", None)
         need_hidden = self.pooling in HIDDEN_STATE_POOLINGS
-        out = self.model(**feats, output_hidden_states=need_hidden, return_dict=True)
-        hidden = out.last_hidden_state
+        model = self.model if model is None else model
+        out = model(**feats, output_hidden_states=need_hidden, return_dict=True)
+        hidden = _fp32(out.last_hidden_state)
         mask = feats.get("attention_mask")
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        pooler = getattr(out, "pooler_output", None)
         emb = pool(
             self.pooling,
             hidden,
             mask,
-            out.hidden_states if need_hidden else None,
-            getattr(out, "pooler_output", None),
+            tuple(map(_fp32, out.hidden_states)) if need_hidden else None,
+            None if pooler is None else _fp32(pooler),
         )
         for head in self.dense:
             emb = head(emb)
@@ -311,16 +319,20 @@ class Encoder(nn.Module):
 
         Texts are tokenized once, then batched longest-first by token count (little padding).
         Empty, whitespace-only, non-ASCII and over-long (truncated) texts are fine. ``device``
-        moves the encoder there (and it stays). ``precision`` fp16/bf16 runs CUDA autocast; on a
-        CPU it raises UserError rather than silently running fp32 (CPU half precision is slow and
-        changes results). ``show_progress`` None = a bar (sentences/s) only for >= 5000 texts on a
+        moves the encoder there (and it stays). ``precision``: ``bf16`` runs the transformer
+        with its weights held in bf16 (a copy made once and kept while the weights do not
+        change; pooling, heads and normalisation stay fp32); ``fp16`` CUDA autocast (CUDA only);
+        ``auto`` bf16 where the device has fast bf16 matmuls (CUDA, AMX, AVX512-BF16), else
+        fp16 on CUDA / fp32 on a CPU (`contrasent.model.loading.resolve_precision`). ``show_progress`` None = a bar (sentences/s) only for >= 5000 texts on a
         terminal. A single string is treated as a one-element list. ``stats``, when given, gets
         ``stats["truncated"]`` increased by the number of texts cut at max_seq_length.
         """
         texts = checked_texts(texts, batch_size)
         if device is not None:
             self.to(pick_device(device))
+        precision = resolve_precision(self.device, precision)
         amp = autocast(self.device, precision)
+        model = self._held_model(torch.bfloat16) if precision == "bf16" else self.model
         normalize = self.normalize if normalize is None else normalize
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
         if not texts:
@@ -338,7 +350,7 @@ class Encoder(nn.Module):
                 mask = feats.get("attention_mask")
                 if mask is not None and bool(mask.all()):  # no padding (length-sorted batches):
                     del feats["attention_mask"]  # attention runs unmasked, ~2% faster on CPU
-                emb = self._embed(feats, normalize)
+                emb = self._embed(feats, normalize, model)
                 out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         return out
@@ -370,6 +382,21 @@ class Encoder(nn.Module):
                     arr[j, : len(seq)] = seq
             batch[key] = torch.from_numpy(arr).to(self.device, non_blocking=True)
         return batch
+
+    def _held_model(self, dtype: torch.dtype) -> nn.Module:
+        """A copy of the transformer with its weights in ``dtype``, made once and kept until a
+        weight changes (training steps bump the parameters' versions) or the device does.
+
+        Held rather than autocast: autocast re-casts every weight on every forward. Kept outside
+        the module tree (not saved, not trained, not moved by ``.to``)."""
+        params = list(self.model.parameters())
+        key = (dtype, self.device, tuple((p.data_ptr(), p._version) for p in params))
+        held = self.__dict__.get("_held")
+        if held is None or held[0] != key:
+            self.__dict__["_held"] = None  # free the old copy before making the new one
+            held = (key, copy.deepcopy(self.model).to(dtype).eval())
+            self.__dict__["_held"] = held
+        return held[1]
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:
@@ -432,3 +459,9 @@ class Encoder(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """Half-precision token states (a bf16 copy, fp16 autocast) up to fp32 for pooling; fp32 and
+    fp64 (a model run in double) are left as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t

@@ -13,6 +13,7 @@ import torch
 from contrasent.core.errors import UserError
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 
 
 def model_source(name_or_path: str | os.PathLike, path: Path) -> str:
@@ -59,20 +60,38 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, precision: str) -> Any:
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return nullcontext()
-    if device.type != "cuda":
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``fp32``/``fp16``/``bf16`` for an inference ``precision`` on ``device``, checked.
+
+    ``auto``: on CUDA bf16 where the GPU has it, else fp16; on a CPU bf16 only where it has fast
+    bf16 matmuls (AMX or AVX512-BF16, `contrasent.core.hardware`), else fp32 (emulated bf16 is
+    slower than fp32). fp16 runs on CUDA only (CPU half-precision matmuls are slow).
+    """
+    from contrasent.core.hardware import FAST_BF16, cpu_bf16_level
+
+    if precision not in PRECISION_CHOICES:
+        raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISION_CHOICES)}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_bf16_level() in FAST_BF16 else "fp32"
+    if precision == "fp16" and not cuda:
         raise UserError(
-            f"precision {precision!r} needs a CUDA device (autocast runs on GPU "
-            f"only here); on {device.type} use precision 'fp32'"
+            f"precision 'fp16' needs a CUDA device; on {device.type} use 'bf16' (fast where the "
+            "CPU has AMX or AVX512-BF16), 'auto' or 'fp32'"
         )
-    if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("precision 'bf16' is not supported on this GPU; use 'fp16' or 'fp32'")
-    return torch.autocast("cuda", dtype=dtype)
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The autocast context of a resolved precision: fp16 on CUDA; bf16 and fp32 need none
+    (bf16 weights are held in bf16, see ``Encoder.encode``)."""
+    if precision != "fp16":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16)
 
 
 def unused_inputs(model: Any) -> frozenset[str]:

@@ -179,7 +179,7 @@ class OnnxEncoder:
         from contrasent.model.inputs import checked_texts, tokenize_longest_first
 
         texts = checked_texts(texts, batch_size)
-        if precision != "fp32":
+        if precision not in ("fp32", "auto"):  # auto: what the file holds
             raise UserError(
                 f"precision {precision!r}: the ONNX backend runs the exported file as it is "
                 "(fp32, or int8 with file_name=...)"

@@ -26,6 +26,7 @@ def build_index(
     engine: str = "auto",
     model: dict[str, Any] | None = None,
     show_progress: bool | None = None,
+    precision: str = "fp32",
 ) -> Index:
     """Index every line of a corpus file (id = line number from 0) into ``output_dir``, streaming.
 
@@ -64,6 +65,7 @@ def _build(
             stat.st_mtime_ns,
             model,
             embeddings_path and str(embeddings_path),
+            precision,
         ]
     )
     if not (emb_file.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp):
@@ -77,6 +79,7 @@ def _build(
             embed_file(
                 encoder, src, emb_file, batch_size=batch_size, errors=errors, normalize=True,
                 show_progress=show_progress, model_id=(model or {}).get("name_or_path"),
+                precision=precision,
             )  # fmt: skip
         atomic_write_text(stamp_file, stamp)
     emb = _open_npy(emb_file)

@@ -27,7 +27,7 @@ from contrasent.core.options import build
 from contrasent.data.registry import DataSpec
 from contrasent.model.pooling import Pooling
 
-MixedPrecision = Literal["no", "fp16", "bf16"]
+MixedPrecision = Literal["no", "fp16", "bf16", "auto"]
 
 
 @dataclass
@@ -88,14 +88,20 @@ class OptimConfig:
             process while the loss sees the whole batch; 0: off (one forward for the whole
             batch).
         mixed_precision: Autocast precision: ``fp16`` (CUDA, with loss scaling), ``bf16``
-            (CUDA Ampere+ or CPU).
+            (CUDA Ampere+ or CPU; the losses' similarity matmuls and cross-entropies stay
+            fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has
+            fast bf16 matmuls (AMX or AVX512-BF16; `contrasent env`), else ``no``.
+        threads: CPU threads of each process; 0: every usable CPU while the machine has room,
+            fewer when it is loaded ($OMP_NUM_THREADS if set; `contrasent env` shows it).
         seed: Seed of model-head initialisation, data order and dropout.
         length_buckets: Run each encoder pass of a step as this many passes over rows of
             similar length (sorted by token count, each padded only to its own longest row),
             outputs put back in row order: padding tokens cost full compute, and a batch of
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
-            loss up to float rounding; dropout draws differ (same distribution). 1: off (one
-            pass padded to the batch's longest). Applies to the encoder's sentence passes
+            loss up to float rounding; dropout draws differ (same distribution). Default 4
+            (on since 0.1: the resume, gradient-cache and multi-process equivalences hold with
+            it; recipes' published numbers were measured with 1); 1: off (one pass padded to
+            the batch's longest). Applies to the encoder's sentence passes
             (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
             embedding-level augmentations); a pass is
             only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
@@ -124,8 +130,9 @@ class OptimConfig:
     mini_batch_size: int = 0
     mixed_precision: MixedPrecision = "no"
     seed: int = 42
-    length_buckets: int = 1
+    length_buckets: int = 4
     compile: bool = False
+    threads: int = 0
 
 
 @dataclass
@@ -304,7 +311,7 @@ class TrainConfig:
         for name in ("grad_accum", "length_buckets"):
             if getattr(t, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        for name in ("max_steps", "mini_batch_size", "warmup_steps"):
+        for name in ("max_steps", "mini_batch_size", "warmup_steps", "threads"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if t.max_steps == 0 and self.data.epochs is None:

@@ -79,6 +79,7 @@ def run_eval(args: EvalArgs) -> None:
     results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True, plan=plan)
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
+    results["precision"] = _precision_used(encoder, args.precision)
     results["time_s"] = round(time.perf_counter() - start, 2)
     print(format_tables(results))
     print(f"evaluated in {results['time_s']:.1f}s")
@@ -90,3 +91,13 @@ def run_eval(args: EvalArgs) -> None:
 
         written = eval_plots(results, scores, args.plots)
         print(f"{len(written)} plots written to {args.plots}")
+
+
+def _precision_used(encoder, precision: str) -> str:
+    """The precision ``auto`` resolved to (recorded with the numbers)."""
+    from contrasent.model.encoder import Encoder
+    from contrasent.model.loading import resolve_precision
+
+    if not isinstance(encoder, Encoder):  # ONNX: the file's own precision
+        return "fp32"
+    return resolve_precision(encoder.device, precision)

@@ -65,6 +65,7 @@ def run_index_build(args: IndexBuildArgs) -> None:
         errors=args.errors,
         engine=args.engine,
         model=model,
+        precision=args.precision,
     )
     print(
         f"indexed {len(index) - len(index.excluded)} texts ({len(index.excluded)} empty lines "
