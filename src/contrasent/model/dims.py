@@ -1,0 +1,88 @@
+"""Matryoshka dimensions: the first ``dim`` components of an embedding, re-normalised.
+
+A model trained with ``objective.matryoshka`` records its trained dimensions
+(``Encoder.matryoshka_dims``, saved in ``contrasent_config.json``); ``--dim N`` of ``eval``,
+``embed``, ``index build``, ``search`` and ``export`` truncates to ``N`` and L2-normalises again,
+which is what sentence-transformers' ``SentenceTransformer(dir, truncate_dim=N)`` followed by
+normalisation gives (its cosine similarity normalises; its ``MatryoshkaLoss`` trains exactly this).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from contrasent.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def truncate(embeddings: Any, dim: int | None) -> Any:
+    """``embeddings[..., :dim]`` L2-normalised (numpy or torch; ``dim`` None: unchanged).
+
+    Half-precision torch tensors are normalised in float32 and cast back (as
+    sentence-transformers' ``shrink``); a zero row stays zero.
+    """
+    if dim is None:
+        return embeddings
+    if isinstance(embeddings, np.ndarray):
+        cut = embeddings[..., :dim].astype(np.float32, copy=False)
+        norm = np.linalg.norm(cut, axis=-1, keepdims=True)
+        return cut / np.maximum(norm, 1e-12)
+    import torch.nn.functional as F
+
+    cut = embeddings[..., :dim]
+    half = cut.dtype in (_torch().float16, _torch().bfloat16)
+    out = F.normalize(cut.float() if half else cut, p=2, dim=-1)
+    return out.to(cut.dtype) if half else out
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def check_dim(
+    dim: int | None, full: int, trained: Sequence[int] | None, option: str = "--dim"
+) -> int | None:
+    """``dim`` checked against the model: larger than its ``full`` dimension is a UserError;
+    a dimension it was not trained for (``trained``: its Matryoshka dims, None: trained at
+    ``full`` only) a warning naming the trained ones. ``dim == full`` means no truncation."""
+    if dim is None:
+        return None
+    if dim < 1:
+        raise UserError(f"{option} {dim}: must be a positive number of dimensions")
+    if dim > full:
+        raise UserError(f"{option} {dim}: larger than the model's embedding dimension {full}")
+    known = sorted(set(trained or (full,)), reverse=True)
+    if dim not in known:
+        how = "with Matryoshka dims" if trained else "at its full dimension only (no Matryoshka)"
+        log.warning(
+            "%s %d: the model was trained %s %s; other dimensions may embed poorly",
+            option,
+            dim,
+            how,
+            ", ".join(map(str, known)),
+        )
+    return dim
+
+
+def parse_dims(text: str, option: str = "--dims") -> list[int]:
+    """``"64,128"`` -> ``[64, 128]`` (positive, unique, in the order given)."""
+    dims: list[int] = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or int(item) < 1:
+            raise UserError(f"{option}: {item!r} is not a positive number of dimensions")
+        if int(item) in dims:
+            raise UserError(f"{option}: {item} is given twice")
+        dims.append(int(item))
+    if not dims:
+        raise UserError(f"{option}: no dimension given (e.g. {option} 64,128,256)")
+    return dims
