@@ -86,3 +86,50 @@ def parse_dims(text: str, option: str = "--dims") -> list[int]:
     if not dims:
         raise UserError(f"{option}: no dimension given (e.g. {option} 64,128,256)")
     return dims
+
+
+def apply_dim(encoder: Any, dim: int | None, option: str = "--dim") -> Any:
+    """Make ``encoder`` embed at ``dim``: an identity Dense head keeping the first ``dim``
+    columns, then L2 normalisation (checked by :func:`check_dim`; ``dim`` None or the full
+    dimension: unchanged). The head is an ordinary sentence-transformers ``Dense`` (bias-free,
+    Identity activation), so ``encode``, ``save`` and ``export`` all carry the truncation and
+    ``SentenceTransformer(saved)`` embeds exactly like ``truncate_dim=dim`` plus normalisation."""
+    from torch import nn
+
+    from contrasent.model.st_layout import DenseHead
+
+    if dim is None:
+        return encoder
+    if not hasattr(encoder, "dense"):
+        raise UserError(f"{option} needs the torch backend (export the model with {option})")
+    full = encoder.hidden_size
+    check_dim(dim, full, encoder.matryoshka_dims, option)
+    if dim == full:
+        return encoder
+    linear = nn.Linear(full, dim, bias=False)
+    with _torch().no_grad():
+        linear.weight.copy_(_torch().eye(dim, full))
+    encoder.dense.append(DenseHead(linear, nn.Identity()).to(encoder.device))
+    encoder.normalize = True
+    if encoder.matryoshka_dims:
+        encoder.matryoshka_dims = [d for d in encoder.matryoshka_dims if d <= dim]
+    return encoder
+
+
+def memo_encode(encode: Any) -> Any:
+    """``encode`` remembering each call's result by its texts: one evaluation at several dims
+    encodes every text list once and truncates the cached full-width embeddings."""
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def cached(texts: Any) -> Any:
+        key = tuple(texts)
+        if key not in cache:
+            cache[key] = encode(list(texts))
+        return cache[key]
+
+    return cached
+
+
+def at_dim(encode: Any, dim: int) -> Any:
+    """``encode`` followed by :func:`truncate` to ``dim``."""
+    return lambda texts: truncate(np.asarray(encode(texts), dtype=np.float32), dim)
