@@ -209,3 +209,63 @@ def test_training_records_dims_and_sentence_transformers_truncates(tmp_path, tin
     theirs = st.encode(ANCHORS, normalize_embeddings=True)
     assert theirs.shape == (len(ANCHORS), 8)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def matryoshka_dir(tmp_path_factory, tiny_bert_dir):
+    """The tiny BERT saved as if trained with matryoshka dims [32, 8]."""
+    enc = Encoder.from_pretrained(tiny_bert_dir, device="cpu")
+    build_objective("pairs", enc, matryoshka={"dims": [32, 8]})  # setup records the dims
+    out = tmp_path_factory.mktemp("mrl") / "m"
+    enc.save(out)
+    return out
+
+
+def test_cli_dim_embed_index_search_export(tmp_path, matryoshka_dir, caplog):
+    """embed / index build / search / export --dim: truncated, re-normalised rows equal to
+    ``truncate`` of the full ones; a dim the model was not trained for warns, naming 32, 8;
+    the exported folder embeds at 8 in sentence-transformers without truncate_dim."""
+    from sentence_transformers import SentenceTransformer
+
+    from contrasent.cli.main import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(POSITIVES) + "\n")
+    model = ["--model", str(matryoshka_dir)]
+    assert main(["embed", *model, "--input", str(corpus), "--output", str(tmp_path / "f.npy")]) in (
+        0,
+        None,
+    )
+    with caplog.at_level(logging.WARNING):
+        main(["embed", *model, "--dim", "16", "--input", str(corpus), "--output", str(tmp_path / "e.npy")])  # fmt: skip
+    assert "--dim 16: the model was trained with Matryoshka dims 32, 8" in caplog.text
+    full, cut = np.load(tmp_path / "f.npy"), np.load(tmp_path / "e.npy")
+    np.testing.assert_allclose(cut, truncate(full, 16), atol=1e-5)
+    main(["index", "build", *model, "--dim", "8", "--input", str(corpus), "--output", str(tmp_path / "idx")])  # fmt: skip
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["dim"] == 8 and meta["model"]["dim"] == 8
+    hits = tmp_path / "hits.jsonl"
+    main(["search", "--index", str(tmp_path / "idx"), "--output", str(hits), "--top_k", "1", *POSITIVES[:3]])  # fmt: skip
+    got = [json.loads(line)["hits"][0]["id"] for line in hits.read_text().splitlines()]
+    assert got == [0, 1, 2]  # each text finds itself at 8 dims: queries were cut to 8 too
+    enc = Encoder.from_pretrained(matryoshka_dir, device="cpu")
+    from contrasent.model.dims import apply_dim
+
+    apply_dim(enc, 8).save(tmp_path / "m8")
+    st = SentenceTransformer(str(tmp_path / "m8"), device="cpu")
+    np.testing.assert_allclose(st.encode(POSITIVES), truncate(full, 8), atol=1e-5)
+
+
+def test_cli_eval_dims(tmp_path, matryoshka_dir, senteval_dir):
+    """eval --dims 8: results under dims.8 equal evaluating the truncated embeddings."""
+    from contrasent.cli.main import main
+    from contrasent.eval.sts import evaluate_sts
+
+    out = tmp_path / "r.json"
+    main(["eval", "--model", str(matryoshka_dir), "--tasks", "stsb", "--mode", "dev",
+          "--dims", "8", "--output", str(out)])  # fmt: skip
+    res = json.loads(out.read_text())
+    enc = Encoder.from_pretrained(matryoshka_dir, device="cpu")
+    want = evaluate_sts(lambda t: truncate(enc.encode(t), 8), mode="dev", tasks="stsb")
+    assert res["dims"]["8"]["avg"] == pytest.approx(want["avg"], abs=1e-6)
+    assert res["dims"]["8"]["avg"] != pytest.approx(res["avg"], abs=1e-3)

@@ -60,13 +60,13 @@ def check_dim(
         raise UserError(f"{option} {dim}: larger than the model's embedding dimension {full}")
     known = sorted(set(trained or (full,)), reverse=True)
     if dim not in known:
-        how = "with Matryoshka dims" if trained else "at its full dimension only (no Matryoshka)"
+        how = (
+            f"with Matryoshka dims {', '.join(map(str, known))}"
+            if trained
+            else f"at its full dimension {full} only (it records no Matryoshka dims)"
+        )
         log.warning(
-            "%s %d: the model was trained %s %s; other dimensions may embed poorly",
-            option,
-            dim,
-            how,
-            ", ".join(map(str, known)),
+            "%s %d: the model was trained %s; other sizes may embed poorly", option, dim, how
         )
     return dim
 

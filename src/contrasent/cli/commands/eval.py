@@ -80,7 +80,7 @@ def run_eval(args: EvalArgs) -> None:
 
     encoder = args.load()
     dims = getattr(args, "dim_list", None) or []
-    for d in dims:  # a size larger than the model's: one line before any encoding
+    for d in sorted(dims, reverse=True):  # too large: one line (before any warning), no encoding
         check_dim(d, encoder.hidden_size, encoder.matryoshka_dims, "--dims")
 
     def encode(texts: list[str]):
