@@ -17,6 +17,7 @@ from contrasent.core.options import build_options, suggest
 from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
 from contrasent.objectives.declutr import DeCLUTR
+from contrasent.objectives.distill import DistillMarginMSE, DistillMSE
 from contrasent.objectives.matryoshka import Matryoshka, MatryoshkaConfig, check_wrappable
 from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
@@ -50,6 +51,8 @@ for _cls in (
 ):
     register(_cls)
 register(TSDAE)
+register(DistillMSE)
+register(DistillMarginMSE)
 
 
 def objective_class(name: str) -> type[Objective]:
