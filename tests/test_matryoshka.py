@@ -269,3 +269,42 @@ def test_cli_eval_dims(tmp_path, matryoshka_dir, senteval_dir):
     want = evaluate_sts(lambda t: truncate(enc.encode(t), 8), mode="dev", tasks="stsb")
     assert res["dims"]["8"]["avg"] == pytest.approx(want["avg"], abs=1e-6)
     assert res["dims"]["8"]["avg"] != pytest.approx(res["avg"], abs=1e-3)
+
+
+def test_training_loop_records_each_dim(tmp_path, tiny_bert_dir, shared_data, senteval_dir):
+    """The real loop with pairs + matryoshka [32, 8]: per-dim loss parts in the train records,
+    stsb@8 / avg@8 in the eval record (equal to evaluating the saved model truncated), and the
+    saved final/ model records its dims."""
+    from contrasent.data.registry import DataSpec
+    from contrasent.eval.sts import evaluate_sts
+    from contrasent.train.config import (
+        CheckpointConfig,
+        EvalConfig,
+        LoggingConfig,
+        ModelConfig,
+        OptimConfig,
+        TrainConfig,
+    )
+    from contrasent.train.loop import train
+
+    cfg = TrainConfig(
+        model=ModelConfig(str(tiny_bert_dir), pooling="mean", max_seq_length=32),
+        objective={"name": "pairs", "matryoshka": {"dims": [32, 8]}},
+        data=DataSpec(kind="pairs", path=str(shared_data / "pairs" / "wiki-split-tune.tsv")),
+        train=OptimConfig(batch_size=8, max_steps=3, lr=1e-3),
+        eval=EvalConfig(every_steps=0, at_end=True, mode="dev", data_dir=str(senteval_dir)),
+        checkpoint=CheckpointConfig(every_steps=0),
+        logging=LoggingConfig(log_every=1, tensorboard=False, progress_bar=False),
+        output_dir=str(tmp_path / "run"),
+    )
+    train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "train"]
+    assert all("contrastive@32" in r and "contrastive@8" in r for r in steps)
+    (last,) = [r for r in records if r["kind"] == "eval"]
+    final = tmp_path / "run" / "final"
+    enc = Encoder.from_pretrained(final, device="cpu")
+    assert enc.matryoshka_dims == [32, 8]
+    want = evaluate_sts(lambda t: truncate(enc.encode(t), 8), senteval_dir, "dev")
+    assert last["avg@8"] == pytest.approx(want["avg"], abs=1e-6)
+    assert last["stsb@8"] is not None and "avg@32" not in last
