@@ -193,7 +193,9 @@ def test_training_loop_distills_into_kept_layers(tmp_path, minilm_dir, shared_da
     after = (
         (Encoder.from_pretrained(tmp_path / "run" / "final").encode(TEXTS) - target) ** 2
     ).mean()
-    assert after < 0.75 * before  # measured 0.63x; held-out sentences: the student moved toward the teacher
+    assert (
+        after < 0.75 * before
+    )  # measured 0.63x; held-out sentences: the student moved toward the teacher
     final = tmp_path / "run" / "final"
     student = Encoder.from_pretrained(final, device="cpu")
     assert student.model.config.num_hidden_layers == 2
