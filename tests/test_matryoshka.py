@@ -308,3 +308,13 @@ def test_training_loop_records_each_dim(tmp_path, tiny_bert_dir, shared_data, se
     want = evaluate_sts(lambda t: truncate(enc.encode(t), 8), senteval_dir, "dev")
     assert last["avg@8"] == pytest.approx(want["avg"], abs=1e-6)
     assert last["stsb@8"] is not None and "avg@32" not in last
+
+
+def test_model_card_names_matryoshka_and_cites_it():
+    from contrasent.train.card import run_card_info, with_objective
+
+    recipe = {"model": {"name_or_path": "m"},
+              "objective": {"name": "pairs", "matryoshka": {"dims": [384, 64]}}}  # fmt: skip
+    info = with_objective(run_card_info(recipe, steps=1, time_s=1.0))
+    assert info["method"].endswith("+ Matryoshka representation learning (dims [384, 64])")
+    assert "kusupati2022matryoshka" in info["citation"] and "matryoshka" in info["tags"]
