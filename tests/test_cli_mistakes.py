@@ -217,6 +217,10 @@ def _tool_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
         ("export opset", ["export", str(tiny), "--output", "o", "--opset", "9"], "--opset must be in"),
         ("onnx backend on torch model", ["eval", "--model", str(tiny), "--backend", "onnx"], "no onnx/contrasent_onnx.json"),
         ("file_name without onnx", ["eval", "--model", str(tiny), "--file_name", "model.onnx"], "--file_name picks an ONNX file: it needs --backend onnx"),
+        ("embed dim too large", [*embed, "x.npy", "--dim", "64"], "--dim 64: larger than the model's embedding dimension 32"),
+        ("eval dims", ["eval", "--model", str(tiny), "--dims", "16,x"], "--dims: 'x' is not a positive number of dimensions"),
+        ("eval dims too large", ["eval", "--model", str(tiny), "--tasks", "stsb", "--dims", "8,64"], "--dims 64: larger than the model's embedding dimension 32"),
+        ("search dim", [*q, "--dim", "0"], "--dim must be >= 1, got 0"),
     ]  # fmt: skip
 
 

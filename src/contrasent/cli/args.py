@@ -36,6 +36,8 @@ class ModelArgs:
         backend: "onnx" runs a folder written by `contrasent export` with ONNX Runtime.
         file_name: ONNX file of that folder (e.g. model_qint8_avx512_vnni.onnx); default
             model.onnx.
+        dim: Embed at the first N dimensions, L2-normalised again (a Matryoshka model's
+            smaller sizes); default: the full dimension.
     """
 
     model: str = ""
@@ -48,9 +50,12 @@ class ModelArgs:
     batch_size: int = 64
     backend: Literal["torch", "onnx"] = "torch"
     file_name: str | None = None
+    dim: int | None = None
 
     def validate(self) -> None:
         """Every check that needs no model (so a mistake costs no model-loading time)."""
+        if self.dim is not None and self.dim < 1:
+            raise UserError(f"--dim must be >= 1, got {self.dim}")
         if not self.model:
             raise UserError("--model is required (a hub id, a model folder or an ST folder)")
         if self.batch_size < 1:
@@ -69,10 +74,11 @@ class ModelArgs:
             raise UserError("--file_name picks an ONNX file: it needs --backend onnx")
 
     def load(self) -> Any:
+        from contrasent.model.dims import apply_dim
         from contrasent.model.encoder import Encoder
 
         quiet_transformers()
-        return Encoder.from_pretrained(
+        encoder = Encoder.from_pretrained(
             self.model,
             pooling=self.pooling,
             normalize=self.normalize,
@@ -81,6 +87,7 @@ class ModelArgs:
             backend=self.backend,
             file_name=self.file_name,
         )
+        return apply_dim(encoder, self.dim)
 
 
 def quiet_transformers() -> None:

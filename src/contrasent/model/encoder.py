@@ -89,6 +89,8 @@ class Encoder(nn.Module):
         self.dense = nn.ModuleList(dense)
         self.do_lower_case = do_lower_case
         self.base_model: str | None = None  # set by from_pretrained; named by the model card
+        #: the dimensions a Matryoshka objective trained (saved; ``--dim`` warns outside them)
+        self.matryoshka_dims: list[int] | None = None
         # a tokenizer may return token types the model has none of (a BERT tokenizer shipped
         # with DistilBERT or MPNet): they are never sent to the model
         self.unused_inputs = unused_inputs(model)
@@ -152,6 +154,7 @@ class Encoder(nn.Module):
         # The model a saved folder descends from (its model card names it): carried through
         # contrasent's own folders, else the name this encoder was loaded by.
         encoder.base_model = (st or {}).get("base_model") or os.fspath(name_or_path)
+        encoder.matryoshka_dims = (st or {}).get("matryoshka_dims")
         return encoder
 
     def config_dict(self) -> dict[str, Any]:
@@ -423,7 +426,8 @@ class Encoder(nn.Module):
         """What a model card says about this encoder by itself (see ``contrasent.model.card``)."""
         return {
             "base_model": self.base_model,
-            "encoder": {**self.config_dict(), "dimension": self.hidden_size},
+            "encoder": {**self.config_dict(), "dimension": self.hidden_size}
+            | ({"matryoshka_dims": self.matryoshka_dims} if self.matryoshka_dims else {}),
         }
 
     def save(self, path: str | os.PathLike, card: dict[str, Any] | None = None) -> None:

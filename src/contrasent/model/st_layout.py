@@ -158,6 +158,8 @@ def write_st(encoder: Any, out: Path, modules: list[STModule]) -> None:
     meta = {**encoder.config_dict(), "contrasent": __version__}
     if getattr(encoder, "base_model", None):
         meta["base_model"] = encoder.base_model
+    if getattr(encoder, "matryoshka_dims", None):
+        meta["matryoshka_dims"] = list(encoder.matryoshka_dims)
     _write_json(out / META_FILE, meta)
 
 
@@ -251,6 +253,7 @@ def read_st_dir(path: Path) -> dict[str, Any]:
     hints = _read_json(meta) if meta.is_file() else {}
     st["hint"] = hints.get("pooling")
     st["base_model"] = hints.get("base_model")  # what the model card names as its origin
+    st["matryoshka_dims"] = hints.get("matryoshka_dims")  # the dims it was trained at
     return st
 
 

@@ -3,7 +3,9 @@
 ``build_objective(name, encoder, **options)`` validates ``options`` against the objective's
 ``Config`` dataclass (an unknown option names the closest valid one), constructs the objective
 and runs its ``setup(encoder)`` (training-only heads such as SimCSE's MLP or the MLM head need
-the encoder's sizes and must exist before the optimizer is built).
+the encoder's sizes and must exist before the optimizer is built). The option ``matryoshka``
+(``{dims: [...], weights: [...]}``) of any in-batch objective wraps it in
+:class:`~contrasent.objectives.matryoshka.Matryoshka`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from contrasent.objectives.base import LossPart, Objective, View
 from contrasent.objectives.consert import ConSERT, ConSERTJoint, ConSERTJointAdv
 from contrasent.objectives.contrastive_pairs import Contrastive, OnlineContrastive
 from contrasent.objectives.declutr import DeCLUTR
+from contrasent.objectives.distill import DistillMarginMSE, DistillMSE
+from contrasent.objectives.matryoshka import Matryoshka, MatryoshkaConfig, check_wrappable
 from contrasent.objectives.nli_head import NLISoftmax
 from contrasent.objectives.pairs import PairsInBatch
 from contrasent.objectives.scored_pairs import AnglE, CoSENT, CosineMSE
@@ -51,6 +55,8 @@ for _cls in (
 register(TSDAE)
 for _cls in (CoSENT, AnglE, CosineMSE, Contrastive, OnlineContrastive):
     register(_cls)
+register(DistillMSE)
+register(DistillMarginMSE)
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -65,13 +71,33 @@ def objective_class(name: str) -> type[Objective]:
 
 
 def objective_config(name: str, options: dict[str, Any] | None = None) -> Any:
-    """The typed options of objective ``name`` (checked; no model needed)."""
-    return build_options(objective_class(name).Config, options, f"objective {name}", "objective")
+    """The typed options of objective ``name`` (checked; no model needed); its
+    ``matryoshka`` option is checked by :func:`matryoshka_config`."""
+    cls = objective_class(name)
+    own = {k: v for k, v in (options or {}).items() if k != "matryoshka"}
+    config = build_options(cls.Config, own, f"objective {name}", "objective")
+    if matryoshka_config(options) is not None:
+        check_wrappable(cls)
+    return config
+
+
+def matryoshka_config(options: dict[str, Any] | None) -> MatryoshkaConfig | None:
+    """The typed ``objective.matryoshka`` options, None when not set."""
+    raw = (options or {}).get("matryoshka")
+    if raw is None:
+        return None
+    label, key = "objective.matryoshka", "objective.matryoshka"
+    if not isinstance(raw, dict):
+        raise UserError(f"{label} must be a mapping like {{dims: [384, 256, 128, 64]}}", key)
+    return build_options(MatryoshkaConfig, raw, label, key)
 
 
 def build_objective(name: str, encoder: Any = None, **options: Any) -> Objective:
     """Instantiate the objective ``name`` with ``options`` and set it up on ``encoder``."""
     objective = objective_class(name)(objective_config(name, options))
+    wrap = matryoshka_config(options)
+    if wrap is not None:
+        objective = Matryoshka(objective, wrap)
     if encoder is not None:
         objective.setup(encoder)
     return objective
@@ -79,7 +105,11 @@ def build_objective(name: str, encoder: Any = None, **options: Any) -> Objective
 
 def describe_objectives() -> str:
     """Every objective with its options and defaults (``contrasent train --help``)."""
-    return "\n\n".join(OBJECTIVES[n].describe() for n in sorted(OBJECTIVES))
+    each = [OBJECTIVES[n].describe() for n in sorted(OBJECTIVES)]
+    wrapper = Matryoshka.describe().replace(
+        "matryoshka:", "matryoshka (option of any in-batch one):"
+    )
+    return "\n\n".join([*each, wrapper])
 
 
 __all__ = [
@@ -89,6 +119,7 @@ __all__ = [
     "ConSERTJointAdv",
     "DeCLUTR",
     "LossPart",
+    "Matryoshka",
     "NLISoftmax",
     "Objective",
     "PairsInBatch",

@@ -127,6 +127,9 @@ class Objective(nn.Module):
     batch_type: ClassVar[type] = Batch
     #: False: ``forward`` is not views/embed/loss, and the gradient cache cannot run it
     supports_gradient_cache: ClassVar[bool] = True
+    #: False: its loss needs the full embedding width (a classifier or decoder over it), so
+    #: ``objective.matryoshka`` cannot truncate its views
+    matryoshka: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +157,12 @@ class Objective(nn.Module):
 
     def loss(self, outputs: dict[str, Tensor], batch: Any) -> Parts:
         raise NotImplementedError
+
+    def embedding_width(self, view: View, output: Tensor) -> int | None:
+        """How many leading columns of ``embed``'s output for ``view`` are the sentence
+        embedding (``objective.matryoshka`` truncates those); None: the view is no embedding
+        (an MLM view's loss sums)."""
+        return output.shape[-1] if view.mode == "embed" else None
 
     # --------------------------------------------------------------- the plain step
     def forward(self, encoder: Any, batch: Any, max_length: int | None = None) -> dict[str, Tensor]:

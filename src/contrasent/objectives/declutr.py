@@ -147,6 +147,11 @@ class DeCLUTR(Objective):
             return self._masked_anchors(encoder, view, features)
         return encoder(features, augment=view.augment)
 
+    def embedding_width(self, view: View, output: Tensor) -> int | None:
+        if view.mode == MASKED_ANCHORS:
+            return output.shape[-1] - 2  # the embedding, then the MLM sums and counts
+        return super().embedding_width(view, output)
+
     def _mlm(self) -> MLMAuxiliary:
         if self.mlm is None or self.mlm.head is None:
             raise RuntimeError("DeCLUTR.setup(encoder) must run before training (MLM head)")

@@ -152,6 +152,7 @@ class WithNLIHead(Objective):
     in ``setup``, the encoder's dropout switch, and the cross-entropy part."""
 
     batch_type = NLIBatch
+    matryoshka = False  # the head's input is (u, v, |u - v|) at the full width
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

@@ -116,6 +116,7 @@ class TSDAE(Objective):
     method = "TSDAE (denoising auto-encoder)"
     Config = TSDAEConfig
     batch_type = SentenceBatch
+    matryoshka = False  # the decoder attends to the full-width sentence vector
     MODE = "reconstruct"
 
     def __init__(self, config: Any = None) -> None:

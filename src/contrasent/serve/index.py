@@ -44,12 +44,13 @@ def build_index(
     note = f"what is built so far is kept in {work}; free space and run the same command again"
     with no_room(out.parent, None, note):
         return _build(encoder, src, out, work, embeddings_path, batch_size, errors, engine,
-                      model, show_progress)  # fmt: skip
+                      model, show_progress, precision)  # fmt: skip
 
 
 def _build(
     encoder: Any, src: Path, out: Path, work: Path, embeddings_path: Any, batch_size: int,
     errors: str, engine: str, model: dict[str, Any] | None, show_progress: bool | None,
+    precision: str,
 ) -> Index:  # fmt: skip
     from contrasent.data.readers import ReadStats
     from contrasent.serve.embed import embed_file, iter_range

@@ -76,6 +76,13 @@ def run_card_info(
         },
         "tags": [objective] if objective else [],
     }
+    if (recipe.get("objective") or {}).get("matryoshka"):  # the wrapper's method and paper
+        from contrasent.objectives import Matryoshka
+
+        dims = recipe["objective"]["matryoshka"].get("dims")
+        info["method"] = f"{info['method']} + {Matryoshka.method} (dims {dims})"
+        info["citation"] = Matryoshka.citation
+        info["tags"].append("matryoshka")
     if sts_before:
         info["sts_before"] = sts_before
     if sts:

@@ -44,12 +44,15 @@ class ModelConfig:
         max_seq_length: The encoder's inference length: evaluation truncates here and the
             saved model records it; default: the base model's limit. Training truncation is
             ``data.max_seq_length``.
+        keep_layers: Keep only these transformer layers (indices from 0, increasing), e.g.
+            [0, 2, 4]: a smaller student built from the model (distillation); default: all.
     """
 
     name_or_path: str = ""
     pooling: Pooling | None = None
     normalize: bool | None = None
     max_seq_length: int | None = None
+    keep_layers: list[int] | None = None
 
 
 @dataclass

@@ -60,6 +60,10 @@ def build_module(
         max_seq_length=m.max_seq_length,
         device=device,  # this process's device (heads are built beside the encoder)
     )
+    if m.keep_layers:  # a student from the model's own layers (before heads see its sizes)
+        from contrasent.model.prune import keep_layers
+
+        keep_layers(encoder.model, m.keep_layers)
     encoder.length_buckets = cfg.train.length_buckets
     compiled = cfg.train.compile and compile_encoder(encoder)
     if objective is None:

@@ -24,6 +24,7 @@ from contrasent.core.results import own_tasks, task_metrics
 from contrasent.eval.metric_paths import METRIC_PATHS, VALIDATION_LOSS, is_better, lookup
 from contrasent.eval.sts import evaluate_sts
 from contrasent.eval.suite import Plan, check_tasks, evaluate_own
+from contrasent.model.dims import at_dim, memo_encode
 from contrasent.train import checkpoint as ckpt
 from contrasent.train.card import run_card_info, write_run_card
 from contrasent.train.config import EvalConfig, TrainConfig
@@ -73,24 +74,51 @@ def run_evaluation(module: nn.Module, cfg: EvalConfig, plan: Plan | None = None)
     def encode(texts: list[str]) -> Any:
         return encoder.encode(texts, batch_size=len(texts), show_progress=False)
 
+    # a Matryoshka objective's smaller sizes: the same embeddings truncated (encoded once)
+    dims = [d for d in (getattr(encoder, "matryoshka_dims", None) or []) if d < encoder.hidden_size]
+    if dims:
+        encode = memo_encode(encode)
     try:
         with torch.no_grad():
-            results: dict[str, Any] = {"mode": cfg.mode}
-            if plan is None or plan.sts:
-                results = evaluate_sts(
-                    encode,
-                    data_dir=cfg.data_dir,
-                    mode=cfg.mode,
-                    tasks=None if plan is None else plan.sts,
-                    batch_size=cfg.batch_size,
-                    diagnostics=True,  # alignment / uniformity on STS-B dev, same embeddings
-                )
-            if plan is not None and plan.own:
-                own = evaluate_own(plan, encode, cfg.batch_size)
-                results["tasks"] = {**results.get("tasks", {}), **own}
+            results = _evaluate_once(encode, cfg, plan, diagnostics=True)
+            if dims:
+                results["dims"] = {
+                    str(d): _evaluate_once(at_dim(encode, d), cfg, plan) for d in dims
+                }
             return results
     finally:
         module.train(was_training)
+
+
+def _evaluate_once(
+    encode: Any, cfg: EvalConfig, plan: Plan | None, diagnostics: bool = False
+) -> dict[str, Any]:
+    """The STS tasks of ``cfg.mode`` (or ``plan``'s) and ``plan``'s task files on ``encode``."""
+    results: dict[str, Any] = {"mode": cfg.mode}
+    if plan is None or plan.sts:
+        results = evaluate_sts(
+            encode,
+            data_dir=cfg.data_dir,
+            mode=cfg.mode,
+            tasks=None if plan is None else plan.sts,
+            batch_size=cfg.batch_size,
+            diagnostics=diagnostics,  # alignment / uniformity on STS-B dev, same embeddings
+        )
+    if plan is not None and plan.own:
+        own = evaluate_own(plan, encode, cfg.batch_size)
+        results["tasks"] = {**results.get("tasks", {}), **own}
+    return results
+
+
+def _dim_numbers(results: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """``stsb@64``, ``avg@64``, ``NAME.METRIC@64``: each Matryoshka size's numbers."""
+    out: dict[str, Any] = {}
+    for d, res in (results.get("dims") or {}).items():
+        out[f"stsb@{d}"] = lookup(res, "stsb", cfg.mode)[0]
+        out[f"avg@{d}"] = res.get("avg")
+        for name, own in own_tasks(res).items():
+            out |= {f"{name}.{m}@{d}": v for m, v in task_metrics(own).items()}
+    return out
 
 
 def eval_record(
@@ -121,6 +149,7 @@ def eval_record(
             for metric, value in task_metrics(res).items()
         },
         **({"validation_loss": results["validation_loss"]} if "validation_loss" in results else {}),
+        **_dim_numbers(results, cfg),
         "results": results,
     }
 

@@ -39,6 +39,13 @@ class EmbedArgs(ModelArgs):
         chunk_lines: Lines per chunk: a killed run re-run with the same command resumes after
             the last complete chunk.
         with_text: Add the text to .parquet / .jsonl rows.
+        quantize: Write quantized codes to the .npy output: binary / ubinary (1 bit a dim,
+            packed; sentence-transformers' "binary" is int8, "ubinary" uint8), int8 / uint8
+            (256 buckets a dim between the calibration min and max, written beside the output
+            as OUTPUT.ranges.npy); OUTPUT.quantization.json says how.
+        quantize_ranges: int8 / uint8: calibration ranges (.npy, [2, dim]) of an earlier
+            output, e.g. to quantize queries like their corpus; default: this input's own.
+        keep_float: With --quantize, also keep the float32 embeddings (OUTPUT.float32.npy).
     """
 
     input: str = ""
@@ -47,6 +54,9 @@ class EmbedArgs(ModelArgs):
     shard: str | None = None
     chunk_lines: int = 20000
     with_text: bool = False
+    quantize: Literal["binary", "ubinary", "int8", "uint8"] | None = None
+    quantize_ranges: str | None = None
+    keep_float: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +72,21 @@ class EmbedArgs(ModelArgs):
         from contrasent.serve.embed import parse_shard
 
         parse_shard(self.shard)
+        self._check_quantize()
+
+    def _check_quantize(self) -> None:
+        if self.quantize is None:
+            if self.quantize_ranges or self.keep_float:
+                raise UserError("--quantize_ranges and --keep_float go with --quantize")
+            return
+        if Path(self.output).suffix.lower() != ".npy":
+            raise UserError(f"--quantize writes a .npy of codes; --output {self.output} is not")
+        if self.shard is not None:
+            raise UserError("--quantize needs the whole file (ranges over every row): no --shard")
+        if self.quantize_ranges is not None:
+            if self.quantize not in ("int8", "uint8"):
+                raise UserError(f"--quantize_ranges is for int8 / uint8, not {self.quantize}")
+            check_input_file(self.quantize_ranges, "--quantize_ranges")
 
 
 @dataclass
@@ -100,10 +125,11 @@ def run_embed(args: EmbedArgs) -> None:
         if torch.cuda.is_available():  # one GPU per process
             args.device = f"cuda:{local_rank()}"
     encoder = args.load()
+    target = _float_target(args.output) if args.quantize else args.output
     summary = embed_file(
         encoder,
         args.input,
-        args.output,
+        target,
         batch_size=args.batch_size,
         errors=args.errors,
         chunk_lines=args.chunk_lines,
@@ -112,6 +138,8 @@ def run_embed(args: EmbedArgs) -> None:
         with_text=args.with_text,
         model_id=model_path(args.model),
     )
+    if args.quantize:
+        summary = {**summary, **_quantize(args, target, encoder.hidden_size)}
     print(" ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     if summary["rows"] == 0 and not (shard or launch):
         print(f"{args.input} is empty: {args.output} has 0 rows", file=sys.stderr)
@@ -125,6 +153,24 @@ def run_embed(args: EmbedArgs) -> None:
         if launch[0] == 0:
             merged = merge_shards(args.output)
             print(" ".join(f"{k}={v}" for k, v in merged.items()))
+
+
+def _float_target(output: str) -> str:
+    out = Path(output)
+    return str(out.with_name(out.name.removesuffix(out.suffix) + ".float32.npy"))
+
+
+def _quantize(args: EmbedArgs, float_path: str, dim: int) -> dict[str, object]:
+    """The float output quantized into --output (ranges beside it); the float file removed
+    unless --keep_float."""
+    from contrasent.serve.quantize import quantize_file, read_ranges
+
+    ranges = read_ranges(args.quantize_ranges, dim) if args.quantize_ranges else None
+    meta = quantize_file(float_path, args.output, args.quantize, ranges)
+    if not args.keep_float:
+        Path(float_path).unlink()
+    return {"output": args.output, "quantized": args.quantize,
+            "bytes_per_vector": meta["bytes_per_vector"]}  # fmt: skip
 
 
 def _barrier() -> None:

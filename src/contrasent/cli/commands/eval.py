@@ -30,6 +30,9 @@ class EvalArgs(ModelArgs):
         output: Write every number to this JSON file.
         plots: Write PNG figures to this folder: gold vs cosine per STS task and the similarity
             distribution by gold score on STS-B.
+        dims: Also evaluate at these embedding sizes, e.g. 64,128,256 (each the first N
+            dimensions, L2-normalised again; a Matryoshka model's sizes): one table per size,
+            results under dims.N in --output. Texts are encoded once.
     """
 
     tasks: str | None = None
@@ -37,6 +40,7 @@ class EvalArgs(ModelArgs):
     data_dir: str | None = None
     output: str | None = None
     plots: str | None = None
+    dims: str | None = None
 
     def validate(self) -> None:
         from contrasent.data.senteval import load_task, resolve_data_dir
@@ -46,6 +50,10 @@ class EvalArgs(ModelArgs):
         from contrasent.eval.transfer_data import load_transfer_task
 
         super().validate()
+        if self.dims is not None:
+            from contrasent.model.dims import parse_dims
+
+            self.dim_list = parse_dims(self.dims)
         if self.output:
             check_output_file(self.output, "--output")
         if self.plots:
@@ -68,20 +76,32 @@ def run_eval(args: EvalArgs) -> None:
 
     from contrasent.eval.suite import evaluate, format_tables
     from contrasent.eval.tables import write_results
+    from contrasent.model.dims import at_dim, check_dim, memo_encode
 
     encoder = args.load()
+    dims = getattr(args, "dim_list", None) or []
+    for d in sorted(dims, reverse=True):  # too large: one line (before any warning), no encoding
+        check_dim(d, encoder.hidden_size, encoder.matryoshka_dims, "--dims")
 
     def encode(texts: list[str]):
         return encoder.encode(texts, batch_size=args.batch_size, precision=args.precision)
 
+    if dims:
+        encode = memo_encode(encode)  # every size truncates the same full-width embeddings
     start = time.perf_counter()
     plan = getattr(args, "plan", None)
     results, scores = evaluate(encode, args.tasks, args.mode, args.data_dir, bars=True, plan=plan)
     results["model"] = args.model
     results["encoder"] = encoder.config_dict()
     results["precision"] = _precision_used(encoder, args.precision)
-    results["time_s"] = round(time.perf_counter() - start, 2)
     print(format_tables(results))
+    if dims:
+        results["dims"] = {}
+        for d in dims:
+            at, _ = evaluate(at_dim(encode, d), args.tasks, args.mode, args.data_dir, plan=plan)
+            results["dims"][str(d)] = at
+            print(f"\n--- at {d} dimensions ---\n{format_tables(at)}")
+    results["time_s"] = round(time.perf_counter() - start, 2)
     print(f"evaluated in {results['time_s']:.1f}s")
     if args.output:
         write_results(results, args.output)

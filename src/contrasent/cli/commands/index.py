@@ -56,6 +56,8 @@ def run_index_build(args: IndexBuildArgs) -> None:
     encoder = args.load()
     # an absolute model path: the index may be searched from another folder
     model = {**encoder.config_dict(), "name_or_path": model_path(args.model)}
+    if args.dim is not None:  # queries are embedded at the same --dim (identity Dense head)
+        model["dim"] = args.dim
     index = build_index(
         encoder,
         args.input,

@@ -35,6 +35,8 @@ class SearchArgs:
         nprobe: faiss IVF cells visited per query (more = better recall, slower).
         device: "cpu", "cuda", ...; default: CUDA when available.
         batch_size: Queries per forward pass.
+        dim: Search at the first N dimensions of the index and the queries, L2-normalised
+            again (a Matryoshka model's smaller size; exact search); default: the index's.
     """
 
     query: list[str] = field(default_factory=list)
@@ -48,9 +50,12 @@ class SearchArgs:
     nprobe: int | None = None
     device: str | None = None
     batch_size: int = 64
+    dim: int | None = None
 
     def validate(self) -> None:
         self._check_inputs()
+        if self.dim is not None and self.dim < 1:
+            raise UserError(f"--dim must be >= 1, got {self.dim}")
         if not (Path(self.index) / "index.json").is_file():
             raise UserError(f"--index {self.index} is not a contrasent index (no index.json)")
         if self.top_k < 1:
@@ -89,6 +94,8 @@ def run_search(args: SearchArgs) -> None:
     queries = _collect_queries(args.query, args.queries)
     index = Index.load(args.index, engine=args.engine, nprobe=args.nprobe)
     index.encoder = _query_encoder(index.model, args)
+    if args.dim is not None and args.dim != index.dim:
+        index = _at_dim(index, args.dim)
     hits = index.search(
         queries, top_k=args.top_k, threshold=args.threshold, batch_size=args.batch_size
     )
@@ -137,8 +144,30 @@ def _collect_queries(positional: list[str], path: str | None) -> list[str]:
     return queries
 
 
+def _at_dim(index: Any, dim: int) -> Any:
+    """The index's rows and query encoder cut to ``dim`` columns, re-normalised (exact search;
+    the rows are read into memory)."""
+    import numpy as np
+
+    from contrasent.model.dims import apply_dim, truncate
+    from contrasent.serve.search import Index
+
+    apply_dim(index.encoder, dim)  # checks dim against the query encoder (= the index's dim)
+    rows = truncate(np.asarray(index.embeddings, dtype=np.float32), dim)
+    return Index(rows, index.texts, encoder=index.encoder, normalized=True, engine="exact",
+                 model=index.model, excluded=index.excluded)  # fmt: skip
+
+
 def _query_encoder(model: dict[str, Any] | None, args: SearchArgs) -> Any:
-    """--model when given, else the encoder the index records (so queries match the corpus)."""
+    """--model when given, else the encoder the index records (so queries match the corpus),
+    at the --dim the index was built with."""
+    from contrasent.model.dims import apply_dim
+
+    encoder = _load_query_encoder(model, args)
+    return apply_dim(encoder, (model or {}).get("dim"), "the index's dim")
+
+
+def _load_query_encoder(model: dict[str, Any] | None, args: SearchArgs) -> Any:
     from contrasent.model.encoder import Encoder
 
     quiet_transformers()

@@ -1,0 +1,171 @@
+"""Knowledge distillation into a (smaller) student: ``distill_mse`` (Reimers & Gurevych, 2020,
+"Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation", EMNLP) and
+``distill_margin_mse`` (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models with
+Cross-Architecture Knowledge Distillation").
+
+The teacher is a frozen encoder (``teacher``: a model folder or hub id) that embeds the batch's
+texts inside ``loss`` (no gradient, eval mode): no view of it goes through the student, so the
+gradient cache and several processes work unchanged (each process regresses its own rows; equal
+slices average to the global mean). It is kept outside the module tree: never trained, never in
+the optimizer or a checkpoint, never saved.
+
+``distill_mse`` on ``text`` data: MSE(student(x), teacher(x)); on ``pairs`` data (parallel
+sentences: source, translation): MSE(student(source), teacher(source)) and MSE(student(translation),
+teacher(source)), averaged (sentence-transformers' ``MSELoss`` with one teacher embedding for both
+columns, its multilingual recipe). When the dimensions differ, a trained projection (linear,
+student -> teacher; ``MSELoss(projection_dim=...)``) maps the student first; it is a training head,
+not saved. ``distill_margin_mse`` on (query, positive, negative...) rows: MSE between the
+student's and the teacher's dot-product margins ``q.p - q.n`` (``MarginMSELoss``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from contrasent.core.errors import UserError
+from contrasent.data.batches import Batch, PairBatch, SentenceBatch
+from contrasent.objectives.base import LossPart, Objective, Parts, View
+
+log = logging.getLogger(__name__)
+
+
+def mse_distill(students: list[Tensor], teachers: list[Tensor]) -> Tensor:
+    """Mean over columns of the element-wise MSE between student and teacher embeddings."""
+    return torch.stack(
+        [nn.functional.mse_loss(s, t) for s, t in zip(students, teachers, strict=True)]
+    ).mean()
+
+
+def margin_mse(q: Tensor, p: Tensor, negatives: list[Tensor], margins: Tensor) -> Tensor:
+    """MSE between the student's margins ``q.p - q.n_k`` ``[B, K]`` and ``margins`` ``[B, K]``."""
+    pos = (q * p).sum(-1)
+    pred = torch.stack([pos - (q * n).sum(-1) for n in negatives], dim=1)
+    return nn.functional.mse_loss(pred, margins)
+
+
+@dataclass
+class DistillConfig:
+    """Options of distillation from a frozen teacher.
+
+    Attributes:
+        teacher: The teacher: a model folder (sentence-transformers or Hugging Face) or hub id;
+            it embeds as saved (its pooling and normalisation).
+        teacher_batch_size: Texts per teacher forward pass.
+        projection: Train a linear map student -> teacher dimension when they differ ("auto");
+            false: differing dimensions are an error.
+    """
+
+    teacher: str = ""
+    teacher_batch_size: int = 128
+    projection: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise ValueError("teacher is required (a model folder or hub id)")
+        if self.teacher_batch_size < 1:
+            raise ValueError(f"teacher_batch_size must be >= 1, got {self.teacher_batch_size}")
+        if self.projection not in (True, False, "auto"):
+            raise ValueError(f"projection must be true, false or 'auto', got {self.projection!r}")
+
+
+class _Distill(Objective):
+    """The frozen teacher (outside the module tree) and the optional projection head."""
+
+    citation = """@inproceedings{reimers2020multilingual,
+  title = {Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation},
+  author = {Reimers, Nils and Gurevych, Iryna},
+  booktitle = {Empirical Methods in Natural Language Processing (EMNLP)},
+  year = {2020}
+}"""
+    Config = DistillConfig
+    matryoshka = False  # the targets have the teacher's full width
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._teacher: list[Any] = []  # a list: nn.Module would register (and train) it
+        self.projection: nn.Module | None = None
+
+    def setup(self, encoder: Any) -> None:
+        from contrasent.model.encoder import Encoder
+
+        teacher = Encoder.from_pretrained(self.config.teacher, device=encoder.device)
+        teacher.eval().requires_grad_(False)
+        self._teacher = [teacher]
+        s, t = encoder.hidden_size, teacher.hidden_size
+        if s != t and self.config.projection is False:
+            raise UserError(
+                f"objective.teacher embeds in {t} dimensions, the student in {s}: set "
+                "objective.projection auto (a trained linear map) or pick matching models",
+                "objective.projection",
+            )
+        if s != t and self.config.projection is not False:
+            self.projection = nn.Linear(s, t).to(encoder.device)
+            log.info("distillation: a trained projection %d -> %d (not saved)", s, t)
+
+    def teacher_embed(self, texts: list[str], like: Tensor) -> Tensor:
+        if not self._teacher:
+            raise RuntimeError(f"{type(self).__name__}.setup(encoder) must run first (teacher)")
+        emb = self._teacher[0].encode(texts, batch_size=self.config.teacher_batch_size,
+                                      show_progress=False)  # fmt: skip
+        return torch.from_numpy(emb).to(device=like.device, dtype=torch.float32)
+
+    def student(self, x: Tensor) -> Tensor:
+        x = x.float()
+        return self.projection(x) if self.projection is not None else x
+
+
+class DistillMSE(_Distill):
+    """Student embeddings regress a frozen teacher's (MSE): monolingual on ``text`` data, or the
+    multilingual recipe on ``pairs`` (source, translation) data, both mapped to the teacher's
+    embedding of the source."""
+
+    name = "distill_mse"
+    method = "knowledge distillation (MSE to a teacher's embeddings)"
+    batch_type = Batch  # SentenceBatch (text) or PairBatch (parallel pairs)
+
+    def views(self, batch: Batch) -> list[View]:
+        if isinstance(batch, SentenceBatch):
+            return [View("text", batch.texts)]
+        if isinstance(batch, PairBatch):
+            return [View("source", batch.anchors), View("translation", batch.positives)]
+        raise UserError(f"distill_mse reads text or pairs data, not {type(batch).__name__}")
+
+    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> Parts:
+        first = next(iter(outputs.values()))
+        sources = batch.texts if isinstance(batch, SentenceBatch) else batch.anchors
+        target = self.teacher_embed(list(sources), first)
+        students = [self.student(x) for x in outputs.values()]
+        return {"mse": LossPart(mse_distill(students, [target] * len(students)))}
+
+
+class DistillMarginMSE(_Distill):
+    """The student's dot-product margins q.p - q.n regress the frozen teacher's (MarginMSE) on
+    (query, positive, negative...) rows (``pairs`` data with negative columns)."""
+
+    name = "distill_margin_mse"
+    method = "knowledge distillation (MarginMSE)"
+    batch_type = PairBatch
+
+    def views(self, batch: PairBatch) -> list[View]:
+        if not batch.negatives:
+            raise UserError("distill_margin_mse needs (query, positive, negative) rows: give "
+                            "pairs data with a negative column")  # fmt: skip
+        negatives = [View(f"negative_{k}", col) for k, col in enumerate(batch.negatives)]
+        return [View("query", batch.anchors), View("positive", batch.positives), *negatives]
+
+    def loss(self, outputs: dict[str, Tensor], batch: PairBatch) -> Parts:
+        q = outputs["query"]
+        t = [
+            self.teacher_embed(list(c), q)
+            for c in (batch.anchors, batch.positives, *batch.negatives)
+        ]
+        with torch.no_grad():
+            margins = torch.stack([(t[0] * t[1]).sum(-1) - (t[0] * n).sum(-1) for n in t[2:]], 1)
+        negs = [self.student(outputs[f"negative_{k}"]) for k in range(len(batch.negatives))]
+        value = margin_mse(self.student(q), self.student(outputs["positive"]), negs, margins)
+        return {"margin_mse": LossPart(value)}
