@@ -60,12 +60,12 @@ def test_compare_kill_resume_and_the_table(tiny_bert_dir, shared_data, tmp_path)
     corpus.write_text("\n".join(lines[:300]) + "\n")
     task = small_task(shared_data, tmp_path / "man")
     out = tmp_path / "cmp"
-    # TSDAE gets 200 steps (an override wins over the budget): the kill below lands mid-run
+    # TSDAE gets 40 steps (an override wins over the budget): the kill below lands mid-run
     args = ["--model", str(tiny_bert_dir), "--data", str(corpus), "--seeds", "2",
             "--methods", "simcse_unsup,tsdae,consert,declutr", "--budget", "steps=6",
             "--pooling", "mean", "--eval", f"man=retrieval:{task}", "--checkpoint_every", "2",
             "--validation", "32", "--output_dir", str(out), "--progress_bar", "false",
-            "--overrides", "{tsdae: {train: {max_steps: 200}}}"]  # fmt: skip
+            "--overrides", "{tsdae: {train: {max_steps: 40}}}"]  # fmt: skip
     # 1. kill (SIGKILL: no clean-up at all) as soon as the first TSDAE run has a checkpoint
     proc = cli(*args)
     victim = out / "tsdae" / "seed-1"
@@ -91,13 +91,13 @@ def test_compare_kill_resume_and_the_table(tiny_bert_dir, shared_data, tmp_path)
     assert f"resumed from {victim / 'checkpoints'}" in log  # the loop's exact resume
     assert simcse.stat().st_mtime_ns == stamp
     victim_outcome = json.loads((victim / "unit.json").read_text())
-    assert victim_outcome["status"] == "done" and victim_outcome["steps"] == 200
+    assert victim_outcome["status"] == "done" and victim_outcome["steps"] == 40
     # 3. the table: a hand computation from the run folders
     table = json.loads((out / "table.json").read_text())
     rows = {r["method"]: r for r in table["rows"]}
     assert list(rows) == ["base (mean)", "simcse_unsup", "tsdae", "consert", "declutr"]
     assert table["columns"] == ["man.ndcg@10", "validation_loss"]
-    steps = {"simcse_unsup": 6, "tsdae": 200, "consert": 6}
+    steps = {"simcse_unsup": 6, "tsdae": 40, "consert": 6}
     for method, n in steps.items():
         finals = [last_eval(out / method / f"seed-{s}") for s in (1, 2)]
         assert [f["step"] for f in finals] == [n, n]
@@ -224,3 +224,24 @@ def test_yaml_compare_section_lists_units_and_guards_the_folder(tmp_path, capsys
     # the same folder with another budget: refused (its runs belong to the first one)
     assert main(["compare", str(recipe), "--budget", "steps=6", "--list_units"]) == 2
     assert "holds a comparison with another budget" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three CLI processes: minutes on a busy 2-core machine
+def test_parallel_runs_each_unit_in_its_own_process(tiny_bert_dir, shared_data, tmp_path) -> None:
+    """--parallel 2: the base row and the run as two `compare --run I` processes, each with its
+    log; the parent then writes the table from their folders."""
+    corpus = tmp_path / "corpus.txt"
+    lines = (shared_data / "domain" / "linux-man" / "corpus.txt").read_text().splitlines()
+    corpus.write_text("\n".join(lines[:100]) + "\n")
+    task = small_task(shared_data, tmp_path / "man", n=20)
+    out = tmp_path / "cmp"
+    proc = cli("--model", str(tiny_bert_dir), "--data", str(corpus), "--methods", "simcse_unsup",
+               "--seeds", "1", "--budget", "steps=2", "--pooling", "mean",
+               "--eval", f"man=retrieval:{task}", "--output_dir", str(out), "--parallel", "2")  # fmt: skip
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert "base/mean" in (out / "logs" / "0.log").read_text()
+    assert "step 2: man.ndcg@10=" in (out / "logs" / "1.log").read_text()
+    rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
+    assert rows["simcse_unsup"]["runs"] == 1 and rows["simcse_unsup"]["steps"] == [2]
+    assert rows["base (mean)"]["runs"] == 1

@@ -215,6 +215,12 @@ def _main(argv: list[str]) -> int:
             raise
         from contrasent.cli.commands.train import resume_command
 
+        if name == "compare":  # finished runs are skipped, this one resumes: the same command
+            import shlex
+
+            again = shlex.join(["contrasent", *argv])
+            print(f"contrasent compare: {exc}\nresume with: {again}", file=sys.stderr)
+            return exc.exit_code
         print(f"contrasent train: {exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
         return exc.exit_code
 

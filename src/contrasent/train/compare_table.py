@@ -26,8 +26,10 @@ from contrasent.train.compare import Budget, ComparePlan, Unit, units
 VALIDATION_LOSS = "validation_loss"
 FAIRNESS = (
     "same base model, data, seeds and evaluation code for every method; budget {budget} per run "
-    "({what}); each method with its own recipe's settings (batch, lr, length, pooling as listed); "
-    "validation_loss is each method's own objective on held-out rows: comparable within a row "
+    "({what}); each method with its own recipe's settings (batch, lr, length, pooling as listed)"
+)
+HELD_OUT = (
+    "; validation_loss is each method's own objective on held-out rows: comparable within a row "
     "(across seeds), not across methods"
 )
 _BUDGET_WORDS = {
@@ -127,6 +129,13 @@ def _add_run(row: Row, unit: Unit, outcome: dict[str, Any], cols: list[str]) -> 
     row.steps.append(int(outcome.get("steps") or 0))
 
 
+def fairness(plan: ComparePlan) -> str:
+    """What the comparison holds equal (the sentence under the table)."""
+    budget = Budget.parse(plan.budget)
+    text = FAIRNESS.format(budget=budget, what=_BUDGET_WORDS[budget.kind])
+    return text + (HELD_OUT if plan.validation is not None else "")
+
+
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (None with fewer than two values)."""
     if not values:
@@ -185,8 +194,7 @@ def markdown(plan: ComparePlan, rows: list[Row]) -> str:
         cells.append(str(max(row.examples)) if row.examples and row.method != "base" else "-")
         cells.append(_note(row))
         lines.append("| " + " | ".join(cells) + " |")
-    budget = Budget.parse(plan.budget)
-    fair = FAIRNESS.format(budget=budget, what=_BUDGET_WORDS[budget.kind])
+    fair = fairness(plan)
     lines += ["", f"mean ± std over seeds {', '.join(map(str, plan.seeds))}; bold: best mean. "
               f"Fair by construction: {fair}."]  # fmt: skip
     return "\n".join(lines)
@@ -215,7 +223,7 @@ def as_json(plan: ComparePlan, rows: list[Row]) -> dict[str, Any]:
         "columns": cols,
         "best": best_rows(rows, cols),
         "budget": str(budget),
-        "fairness": FAIRNESS.format(budget=budget, what=_BUDGET_WORDS[budget.kind]),
+        "fairness": fairness(plan),
         "seeds": plan.seeds,
         "model": plan.model,
         "rows": out_rows,
