@@ -253,24 +253,12 @@ def plots(plan: ComparePlan, rows: list[Row], folder: Path) -> list[Path]:
     from contrasent.eval.plots import _figure, save_png
 
     cols = [c for c in columns(plan) if any(r.values.get(c) for r in rows)]
+    bars = [c for c in cols if c != VALIDATION_LOSS]  # methods' own losses: no side by side
     if not cols:
         return []
-    fig = _figure(4.2 * len(cols), 3.6)
-    axes = fig.subplots(1, len(cols), squeeze=False)[0]
-    for ax, col in zip(axes, cols, strict=True):
-        shown = [r for r in rows if r.values.get(col)]
-        stats = [mean_std(r.values[col]) for r in shown]
-        ax.bar(range(len(shown)), [m for m, _ in stats], yerr=[s or 0.0 for _, s in stats],
-               capsize=4, color=["tab:gray" if r.method == "base" else "tab:blue" for r in shown])  # fmt: skip
-        ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=30, ha="right",
-                      fontsize=8)  # fmt: skip
-        low = min(m - (s or 0) for m, s in stats)
-        high = max(m + (s or 0) for m, s in stats)
-        pad = (high - low) * 0.3 or abs(high) * 0.05 or 0.01
-        ax.set_ylim(low - pad, high + pad)
-        ax.set_title(col, fontsize=10)
-        ax.grid(alpha=0.3, axis="y")
-    written = [save_png(fig, folder / "bars.png")]
+    written = []
+    if bars:
+        written.append(_bars(rows, bars, folder / "bars.png"))
     fig = _figure(4.2 * len(cols), 3.4)
     axes = fig.subplots(1, len(cols), squeeze=False)[0]
     bases = {r.pooling: r for r in rows if r.method == "base"}
@@ -291,6 +279,28 @@ def plots(plan: ComparePlan, rows: list[Row], folder: Path) -> list[Path]:
             ax.legend(fontsize=8)
     written.append(save_png(fig, folder / "curves.png"))
     return written
+
+
+def _bars(rows: list[Row], cols: list[str], path: Path) -> Path:
+    """Mean per row for each column, error bars: the std over seeds (base rows grey)."""
+    from contrasent.eval.plots import _figure, save_png
+
+    fig = _figure(4.2 * len(cols), 3.6)
+    axes = fig.subplots(1, len(cols), squeeze=False)[0]
+    for ax, col in zip(axes, cols, strict=True):
+        shown = [r for r in rows if r.values.get(col)]
+        stats = [mean_std(r.values[col]) for r in shown]
+        ax.bar(range(len(shown)), [m for m, _ in stats], yerr=[s or 0.0 for _, s in stats],
+               capsize=4, color=["tab:gray" if r.method == "base" else "tab:blue" for r in shown])  # fmt: skip
+        ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=30, ha="right",
+                      fontsize=8)  # fmt: skip
+        low = min(m - (s or 0) for m, s in stats)
+        high = max(m + (s or 0) for m, s in stats)
+        pad = (high - low) * 0.3 or abs(high) * 0.05 or 0.01
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_title(col, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    return save_png(fig, path)
 
 
 def write_table(plan: ComparePlan) -> tuple[str, list[Path]]:
