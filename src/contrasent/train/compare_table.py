@@ -157,15 +157,17 @@ def best_rows(rows: list[Row], cols: list[str]) -> dict[str, str]:
     return best
 
 
-def _fmt(values: Sequence[float], digits: int) -> str:
+def _fmt(values: Sequence[float], spec: str) -> str:
     mean, std = mean_std(values)
     if mean is None:
         return "-"
-    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    return f"{mean:{spec}}" + ("" if std is None else f" ± {std:{spec}}")
 
 
-def _digits(values: Sequence[float]) -> int:
-    return 2 if any(abs(v) > 1.5 for v in values) else 4  # STS x100, else 0-1 metrics
+def _spec(col: str, values: Sequence[float]) -> str:
+    if col == VALIDATION_LOSS:
+        return ".3g"  # a contrastive loss can sit near 1e-5
+    return ".2f" if any(abs(v) > 1.5 for v in values) else ".4f"  # STS x100, else 0-1 metrics
 
 
 def _note(row: Row) -> str:
@@ -188,9 +190,9 @@ def markdown(plan: ComparePlan, rows: list[Row]) -> str:
         cells = [row.label, row.pooling or "own", f"{row.finished}/{row.seeds}"]
         for col in cols:
             values = row.values.get(col, [])
-            text = _fmt(values, _digits(values))
+            text = _fmt(values, _spec(col, values))
             cells.append(f"**{text}**" if best.get(col) == row.label else text)
-        cells.append(_fmt(row.train_s, 0) if row.method != "base" else "-")
+        cells.append(_fmt(row.train_s, ".0f") if row.method != "base" else "-")
         cells.append(str(max(row.examples)) if row.examples and row.method != "base" else "-")
         cells.append(_note(row))
         lines.append("| " + " | ".join(cells) + " |")
