@@ -245,3 +245,22 @@ def test_parallel_runs_each_unit_in_its_own_process(tiny_bert_dir, shared_data, 
     rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
     assert rows["simcse_unsup"]["runs"] == 1 and rows["simcse_unsup"]["steps"] == [2]
     assert rows["base (mean)"]["runs"] == 1
+
+
+def test_a_minutes_budget_stops_the_run_at_its_time(tiny_bert_dir, shared_data, tmp_path) -> None:
+    """minutes=N: each run is stopped by the clock (here after its first step: 0.06 s), far
+    before the recipe's 300 steps, then evaluated and recorded like any run."""
+    from contrasent.train.compare import run_unit
+
+    corpus = tmp_path / "corpus.txt"
+    lines = (shared_data / "domain" / "linux-man" / "corpus.txt").read_text().splitlines()
+    corpus.write_text("\n".join(lines[:100]) + "\n")
+    task = small_task(shared_data, tmp_path / "man", n=10)
+    p = ComparePlan(model=str(tiny_bert_dir), data=str(corpus), methods=["simcse_unsup"],
+                    seeds=[1], budget="minutes=0.001", tasks=[f"man=retrieval:{task}"],
+                    output_dir=str(tmp_path / "cmp"), pooling="mean")  # fmt: skip
+    unit = units(p)[1]
+    assert method_config(p, "simcse_unsup", 1)["train"]["max_steps"] == 300  # the recipe's
+    outcome = run_unit(p, unit, progress_bar=False)
+    assert outcome["status"] == "done" and outcome["steps"] == 1 and outcome["examples"] == 32
+    assert last_eval(unit.folder)["step"] == 1
