@@ -298,3 +298,34 @@ def build_report(
     path = run / REPORT_DIR / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def build_compare_report(folder: str | os.PathLike, table: str, pngs: list[Path]) -> Path:
+    """``folder/report.html`` of a ``contrasent compare``: its Markdown table (``table``, as
+    :mod:`contrasent.train.compare_table` writes it) and PNGs, embedded in one page."""
+    out = Path(folder)
+    lines = table.splitlines()
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in lines
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+
+    def cell(text: str, tag: str) -> str:
+        bold = text.startswith("**") and text.endswith("**")
+        text = html.escape(text.strip("*") if bold else text)
+        return f"<{tag}>{f'<b>{text}</b>' if bold else text}</{tag}>"
+
+    body = "".join(
+        "<tr>" + "".join(cell(c, "th" if i == 0 else "td") for c in row) + "</tr>"
+        for i, row in enumerate(rows)
+    )
+    notes = "".join(f"<p>{html.escape(line)}</p>" for line in lines if line and line[0] != "|")
+    title = html.escape(f"contrasent compare {out.resolve().name}")
+    parts = [f"<h1>{title}</h1>", f"<table>{body}</table>", notes]
+    parts += [_img(p, p.stem) for p in pngs]
+    head = f"<meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>\n"
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path

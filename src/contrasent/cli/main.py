@@ -33,6 +33,25 @@ class Command:
     aliases: dict[str, str] = field(default_factory=dict)
     recipe_first: bool = False
     check_name: str | None = None  # its check function; default: the options' validate()
+    section: str = ""  # options are this one YAML section; --NAME means --SECTION.NAME
+
+    def section_options(self) -> type:
+        """The options the user sees: the section's dataclass, or the options themselves."""
+        if not self.section:
+            return self.options()
+        import dataclasses
+
+        inner = {f.name: f.type for f in dataclasses.fields(self.options())}[self.section]
+        return self._get(inner) if isinstance(inner, str) else inner
+
+    def all_aliases(self) -> dict[str, str]:
+        if not self.section:
+            return self.aliases
+        import dataclasses
+
+        names = self.section_options()
+        names = {f.name: f"{self.section}.{f.name}" for f in dataclasses.fields(names)}
+        return {**names, **self.aliases}
 
     def options(self) -> type:
         return self._get(self.options_name)
@@ -72,6 +91,16 @@ COMMANDS: dict[str, Command] = {
         aliases={"data_dir": "eval.data_dir"},
         recipe_first=True,
         check_name="check_train",
+    ),
+    "compare": Command(
+        "contrasent.cli.commands.compare",
+        "CompareConfig",
+        "run_compare",
+        "Train every method on your data under one budget and seeds; one table (mean +- std).",
+        aliases={"train.max_steps": "compare.max_steps"},  # the README test's cap
+        recipe_first=True,
+        section="compare",
+        check_name="check_compare",
     ),
     "embed": Command(
         "contrasent.cli.commands.embed",
@@ -142,7 +171,7 @@ def _command_help(name: str, topic: str | None) -> str:
     from contrasent.cli.help import render
 
     cmd = COMMANDS[name]
-    text = render(name, cmd.options(), topic)
+    text = render(name, cmd.section_options(), topic)
     if cmd.positional:  # search QUERY..., export MODEL
         words = " ".join(f"{p.upper()}..." if p == "query" else p.upper() for p in cmd.positional)
         text = text.replace(f"contrasent {name} [", f"contrasent {name} {words} [", 1)
@@ -214,6 +243,12 @@ def _main(argv: list[str]) -> int:
             raise
         from contrasent.cli.commands.train import resume_command
 
+        if name == "compare":  # finished runs are skipped, this one resumes: the same command
+            import shlex
+
+            again = shlex.join(["contrasent", *argv])
+            print(f"contrasent compare: {exc}\nresume with: {again}", file=sys.stderr)
+            return exc.exit_code
         print(f"contrasent train: {exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
         return exc.exit_code
 
@@ -250,7 +285,7 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
         cmd.options(),
         rest,
         positional=cmd.positional,
-        aliases=cmd.aliases,
+        aliases=cmd.all_aliases(),
         recipe_first=cmd.recipe_first,
     )
     locations.update(found)
