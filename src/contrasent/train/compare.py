@@ -351,10 +351,10 @@ def _evaluate_base(plan: ComparePlan, unit: Unit) -> dict[str, Any]:
         evaluation = eval_plan(ev)
         module = torch.nn.Module()
         module.encoder = Encoder.from_pretrained(plan.model, pooling=unit.pooling)
+        start = time.perf_counter()
+        results = run_evaluation(module, ev, evaluation)
     except UserError as err:
         return _failed(unit, err)
-    start = time.perf_counter()
-    results = run_evaluation(module, ev, evaluation)
     record = eval_record(0, results, ev, None, None, None)
     unit.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(unit.folder / "eval.json", json.dumps(record, indent=2) + "\n")
