@@ -118,7 +118,7 @@ def _run(tiny_dir: str, case: str, rows: slice, mini_batch: int | None = None):
     else:
         out = gradcache_step(enc, objective, batch, mini_batch)
     grads = {n: p.grad.detach().clone() for n, p in enc.named_parameters() if p.grad is not None}
-    return float(out["loss"]), grads
+    return float(out["loss"].detach()), grads
 
 
 @pytest.mark.parametrize("case", ["cosent", "angle", "cosine_mse", "online_contrastive"])
