@@ -52,17 +52,30 @@ def _sandbox(tmp: Path) -> Path:
 
 LONG_CAP = " --train.max_steps 4"
 METHODS = "## Methods beyond SimCSE"
+#: the README's parts that run side by side, each in its own sandbox: (first heading, the heading
+#: that ends it); each needs only the Usage block's set-up (the venv, ``$M``) and makes its own
+#: inputs. "main" is the rest, in order, from the main job on.
+PARTS = {
+    "methods": (METHODS, None),  # to the next top-level section
+    "labels": ("## When a few labels exist", "## Supported model families"),
+}
 
 
-def halves(readme: str) -> dict[str, str]:
-    """The README in two halves that run side by side (each in its own sandbox): the methods'
-    section, whose CPU recipes need only the Usage block's set-up (the venv, ``$M``), and the
-    rest, in order, from the main job on."""
-    start = readme.index(METHODS)
-    end = readme.index("\n## ", start + len(METHODS))
+def readme_parts(readme: str) -> dict[str, str]:
+    """The README's parts (see `PARTS`): the methods' CPU recipes; the labelled-data, smaller
+    vectors and comparison sections; and the rest, from the main job on."""
     usage = readme.index("## Usage")
     setup = re.search(r"^```bash\n.*?^```\n", readme[usage:], re.S | re.M).group(0)
-    return {"main": readme[:start] + readme[end:], "methods": setup + readme[start:end]}
+    spans = {}
+    for name, (first, last) in PARTS.items():
+        start = readme.index(first)
+        spans[name] = (start, readme.index(last or "\n## ", start + len(first)))
+    main, at = "", 0
+    for start, end in sorted(spans.values()):
+        main, at = main + readme[at:start], end
+    parts = {"main": main + readme[at:]}
+    parts.update({name: setup + readme[a:b] for name, (a, b) in spans.items()})
+    return parts
 
 
 def _script(readme: str, full: bool = False) -> tuple[str, list[str], list[str]]:
@@ -118,29 +131,31 @@ def test_long_lines_are_capped_and_only_them():
     assert "max_steps" not in _script(text, full=True)[0]
 
 
-def test_the_halves_hold_every_command_once():
+def test_the_parts_hold_every_command_once():
     readme = (REPO / "README.md").read_text()
     whole = _script(readme)[1]
-    main, methods = (_script(h)[1] for h in halves(readme).values())
-    assert methods[0].startswith("source .venv/bin/activate") and methods[1].startswith("M=")
-    assert sorted(main + methods[2:]) == sorted(whole)  # the set-up runs in both halves
-    assert any("tsdae-cpu.yaml" in c for c in methods)
+    main, *others = (_script(h)[1] for h in readme_parts(readme).values())
+    for part in others:
+        assert part[0].startswith("source .venv/bin/activate") and part[1].startswith("M=")
+    assert sorted(main + [c for p in others for c in p[2:]]) == sorted(whole)  # set-up: in each
+    assert any("tsdae-cpu.yaml" in c for c in others[0])
+    assert any("contrasent compare" in c for c in others[1])
 
 
-@pytest.mark.parametrize("half", ["main", "methods"])
-def test_every_readme_command_runs_as_written(tmp_path, half):
-    _run_readme(tmp_path, half, full=False)
+@pytest.mark.parametrize("part", ["main", *PARTS])
+def test_every_readme_command_runs_as_written(tmp_path, part):
+    _run_readme(tmp_path, part, full=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("half", ["main", "methods"])
-def test_every_readme_command_runs_as_written_long_ones_in_full(tmp_path, half):
-    _run_readme(tmp_path, half, full=True)
+@pytest.mark.parametrize("part", ["main", *PARTS])
+def test_every_readme_command_runs_as_written_long_ones_in_full(tmp_path, part):
+    _run_readme(tmp_path, part, full=True)
 
 
-def _run_readme(tmp_path: Path, half: str, full: bool) -> None:
+def _run_readme(tmp_path: Path, part: str, full: bool) -> None:
     repo = _sandbox(tmp_path)
-    script, labels, _ = _script(halves((repo / "README.md").read_text())[half], full)
+    script, labels, _ = _script(readme_parts((repo / "README.md").read_text())[part], full)
     env = {k: v for k, v in os.environ.items() if k != "CONTRASENT_DATA"}  # the README's default
     env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), HF_HUB_OFFLINE="1")
     proc = subprocess.run(["bash", "-c", script], cwd=repo, env=env, capture_output=True,
@@ -149,7 +164,7 @@ def _run_readme(tmp_path: Path, half: str, full: bool) -> None:
     failed = labels[len(done)] if len(done) < len(labels) else None
     assert proc.returncode == 0, f"README command failed: {failed}\n{proc.stderr[-3000:]}"
     assert len(done) == len(labels)
-    if half != "main":
+    if part != "main":
         return
     before, after = _quickstart_stsb(proc.stdout)
     assert after - before >= 2.0, (before, after)

@@ -233,6 +233,8 @@ def test_eval_at_epoch_end_and_patience_counts_it(tiny_bert_dir, senteval_dir, t
     raw["output_dir"] = str(tmp_path / "noscan")
     with pytest.raises(UserError, match="eval.at_epoch_end: the number of batches per epoch"):
         train(raw)
+
+
 def test_command_line_caps_every_stage_of_a_staged_recipe(monkeypatch):
     """`contrasent train RECIPE --train.max_steps 4` (the README test's cap) reaches every stage
     of a staged recipe through the command line itself, not only through parse_train_config."""
