@@ -289,7 +289,7 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
         recipe_first=cmd.recipe_first,
     )
     locations.update(found)
-    if cmd.recipe_first:  # a staged recipe: command-line options reach every stage
+    if name == "train":  # a staged recipe: command-line options reach every stage
         from contrasent.cli.commands.train import overrides_reach_stages
 
         overrides_reach_stages(args, found)
@@ -297,7 +297,8 @@ def _execute(name: str, rest: list[str], locations: dict[str, str]) -> int:
     if name not in ("env", "report", "embed merge"):  # env says it itself; the others: no model
         from contrasent.core.hardware import apply_threads
 
-        apply_threads(getattr(args, "threads", None) or _train_threads(args))
+        # said once the model loads (ModelArgs.load, train): a mistake before that is one line
+        apply_threads(getattr(args, "threads", None) or _train_threads(args), say=False)
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
         cmd.run(args)
     return 0

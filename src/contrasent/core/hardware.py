@@ -181,17 +181,28 @@ def cpu_bf16_level() -> str:
     return bf16_level(cpu_flags(read_cpuinfo()), torch.backends.cpu.get_cpu_capability())
 
 
+_APPLIED: list[Machine] = []  # what apply_threads set in this process, until it is said
+
+
 def apply_threads(threads: int | None = None, say: bool = True) -> Machine:
     """Set torch's intra-op threads for this run (see :func:`machine`); ``say``: log the machine
-    (once a run: the command line calls this before a command runs)."""
+    now, else at the first :func:`say_machine` (once the run's inputs are checked and its model
+    loads, so a user's mistake stays one line)."""
     import torch
 
     found = machine(threads)
     if found.threads != torch.get_num_threads():
         torch.set_num_threads(found.threads)
+    _APPLIED[:] = [found]
     if say:
-        log.info("%s", found.line())
+        say_machine()
     return found
+
+
+def say_machine() -> None:
+    """Log the machine line of the last :func:`apply_threads`, once."""
+    if _APPLIED:
+        log.info("%s", _APPLIED.pop().line())
 
 
 def matmul_peak(

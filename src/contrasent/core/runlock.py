@@ -94,6 +94,7 @@ class RunLock:
         self._outer: RunLock | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made = False  # this lock created the folder
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -126,6 +127,7 @@ class RunLock:
             return
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"{self.folder} exists and is not a folder")
+        self._made = not self.folder.exists()
         make_folder(self.folder)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -164,7 +166,8 @@ class RunLock:
 
     def release(self) -> None:
         """Free the folder: the file is emptied (never deleted: a process that opened it keeps
-        locking the same file) and unlocked."""
+        locking the same file) and unlocked. A folder this lock created and nothing else wrote
+        in (a run refused before it started) is removed, so a mistake leaves nothing behind."""
         if self._fd is None:
             return
         _HELD.pop(self.folder.absolute(), None)
@@ -173,5 +176,10 @@ class RunLock:
             self._thread.join()
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
+        if self._made:  # still flock-ed: a process that opened the file now is refused
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+                    self.path.unlink()
+                    self.folder.rmdir()
         os.close(self._fd)  # drops the flock
         self._fd = None

@@ -44,6 +44,7 @@ import torch
 
 from contrasent.core.distributed import OneFailsAll, average_gradients
 from contrasent.core.errors import UserError
+from contrasent.core.hardware import say_machine
 from contrasent.core.launch import launched_rank
 from contrasent.core.runlock import RunLock
 from contrasent.objectives.base import Objective
@@ -96,6 +97,7 @@ class _Trainer:
         self.folder = RunFolder(self.out, self.is_main)
         self.signal: int | None = None
         resume, plan = preflight(cfg, objective, self.world, self.folder, self.acc)
+        say_machine()  # checked: the run starts (a mistake above stays one line)
         self.module = self._build_module(objective)
         self.stream = self._build_stream()
         validation = self._build_validation()
