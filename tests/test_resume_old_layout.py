@@ -41,8 +41,13 @@ def _recipe(tiny: Path, wiki: Path, out: Path) -> dict:
         "objective": {"name": "simcse_unsup"},  # its MLP head is part of the checkpoint
         "data": {"kind": "text", "path": str(wiki), "shuffle_buffer": 500},
         # length_buckets: the old default, stated (the default is 4 now: other dropout draws)
-        "train": {"batch_size": 8, "max_steps": 4, "lr": 3e-4, "warmup_steps": 2,
-                  "length_buckets": 1},  # fmt: skip
+        "train": {
+            "batch_size": 8,
+            "max_steps": 4,
+            "lr": 3e-4,
+            "warmup_steps": 2,
+            "length_buckets": 1,
+        },  # fmt: skip
         "eval": {"every_steps": 0, "at_end": False},
         "checkpoint": {"every_steps": 2, "keep_last": 3},
         "logging": {"log_every": 1, "tensorboard": False, "progress_bar": False},
