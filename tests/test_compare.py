@@ -264,3 +264,33 @@ def test_a_minutes_budget_stops_the_run_at_its_time(tiny_bert_dir, shared_data, 
     outcome = run_unit(p, unit, progress_bar=False)
     assert outcome["status"] == "done" and outcome["steps"] == 1 and outcome["examples"] == 32
     assert last_eval(unit.folder)["step"] == 1
+
+
+def test_a_second_compare_into_a_running_ones_folder_is_refused(tmp_path, capsys) -> None:
+    """One folder, one comparison: while another process holds the folder's lock (a running
+    `compare`), a second one stops at once with one line naming it, and runs nothing."""
+    from contrasent.cli.main import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a line\n")
+    out = tmp_path / "cmp"
+    hold = (
+        "import sys, time\nfrom contrasent.core.runlock import RunLock\n"
+        "with RunLock(sys.argv[1], 'contrasent compare'):\n"
+        "    print('got it', flush=True)\n    time.sleep(60)\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "got it"
+        argv = ["compare", "--model", "m", "--data", str(corpus), "--methods", "simcse_unsup",
+                "--eval", "stsb", "--budget", "steps=2", "--output_dir", str(out)]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by contrasent compare (pid {holder.pid} " in err[0]
+        assert not (out / "base").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)

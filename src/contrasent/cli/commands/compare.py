@@ -190,6 +190,7 @@ def _same_comparison(saved: Any, plan: Any) -> None:
 
 
 def run_compare(cfg: CompareConfig) -> None:
+    from contrasent.core.runlock import RunLock
     from contrasent.train.compare import ComparePlan, run_all, units
 
     args, plan = cfg.compare, cfg.plan  # type: ignore[attr-defined]
@@ -203,13 +204,16 @@ def run_compare(cfg: CompareConfig) -> None:
             for i, unit in enumerate(units(plan)):
                 print(f"{i}\t{unit.name}\t{unit.folder}")
             return
-        if args.run is not None:
+        if args.run is not None:  # one job of an array: the jobs share the folder by design
             run_all(plan, only=args.run, progress_bar=args.progress_bar)
             return
-        if args.parallel > 1:
-            _run_parallel(plan, args.parallel)
-        else:
-            run_all(plan, progress_bar=args.progress_bar)
+        # one comparison per folder: a second `compare` into it is refused with one line
+        # (each unit's training also locks its own run folder)
+        with RunLock(plan.output_dir, "contrasent compare"):
+            if args.parallel > 1:
+                _run_parallel(plan, args.parallel)
+            else:
+                run_all(plan, progress_bar=args.progress_bar)
     _print_table(plan)
 
 
