@@ -237,3 +237,17 @@ def describe(cls: type, indent: str = "  ") -> str:
         if doc:
             lines.append(doc_block(doc, indent))
     return "\n".join(lines) if lines else f"{indent}(no options)"
+
+
+def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--shard I/N`` (0 <= I < N) -> (I, N); None (and a parsed pair) stay as they are. One
+    reader for every command that splits its input across jobs (embed, mine, data prepare)."""
+    if spec is None or isinstance(spec, tuple):
+        return spec
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {spec}: need 0 <= I < N (shards are numbered from 0)")
+    return i, n

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import atomic_write_text, temp_sibling
+from contrasent.core.options import parse_shard
 from contrasent.data.dedup import ExactDedup, NearDedup, held_out, normalize, text_hash
 from contrasent.data.readers import ReadStats, detect_format, iter_lines, read_texts
 from contrasent.data.sentences import SPLITTERS, make_splitter, normalize_space, split_stream
@@ -147,19 +148,6 @@ class PrepareConfig:
             if not str(p).startswith("hf:") and not Path(str(p).rpartition("@")[0] or p).exists():
                 raise UserError(f"{p}: no such file or folder")
         parse_shard(self.shard)
-
-
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    """'I/N' (0 <= I < N) -> (I, N)."""
-    if spec is None:
-        return None
-    try:
-        i, n = (int(x) for x in str(spec).split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {spec}: need 0 <= I < N (shards are numbered from 0)")
-    return i, n
 
 
 # ----------------------------------------------------------------------------- reading

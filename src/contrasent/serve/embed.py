@@ -29,6 +29,7 @@ import numpy as np
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import make_folder, no_room
+from contrasent.core.options import parse_shard
 from contrasent.data.readers import REPLACED, ReadStats, iter_lines
 from contrasent.serve.chunks import (
     CHUNKS_FORMAT,
@@ -49,19 +50,6 @@ PROGRESS_MIN_LINES = 5000
 
 
 # ----------------------------------------------------------------------------- input ranges
-def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """'I/N' (0 <= I < N) -> (I, N); None stays None."""
-    if spec is None or isinstance(spec, tuple):
-        return spec
-    try:
-        i, n = (int(x) for x in str(spec).split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {spec}: need 0 <= I < N (shards are numbered from 0)")
-    return i, n
-
-
 def line_start_at_or_after(path: Path, offset: int) -> int:
     """Byte offset of the first line that begins at or after ``offset`` (file size if none)."""
     if offset <= 0:

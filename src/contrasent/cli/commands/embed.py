@@ -69,7 +69,7 @@ class EmbedArgs(ModelArgs):
             raise UserError("--with_text needs a .parquet or .jsonl --output (.npy holds numbers)")
         if self.chunk_lines < 1:
             raise UserError(f"--chunk_lines must be >= 1, got {self.chunk_lines}")
-        from contrasent.serve.embed import parse_shard
+        from contrasent.core.options import parse_shard
 
         parse_shard(self.shard)
         self._check_quantize()
@@ -115,7 +115,8 @@ def distributed_shard() -> tuple[int, int] | None:
 
 
 def run_embed(args: EmbedArgs) -> None:
-    from contrasent.serve.embed import embed_file, merge_shards, parse_shard
+    from contrasent.core.options import parse_shard
+    from contrasent.serve.embed import embed_file, merge_shards
 
     shard = parse_shard(args.shard)
     launch = distributed_shard() if shard is None else None  # an explicit --shard wins

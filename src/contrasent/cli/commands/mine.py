@@ -89,7 +89,7 @@ class MineArgs(ModelArgs):
         if self.engine == "faiss":
             check_faiss("faiss")
         self.settings().window(1, 1 << 62)  # the range checks that need no data
-        from contrasent.serve.embed import parse_shard
+        from contrasent.core.options import parse_shard
 
         parse_shard(self.shard)
 
@@ -110,7 +110,7 @@ class MineArgs(ModelArgs):
 
 
 def run_mine(args: MineArgs) -> None:
-    from contrasent.serve.embed import parse_shard
+    from contrasent.core.options import parse_shard
     from contrasent.serve.mine import describe, mine, read_corpus, read_pairs
 
     columns = None
