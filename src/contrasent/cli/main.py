@@ -162,7 +162,7 @@ def _top_help() -> str:
 
     lines = [f"contrasent {__version__}: train and evaluate sentence encoders", "", "commands:"]
     width = max(map(len, COMMANDS))
-    lines += [f"  {name:<{width}} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
     lines += ["", "contrasent COMMAND --help for a command's options; contrasent --version"]
     return "\n".join(lines)
 
