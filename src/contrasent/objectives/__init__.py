@@ -10,6 +10,7 @@ the encoder's sizes and must exist before the optimizer is built). The option ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from contrasent.core.errors import UserError
@@ -90,6 +91,17 @@ def matryoshka_config(options: dict[str, Any] | None) -> MatryoshkaConfig | None
     if not isinstance(raw, dict):
         raise UserError(f"{label} must be a mapping like {{dims: [384, 256, 128, 64]}}", key)
     return build_options(MatryoshkaConfig, raw, label, key)
+
+
+def wrapper_card(section: Mapping[str, Any]) -> tuple[str, list[str], list[str]]:
+    """What wraps the objective of a recipe's ``objective`` section, as a model card says it:
+    a suffix to the method's name, the wrappers' BibTeX and their tags (the objective's own come
+    from its class). Here, beside :func:`build_objective`, the one place that composes them."""
+    wrap = section.get("matryoshka")
+    if not wrap or not isinstance(wrap, Mapping):
+        return "", [], []
+    suffix = f" + {Matryoshka.method} (dims {wrap.get('dims')})"
+    return suffix, [Matryoshka.citation], [Matryoshka.name]
 
 
 def build_objective(name: str, encoder: Any = None, **options: Any) -> Objective:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contrasent.model.card import write_model_card
-from contrasent.objectives import OBJECTIVES
+from contrasent.objectives import OBJECTIVES, wrapper_card
 
 
 def objective_card(name: str | None) -> tuple[str | None, str]:
@@ -76,13 +76,11 @@ def run_card_info(
         },
         "tags": [objective] if objective else [],
     }
-    if (recipe.get("objective") or {}).get("matryoshka"):  # the wrapper's method and paper
-        from contrasent.objectives import Matryoshka
-
-        dims = recipe["objective"]["matryoshka"].get("dims")
-        info["method"] = f"{info['method']} + {Matryoshka.method} (dims {dims})"
-        info["citation"] = Matryoshka.citation
-        info["tags"].append("matryoshka")
+    suffix, cites, tags = wrapper_card(recipe.get("objective") or {})  # objective.matryoshka
+    if suffix:
+        info["method"] = f"{info['method']}{suffix}"
+        info["citation"] = "\n\n".join(cites)
+        info["tags"] += tags
     if sts_before:
         info["sts_before"] = sts_before
     if sts:
