@@ -181,6 +181,17 @@ def cpu_bf16_level() -> str:
     return bf16_level(cpu_flags(read_cpuinfo()), torch.backends.cpu.get_cpu_capability())
 
 
+def auto_half_precision(cuda: bool) -> str | None:
+    """What precision ``auto`` picks (inference and training alike): on CUDA bf16 where the GPU
+    has it, else fp16; on a CPU bf16 only where it has fast bf16 matmuls (:data:`FAST_BF16`),
+    else None: stay in fp32 (emulated bf16 is slower than fp32)."""
+    import torch
+
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_level() in FAST_BF16 else None
+
+
 _APPLIED: list[Machine] = []  # what apply_threads set in this process, until it is said
 
 

@@ -67,15 +67,13 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     bf16 matmuls (AMX or AVX512-BF16, `contrasent.core.hardware`), else fp32 (emulated bf16 is
     slower than fp32). fp16 runs on CUDA only (CPU half-precision matmuls are slow).
     """
-    from contrasent.core.hardware import FAST_BF16, cpu_bf16_level
+    from contrasent.core.hardware import auto_half_precision
 
     if precision not in PRECISION_CHOICES:
         raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISION_CHOICES)}")
     cuda = device.type == "cuda"
     if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_bf16_level() in FAST_BF16 else "fp32"
+        return auto_half_precision(cuda) or "fp32"
     if precision == "fp16" and not cuda:
         raise UserError(
             f"precision 'fp16' needs a CUDA device; on {device.type} use 'bf16' (fast where the "

@@ -123,13 +123,11 @@ def training_precision(mixed_precision: str) -> str:
     GPU; on a CPU bf16 where it has fast bf16 matmuls (AMX, AVX512-BF16: measured 2.5x the fp32
     step on an AMD EPYC with AVX512-BF16, see the README), else ``no`` (emulated bf16 is slower
     than fp32)."""
-    from contrasent.core.hardware import FAST_BF16, cpu_bf16_level
+    from contrasent.core.hardware import auto_half_precision
 
     if mixed_precision != "auto":
         return mixed_precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_bf16_level() in FAST_BF16 else "no"
+    return auto_half_precision(torch.cuda.is_available()) or "no"
 
 
 def check_custom_objective(cfg: TrainConfig, objective: Objective) -> None:
