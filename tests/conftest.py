@@ -147,3 +147,18 @@ def gloo_group(rank: int, world: int, folder: str | Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+@pytest.fixture(scope="module")
+def st_dir(tmp_path_factory, minilm_dir):
+    """A tiny BERT without dropout saved as a sentence-transformers folder (mean pooling): the
+    same model on both sides of a comparison with sentence-transformers' losses."""
+    from contrasent.model.encoder import Encoder
+
+    tiny = build_tiny_bert(
+        tmp_path_factory.mktemp("nodrop"), minilm_dir,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("st") / "m"
+    Encoder.from_pretrained(tiny, pooling="mean", device="cpu").save(out)
+    return out

@@ -32,19 +32,6 @@ DIMS = [32, 16, 8]
 WEIGHTS = [1.0, 0.5, 2.0]
 
 
-@pytest.fixture(scope="module")
-def st_dir(tmp_path_factory, minilm_dir):
-    from conftest import build_tiny_bert
-
-    tiny = build_tiny_bert(
-        tmp_path_factory.mktemp("nodrop"), minilm_dir,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    out = tmp_path_factory.mktemp("st") / "m"
-    Encoder.from_pretrained(tiny, pooling="mean", device="cpu").save(out)
-    return out
-
-
 def _theirs(st_dir, cached: bool):
     """MatryoshkaLoss(MNRL or CachedMNRL) loss and encoder gradients on the triplets."""
     from sentence_transformers import SentenceTransformer

@@ -119,19 +119,6 @@ def test_logits_are_float32_under_bf16_autocast():
     assert abs(naive.float().item() - exact.item()) > 1e-3  # what the fix prevents
 
 
-@pytest.fixture(scope="module")
-def st_dir(tmp_path_factory, minilm_dir):
-    from conftest import build_tiny_bert
-
-    tiny = build_tiny_bert(
-        tmp_path_factory.mktemp("nodrop"), minilm_dir,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    out = tmp_path_factory.mktemp("st") / "m"
-    Encoder.from_pretrained(tiny, pooling="mean", device="cpu").save(out)
-    return out
-
-
 def test_cached_gradients_equal_cached_multiple_negatives_ranking_loss(st_dir):
     """The same small model, batch and mini-batch size: our gradient-cache step for ``pairs``
     (dedup off, scale 20) gives sentence-transformers' CachedMNRL loss and encoder gradients."""
