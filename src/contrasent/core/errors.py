@@ -22,8 +22,12 @@ class UserError(Exception):
 
 
 def where(path: object, line: int | None = None) -> str:
-    """Format a `file:line` location for error messages."""
-    return f"{path}:{line}" if line is not None else str(path)
+    """Format a `file:line` location for error messages (a location that is not a file, e.g.
+    a task given from Python, says itself where a row is: its ``at(line)``)."""
+    if line is None:
+        return str(path)
+    at = getattr(path, "at", None)
+    return at(line) if callable(at) else f"{path}:{line}"
 
 
 def finite_number(text: str, path: object, line: int, what: str) -> float:

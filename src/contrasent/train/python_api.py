@@ -6,6 +6,10 @@ takes: one column = texts; several = anchor, positive, negatives in column order
 a path / ``hf:`` id (read like ``data.path``). In-memory data is registered under
 ``memory:<fingerprint>`` (:mod:`contrasent.data.sources`), so a checkpoint records WHICH data it
 was trained on: resuming with the same data continues exactly, different data is one error.
+
+``eval_tasks`` takes own-data evaluation tasks the same way: ``{"name": (KIND, data)}`` with
+rows, columns or a ``datasets.Dataset`` (file specs and built-in names too); they become
+``eval.tasks`` entries ``name=KIND:memory:<fingerprint>`` (:mod:`contrasent.eval.tasks`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from contrasent.core.errors import UserError
 from contrasent.data.sources import HF_PREFIX, register_memory
+from contrasent.eval.tasks import python_task_specs
 from contrasent.train.config import TrainConfig, as_train_config
 
 #: kinds whose rows a caller's data can stand in for (others keep their kind and read the path)
@@ -84,13 +89,16 @@ def train(
     data: Any = None,
     *,
     validation: Any = None,
+    eval_tasks: Any = None,
     objective: Any = None,
     callbacks: Sequence[Any] = (),
 ) -> Any:
     """Train as ``config`` (a TrainConfig, mapping or YAML path) says, on ``data`` when given.
 
     ``validation``: held-out data in the same forms (or a fraction / row count, as
-    ``data.validation``). Returns the :class:`~contrasent.train.result.TrainResult`.
+    ``data.validation``). ``eval_tasks``: replaces ``eval.tasks``: a mapping ``name -> (KIND,
+    data)`` (or a file spec), or a list of spec strings and such mappings; the data is checked
+    before the model loads. Returns the :class:`~contrasent.train.result.TrainResult`.
     The config's ``data.columns`` wins over the inferred mapping.
     """
     from contrasent.train.loop import train as run
@@ -109,4 +117,6 @@ def train(
             cfg.data.validation = validation
         else:
             cfg.data.validation = describe(validation)[0]
+    if eval_tasks is not None:
+        cfg.eval.tasks = python_task_specs(eval_tasks)
     return run(cfg, objective=objective, callbacks=callbacks)

@@ -1,6 +1,8 @@
 """Evaluation on the user's own data files: retrieval (BEIR folder), reranking (JSON lines), pair
 classification, STS and clustering (tables). A spec names a file (``kind:PATH``, ``name=kind:PATH``
 or a bare ``PATH`` whose kind is detected); a bare word is left to the built-in evaluation.
+A task given from Python (rows, columns or a ``datasets.Dataset``) is checked like its file and
+kept as ``NAME=KIND:memory:<fingerprint>`` (:func:`python_task_specs`, :mod:`.memory`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from contrasent.core.errors import UserError, where
-from contrasent.eval.tasks import clustering, pair_classification, reranking, retrieval, sts_file
+from contrasent.eval.tasks import (
+    clustering,
+    memory,
+    pair_classification,
+    reranking,
+    retrieval,
+    sts_file,
+)
 from contrasent.eval.tasks.files import JSONL_SUFFIXES, TABLE_SUFFIXES, as_encode, stem
 from contrasent.eval.tasks.kind import TaskKind
+from contrasent.eval.tasks.records import PythonSource
 
 __all__ = [
     "KINDS",
@@ -26,6 +36,7 @@ __all__ = [
     "evaluate_task",
     "evaluate_tasks",
     "parse_task_specs",
+    "python_task_specs",
     "register_task_kind",
 ]
 
@@ -64,6 +75,7 @@ class TaskSpec:
     kind: str | None = None
     path: Path | None = None
     columns: Mapping[str, str] | None = None
+    memory: str | None = None  # memory:<fingerprint>: a task given from Python, not a file
 
 
 def _relative_hint(path: Path) -> str:
@@ -101,6 +113,11 @@ def parse_task_spec(text: str) -> TaskSpec:
             )
         kind, tail = None, rest
     path_text = tail.strip() if kind else rest
+    if path_text.startswith(memory.MEMORY_PREFIX):
+        if not kind or not name:
+            raise UserError(f"task {text!r}: a task from Python is written NAME=KIND:{path_text}")
+        memory.lookup(path_text, kind, name)  # its data must be in this process
+        return TaskSpec(name, kind, None, memory=path_text)
     if not kind and not name and not _looks_like_path(path_text) and not Path(path_text).exists():
         return TaskSpec(path_text)  # a built-in task name
     path = Path(path_text).expanduser()
@@ -123,11 +140,60 @@ def parse_task_specs(text_or_list: str | Iterable[str]) -> list[TaskSpec]:
     return specs
 
 
+def python_task_specs(tasks: Any) -> list[str]:
+    """``eval.tasks`` spec strings from what Python code may pass: a spec string, a list of
+    them, or a mapping ``name -> task`` (items of a list may be such mappings too), where a task
+    is a file spec (``"KIND:PATH"``, a path), a tuple ``(KIND, data)`` (rows, columns or a
+    ``datasets.Dataset``: see each kind's ``from_python``) or a kind's task object. Data from
+    Python is checked now (one error naming the task and row) and registered in memory."""
+    items = [tasks] if isinstance(tasks, (str, os.PathLike, Mapping)) else list(tasks)
+    out = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            out.append(os.fspath(item))
+            continue
+        for name, value in item.items():
+            if not isinstance(name, str) or not name or any(c in name for c in ",=:/ "):
+                raise UserError(f"eval task name {name!r}: a word without , = : / or spaces")
+            if isinstance(value, (str, os.PathLike)):
+                out.append(f"{name}={os.fspath(value)}")
+                continue
+            kind, task = _python_task(name, value)
+            out.append(f"{name}={kind}:{memory.register(kind, task)}")
+    return out
+
+
+def _python_task(name: str, value: Any) -> tuple[str, Any]:
+    """(kind name, checked task) for a ``(KIND, data)`` tuple or a task object."""
+    for kind in KINDS.values():  # a task object (RetrievalTask, STSTask, ...): by its type
+        if kind.task_type is not None and isinstance(value, kind.task_type):
+            return kind.name, value
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)):
+        raise UserError(
+            f"eval task {name!r}: expected (KIND, data) with KIND one of {', '.join(KINDS)}, "
+            f"a file spec, or a task object; found {type(value).__name__}"
+        )
+    kind_name, data = value[0].strip().lower(), value[1]
+    kind = KINDS.get(kind_name)
+    if kind is None or kind.from_python is None:
+        raise UserError(
+            f"eval task {name!r}: unknown task kind {value[0]!r}; choose from {', '.join(KINDS)}"
+        )
+    return kind.name, kind.from_python(data, PythonSource(name))
+
+
 # ----------------------------------------------------------------------------- evaluating
 def check_tasks(specs: Sequence[TaskSpec]) -> dict[str, Any]:
     """Read every file task now (name -> task), so a mistake in any file surfaces before a
     model loads or any encoding time is spent. Built-in specs are not read here."""
-    return {s.name: KINDS[s.kind].read(s.path, s.columns) for s in specs if s.kind is not None}
+    return {s.name: read_spec(s) for s in specs if s.kind is not None}
+
+
+def read_spec(spec: TaskSpec) -> Any:
+    """The task of a file spec, read and checked, or the task given from Python."""
+    if spec.memory is not None:
+        return memory.lookup(spec.memory, spec.kind, spec.name)
+    return KINDS[spec.kind].read(spec.path, spec.columns)
 
 
 class _Timed:
@@ -154,7 +220,7 @@ def evaluate_task(
     kind = KINDS[spec.kind]
     start = time.perf_counter()
     if task is None:
-        task = kind.read(spec.path, spec.columns)
+        task = read_spec(spec)
     timed = _Timed(as_encode(encode))
     result = kind.evaluate(timed, task, batch_size=batch_size)
     seconds = time.perf_counter() - start
@@ -183,13 +249,14 @@ def evaluate_tasks(
     batch_size: int = 128,
     tasks: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every file task in ``specs`` (specs or spec strings): name -> :func:`evaluate_task`'s
+    """Every own-data task in ``specs`` (specs, spec strings, or ``name -> task`` mappings as
+    :func:`python_task_specs` takes them): name -> :func:`evaluate_task`'s
     result. All files are read first (``tasks``: already read by :func:`check_tasks`, e.g.
     once for a whole training run); ``log`` (default: this module's logger) gets one line per
     task. Built-in names must be routed by the caller (ValueError here)."""
-    specs = [specs] if isinstance(specs, str) else list(specs)
+    specs = [specs] if isinstance(specs, (str, Mapping)) else list(specs)
     if not all(isinstance(s, TaskSpec) for s in specs):
-        specs = parse_task_specs(specs)
+        specs = parse_task_specs(python_task_specs(specs))
     builtin = [s.name for s in specs if s.kind is None]
     if builtin:
         raise ValueError(f"built-in tasks {builtin} go to contrasent.eval, not evaluate_tasks")

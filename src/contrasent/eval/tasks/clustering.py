@@ -19,6 +19,7 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import v_measure_score
 
 from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks import records
 from contrasent.eval.tasks.files import as_encode, embed_texts, no_rows, read_table, table_has
 from contrasent.eval.tasks.kind import TaskKind
 
@@ -40,15 +41,39 @@ def read_clustering(
     path = Path(path)
     task = ClusteringTask([], [])
     for line, (text, label) in read_table(path, COLUMNS, columns):
-        if not label.strip():
-            raise UserError(f"{where(path, line)}: empty label")
-        task.texts.append(text)
-        task.labels.append(label.strip())
+        _add(task, text, label, path, line)
+    return _checked(task, path)
+
+
+def clustering_from_python(data: Any, source: records.PythonSource) -> ClusteringTask:
+    """Rows ``(text, label)``; a label is a string or an integer (MTEB's are integers)."""
+    task = ClusteringTask([], [])
+    for row, (text, label) in records.rows(data, COLUMNS, source):
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = str(label)
+        _add(
+            task,
+            records.text(text, source, row, "text"),
+            records.text(label, source, row, "label"),
+            source,
+            row,
+        )
+    return _checked(task, source)
+
+
+def _add(task: ClusteringTask, text: str, label: str, source: Any, line: int) -> None:
+    if not label.strip():
+        raise UserError(f"{where(source, line)}: empty label")
+    task.texts.append(text)
+    task.labels.append(label.strip())
+
+
+def _checked(task: ClusteringTask, source: Any) -> ClusteringTask:
     texts, labels, skipped = usable_items(task)
     if not texts:
-        raise no_rows(path, "labelled texts", skipped)
+        raise no_rows(source, "labelled texts", skipped)
     if len(set(labels)) < 2:
-        raise UserError(f"{where(path)}: every text has the label {labels[0]!r}; need 2 or more")
+        raise UserError(f"{where(source)}: every text has the label {labels[0]!r}; need 2 or more")
     return task
 
 
@@ -87,8 +112,9 @@ def evaluate_clustering(
     batch_size: int = 128,
 ) -> dict[str, Any]:
     """Mean and standard deviation (over ``n_runs`` seeds) of the V-measure, and counts."""
-    if not isinstance(task, ClusteringTask):
-        task = read_clustering(task)
+    task = records.as_task(
+        task, ClusteringTask, read_clustering, clustering_from_python, "clustering"
+    )
     texts, labels, skipped = usable_items(task)
     if len(set(labels)) < 2:  # k-means with k=1 (or 0) has no clusters to compare
         raise UserError("clustering: need non-empty texts with 2 or more distinct labels")
@@ -111,4 +137,6 @@ KIND = TaskKind(
     "v_measure",
     detect=detect,
     summary=".tsv/.csv with header text, label",
+    from_python=clustering_from_python,
+    task_type=ClusteringTask,
 )

@@ -142,7 +142,8 @@ def read_table(
 def no_rows(path: Path, what: str, skipped: int = 0) -> UserError:
     """The 'empty task' error: the file holds nothing to evaluate."""
     extra = f" ({skipped} skipped for an empty text)" if skipped else ""
-    return UserError(f"{where(path, 1)}: no {what} to evaluate{extra}")
+    at = where(path, 1) if isinstance(path, Path) else str(path)  # rows from Python: no line
+    return UserError(f"{at}: no {what} to evaluate{extra}")
 
 
 # ----------------------------------------------------------------------------- values

@@ -12,7 +12,8 @@ from typing import Any
 class TaskKind:
     """A registered kind of task file: ``read(path, columns) -> task`` (checks every line),
     ``evaluate(encode, task, batch_size=...) -> {metric: value, "n_...": count, ...}``,
-    ``detect(path) -> bool`` (does this file look like this kind?)."""
+    ``detect(path) -> bool`` (does this file look like this kind?), ``from_python(data,
+    source) -> task`` (the same task from rows given in Python, checked like the file)."""
 
     name: str
     read: Callable[[Path, Mapping[str, str] | None], Any]
@@ -22,3 +23,5 @@ class TaskKind:
     higher_is_better: bool = True
     detect: Callable[[Path], bool] = lambda path: False
     summary: str = ""
+    from_python: Callable[[Any, Any], Any] | None = None
+    task_type: type | None = None  # what ``read`` returns (a task object passed as itself)

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks import records
 from contrasent.eval.tasks.files import no_rows, parse_binary, read_table, table_has
 from contrasent.eval.tasks.kind import TaskKind
 from contrasent.eval.tasks.sts_file import pair_cosines, usable_pairs
@@ -44,10 +45,24 @@ def read_pair_classification(
         task.labels.append(parse_binary(label, path, line))
         task.sentence1.append(s1)
         task.sentence2.append(s2)
+    return _checked(task, path)
+
+
+def pairs_from_python(data: Any, source: records.PythonSource) -> PairClassificationTask:
+    """Rows ``(sentence1, sentence2, label)`` with a 0/1 (or bool) label."""
+    task = PairClassificationTask([], [], [])
+    for row, (s1, s2, label) in records.rows(data, COLUMNS, source):
+        task.sentence1.append(records.text(s1, source, row, "sentence1"))
+        task.sentence2.append(records.text(s2, source, row, "sentence2"))
+        task.labels.append(records.binary(label, source, row))
+    return _checked(task, source)
+
+
+def _checked(task: PairClassificationTask, source: Any) -> PairClassificationTask:
     keep, skipped = usable_pairs(task.sentence1, task.sentence2)
     if not keep:
-        raise no_rows(path, "labelled pairs", skipped)
-    _check_both_labels([task.labels[i] for i in keep], where(path))
+        raise no_rows(source, "labelled pairs", skipped)
+    _check_both_labels([task.labels[i] for i in keep], where(source))
     return task
 
 
@@ -113,8 +128,9 @@ def evaluate_pair_classification(
     encode: Any, task: PairClassificationTask | str | os.PathLike, *, batch_size: int = 128
 ) -> dict[str, Any]:
     """The metrics of ``METRICS`` on cosine scores, plus pair counts."""
-    if not isinstance(task, PairClassificationTask):
-        task = read_pair_classification(task)
+    task = records.as_task(
+        task, PairClassificationTask, read_pair_classification, pairs_from_python, "pairs"
+    )
     keep, skipped, scores = pair_cosines(encode, task.sentence1, task.sentence2, batch_size)
     if not keep:
         raise UserError("pair classification: no pair with two non-empty texts")
@@ -144,4 +160,6 @@ KIND = TaskKind(
     "ap",
     detect=detect,
     summary=".tsv/.csv with header sentence1, sentence2, label",
+    from_python=pairs_from_python,
+    task_type=PairClassificationTask,
 )

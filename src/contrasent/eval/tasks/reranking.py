@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks import records
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -68,9 +69,28 @@ def read_reranking(
         query = json_value(obj, keys["query"], path, line)
         pos, neg = (_texts(obj, keys[role], path, line) for role in ("positive", "negative"))
         task.samples.append(RerankingSample(query, pos, neg))
+    return _checked(task, path)
+
+
+def reranking_from_python(data: Any, source: records.PythonSource) -> RerankingTask:
+    """Samples ``{"query": str, "positive": [str], "negative": [str]}`` (sentence-transformers'
+    RerankingEvaluator's), as dicts, tuples, columns or a Dataset."""
+    task = RerankingTask()
+    for row, (query, pos, neg) in records.rows(data, KEYS, source):
+        task.samples.append(
+            RerankingSample(
+                records.text(query, source, row, "'query'"),
+                records.texts(pos, source, row, "'positive'"),
+                records.texts(neg, source, row, "'negative'"),
+            )
+        )
+    return _checked(task, source)
+
+
+def _checked(task: RerankingTask, source: Any) -> RerankingTask:
     kept, counts = usable_samples(task)
     if not kept:
-        raise no_rows(path, "query with a positive and a negative", sum(counts.values()))
+        raise no_rows(source, "query with a positive and a negative", sum(counts.values()))
     return task
 
 
@@ -106,8 +126,7 @@ def evaluate_reranking(
     encode: Any, task: RerankingTask | str | os.PathLike, *, at_k: int = 10, batch_size: int = 128
 ) -> dict[str, Any]:
     """``map``, ``mrr@k``, ``ndcg@k`` (means over the kept queries) and counts."""
-    if not isinstance(task, RerankingTask):
-        task = read_reranking(task)
+    task = records.as_task(task, RerankingTask, read_reranking, reranking_from_python, "reranking")
     samples, counts = usable_samples(task)
     if not samples:
         raise UserError("reranking: no query with a non-empty positive and negative")
@@ -140,4 +159,6 @@ KIND = TaskKind(
     "map",
     detect=detect,
     summary=".jsonl with query, positive, negative",
+    from_python=reranking_from_python,
+    task_type=RerankingTask,
 )

@@ -12,7 +12,7 @@ Queries with no relevant document are left out and counted, as are empty queries
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError, where
+from contrasent.eval.tasks import records
 from contrasent.eval.tasks.files import (
     as_encode,
     embed_texts,
@@ -132,9 +133,102 @@ def read_retrieval(
     queries = _read_texts(_jsonl_file(folder, "queries"), titles=False)
     qrels_path = qrels_file(folder, split)
     task = RetrievalTask(corpus, queries, *read_qrels(qrels_path, queries, corpus, columns))
+    return _checked(task, qrels_path)
+
+
+def _checked(task: RetrievalTask, source: Any) -> RetrievalTask:
     if not select_queries(task)[0]:
-        raise no_rows(qrels_path, "query with a non-empty text and a relevant document")
+        raise no_rows(source, "query with a non-empty text and a relevant document")
     return task
+
+
+def retrieval_from_python(data: Any, source: records.PythonSource) -> RetrievalTask:
+    """``{"queries": ..., "corpus": ..., "relevant_docs": ...}`` (or ``qrels``; or the tuple
+    ``(queries, corpus, relevant_docs)``: sentence-transformers' InformationRetrievalEvaluator's
+    arguments). ``queries``/``corpus``: id -> text (a document may be ``{"title", "text"}``), or
+    rows with ``_id``, ``text`` (``title``), as BEIR's datasets hold them; ``relevant_docs``:
+    query id -> document ids (grade 1) or {document id: grade}, or rows ``query-id``,
+    ``corpus-id``, ``score``."""
+    if isinstance(data, (tuple, list)) and len(data) == 3:
+        data = dict(zip(("queries", "corpus", "relevant_docs"), data, strict=True))
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: expected {{'queries', 'corpus', 'relevant_docs'}}")
+    rel_key = "qrels" if "qrels" in data else "relevant_docs"
+    unknown = sorted(set(data) - {"queries", "corpus", rel_key})
+    missing = [k for k in ("queries", "corpus", rel_key) if k not in data]
+    if unknown or missing:
+        raise UserError(
+            f"{source}: {'no ' + repr(missing[0]) if missing else 'unknown key ' + repr(unknown[0])}"
+            "; expected the keys 'queries', 'corpus' and 'relevant_docs' (or 'qrels')"
+        )
+    corpus = _python_texts(data["corpus"], source.of("corpus"), titles=True)
+    queries = _python_texts(data["queries"], source.of("queries"), titles=False)
+    qrels, replaced = _python_qrels(data[rel_key], source.of(rel_key), queries, corpus)
+    return _checked(RetrievalTask(corpus, queries, qrels, replaced), source)
+
+
+def _python_texts(data: Any, source: records.PythonSource, titles: bool) -> dict[str, str]:
+    """id -> text (the file reader's rules: ids as text, a document's title + text)."""
+    if isinstance(data, Mapping) and "_id" not in data:  # id -> text (or -> {title, text})
+        items = enumerate(([k, v] for k, v in data.items()), 1)
+    else:  # rows with _id, text (title)
+        items = ((n, [o.get("_id"), o]) for n, o in enumerate(_dicts(data, source), 1))
+    texts: dict[str, str] = {}
+    for row, (doc_id, value) in items:
+        title = None
+        if isinstance(value, Mapping):
+            title = value.get("title") if titles else None
+            value = value.get("text")
+        text = records.text(value, source, row, "text")
+        if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
+            raise UserError(f"{source.at(row)}: _id must be a str or an int, found {doc_id!r:.40}")
+        if str(doc_id) in texts:
+            raise UserError(f"{source.at(row)}: _id {str(doc_id)!r} again")
+        if titles:
+            text = (title + " " + text).strip() if isinstance(title, str) else text.strip()
+        texts[str(doc_id)] = text
+    if not texts:
+        raise no_rows(source, "entries")
+    return texts
+
+
+def _dicts(data: Any, source: records.PythonSource) -> Any:
+    names = getattr(data, "column_names", None)
+    if names is not None or (isinstance(data, Sequence) and not isinstance(data, str)):
+        for row, obj in enumerate(data, 1):
+            if not isinstance(obj, Mapping):
+                raise UserError(f"{source.at(row)}: expected a dict with _id and text")
+            yield obj
+        return
+    raise UserError(f"{source}: expected a dict id -> text or rows with _id and text")
+
+
+def _python_qrels(
+    data: Any, source: records.PythonSource, queries: Mapping, corpus: Mapping
+) -> tuple[dict[str, dict[str, int]], int]:
+    if isinstance(data, Mapping) and "query-id" not in data:
+        triples = [
+            [qid, did, grade]
+            for qid, docs in data.items()
+            for did, grade in (
+                docs.items() if isinstance(docs, Mapping) else ((d, 1) for d in docs)
+            )
+        ]
+        rows = enumerate(triples, 1)
+    else:
+        rows = records.rows(data, QREL_COLUMNS, source)
+    qrels: dict[str, dict[str, int]] = {}
+    replaced = 0
+    for row, (qid, did, score) in rows:
+        qid, did = str(qid).strip(), str(did).strip()
+        for name, ids, value in (("query", queries, qid), ("document", corpus, did)):
+            if value not in ids:
+                raise UserError(f"{source.at(row)}: unknown {name} id {value!r}")
+        replaced += did in qrels.get(qid, {})
+        qrels.setdefault(qid, {})[did] = records.integer(score, source, row, "score")
+    if not qrels:
+        raise no_rows(source, "judgments")
+    return qrels, replaced
 
 
 def detect(path: Path) -> bool:
@@ -223,8 +317,7 @@ def evaluate_retrieval(
     encode: Any, task: RetrievalTask | str | os.PathLike, *, batch_size: int = 128
 ) -> dict[str, Any]:
     """The metrics of ``METRICS`` (means over the evaluated queries) and counts."""
-    if not isinstance(task, RetrievalTask):
-        task = read_retrieval(task)
+    task = records.as_task(task, RetrievalTask, read_retrieval, retrieval_from_python, "retrieval")
     check_ids(task)
     queries, counts = select_queries(task)
     docs = {did: text for did, text in task.corpus.items() if text.strip()}
@@ -252,4 +345,6 @@ KIND = TaskKind(
     "ndcg@10",
     detect=detect,
     summary="a folder: corpus.jsonl, queries.jsonl, qrels/",
+    from_python=retrieval_from_python,
+    task_type=RetrievalTask,
 )

@@ -17,6 +17,7 @@ import numpy as np
 from contrasent.core.errors import finite_number
 from contrasent.data.senteval import Pairs
 from contrasent.eval.sts import correlations, cosine_scores, embed_unique
+from contrasent.eval.tasks import records
 from contrasent.eval.tasks.files import as_encode, no_rows, read_table, table_has
 from contrasent.eval.tasks.kind import TaskKind
 
@@ -40,9 +41,23 @@ def read_sts_file(path: str | os.PathLike, columns: dict[str, str] | None = None
         task.scores.append(finite_number(score.strip(), path, line, "score"))
         task.sentence1.append(s1)
         task.sentence2.append(s2)
+    return _checked(task, path)
+
+
+def sts_from_python(data: Any, source: records.PythonSource) -> STSTask:
+    """Rows ``(sentence1, sentence2, score)`` (tuples, dicts, columns or a Dataset)."""
+    task = STSTask([], [], [])
+    for row, (s1, s2, score) in records.rows(data, COLUMNS, source):
+        task.sentence1.append(records.text(s1, source, row, "sentence1"))
+        task.sentence2.append(records.text(s2, source, row, "sentence2"))
+        task.scores.append(records.number(score, source, row, "score"))
+    return _checked(task, source)
+
+
+def _checked(task: STSTask, source: Any) -> STSTask:
     usable, skipped = usable_pairs(task.sentence1, task.sentence2)
     if not usable:
-        raise no_rows(path, "scored pairs", skipped)
+        raise no_rows(source, "scored pairs", skipped)
     return task
 
 
@@ -67,8 +82,7 @@ def evaluate_sts_file(
     encode: Any, task: STSTask | str | os.PathLike, *, batch_size: int = 128
 ) -> dict[str, Any]:
     """Spearman and Pearson x100 (None where undefined, e.g. constant scores), pair counts."""
-    if not isinstance(task, STSTask):
-        task = read_sts_file(task)
+    task = records.as_task(task, STSTask, read_sts_file, sts_from_python, "sts")
     keep, skipped, cosines = pair_cosines(encode, task.sentence1, task.sentence2, batch_size)
     gold = np.asarray([task.scores[i] for i in keep], dtype=np.float64)
     spearman, pearson = correlations(gold, cosines)
@@ -92,4 +106,6 @@ KIND = TaskKind(
     "spearman",
     detect=detect,
     summary=".tsv/.csv with header sentence1, sentence2, score",
+    from_python=sts_from_python,
+    task_type=STSTask,
 )
