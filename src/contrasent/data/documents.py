@@ -29,7 +29,7 @@ current document is held (a book is held whole while it is read; with ``window_w
 current window). A document over ``max_document_chars`` is a UserError naming file:line, or a
 counted skip with ``on_error="skip"``; a single line is never read into memory past
 ``4 * max_document_chars`` bytes (UTF-8 takes at most 4 bytes a character). Invalid UTF-8 is a
-UserError naming file:line, or a counted skip (``data.readers.iter_lines``).
+UserError naming file:line, or a counted skip (``data.lines.iter_lines``).
 """
 
 from __future__ import annotations

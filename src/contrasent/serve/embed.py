@@ -79,7 +79,7 @@ def iter_range(
     path: Path, start: int, end: int | None, errors: str, stats: ReadStats, label: str
 ) -> Iterator[tuple[str, int]]:
     """(text, byte offset after the line) for each line in [start, end), decoded like
-    `data.readers.iter_lines` (BOM dropped, CR/LF stripped, bad UTF-8 raises or is replaced)."""
+    `data.lines.iter_lines` (BOM dropped, CR/LF stripped, bad UTF-8 raises or is replaced)."""
     if path.name.endswith(".gz"):  # not seekable: stream from the start, offsets unknown (-1)
         on_error = "raise" if errors == "strict" else "replace"
         hint = "use errors='replace' (--errors replace)"
