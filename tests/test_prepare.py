@@ -93,6 +93,34 @@ def test_shards_partition_the_documents(tmp_path, shared_data):
         _run(tmp_path, corpus, shard="3/3")
 
 
+def test_shards_dedup_within_a_shard_and_a_second_pass_across(tmp_path, shared_data):
+    """What the README and --help say: a sentence in documents of two shards stays in both
+    shards' train.txt, always on the same side of the held-out split (the split hashes the
+    sentence), and one more ``data prepare`` over the shards' train.txt removes it."""
+    corpus = (shared_data / "corpus" / "wiki1m-head.txt").read_text().splitlines()[:60]
+    corpus += corpus[1:31]  # documents 60..89 repeat 1..30: each in the other shard
+    opts = {"split": "none", "near_dup": False, "validation": 0.2}
+    (tmp_path / "docs.txt").write_text("\n".join(corpus) + "\n")
+    train, held = [], []
+    for i in range(2):
+        prepare(
+            PrepareConfig(
+                [str(tmp_path / "docs.txt")], str(tmp_path / "out"), shard=f"{i}/2", **opts
+            )
+        )
+        folder = tmp_path / f"out.shard-{i}-of-2"
+        train.append((folder / "train.txt").read_text().splitlines())
+        held.append((folder / "validation.txt").read_text().splitlines())
+    across = set(train[0]) & set(train[1])
+    assert across and not (set(train[0]) | set(train[1])) & (set(held[0]) | set(held[1]))
+    files = [str(tmp_path / f"out.shard-{i}-of-2" / "train.txt") for i in range(2)]
+    cfg = PrepareConfig(input=files, output=str(tmp_path / "all"), split="none", near_dup=False)
+    report = prepare(cfg)
+    merged = (tmp_path / "all" / "train.txt").read_text().splitlines()
+    assert report["counts"]["exact_duplicates"] == len(across)
+    assert sorted(merged) == sorted(set(train[0]) | set(train[1]))
+
+
 def test_table_input_and_documents_output(tmp_path):
     rows = [" ".join(["word"] * 50) + f" doc {i}." for i in range(3)] + [None, "short one here."]
     pq.write_table(pa.table({"id": list(range(5)), "body": rows}), tmp_path / "d.parquet")

@@ -124,7 +124,10 @@ class PrepareConfig:
     max_span_len x 2 tokens must fit)."""
 
     shard: str | None = None
-    """I/N: prepare only documents I, I+N, I+2N... (from 0), into OUTPUT.shard-I-of-N/."""
+    """I/N: prepare only documents I, I+N, I+2N... (from 0), into OUTPUT.shard-I-of-N/.
+    Duplicates are removed only WITHIN a shard: a sentence found in two shards stays in both
+    (on the same side of --validation, which hashes the sentence). Run data prepare once more
+    over the shards' train.txt (--unit line --split none) to remove those."""
 
     seed: int = 0
     """Key of the held-out hash."""
