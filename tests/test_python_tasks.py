@@ -116,12 +116,20 @@ def test_forms_of_one_task_are_one_task(shared_data: Path) -> None:
         [dict(zip(columns, r, strict=True)) for r in rows],
         columns,
         datasets.Dataset.from_dict(columns),
+        datasets.Dataset.from_dict(columns).to_iterable_dataset(),
+        (r for r in rows),  # any iterable of rows
     ]
     specs = {python_task_specs({"s": ("sts", form)})[0] for form in forms}
     assert len(specs) == 1 and specs.pop().startswith("s=sts:memory:")
     other = python_task_specs({"s": ("sts", rows[:-1])})[0]
     assert other.startswith("s=sts:memory:") and other not in python_task_specs(
         {"s": ("sts", rows)}
+    )
+    # MTEB's integer cluster labels (numpy ones too) are the same task as their text
+    labels = np.arange(6) % 2
+    ints = python_task_specs({"c": ("clustering", {"text": list("abcdef"), "label": labels})})
+    assert ints == python_task_specs(
+        {"c": ("clustering", [(t, str(y)) for t, y in zip("abcdef", labels, strict=True)])}
     )
     direct = evaluate_sts_file(hashed_encode, rows)
     via = _metrics(evaluate_tasks({"s": ("sts", columns)}, hashed_encode)["s"])

@@ -3,10 +3,12 @@ files (retrieval, reranking, pair classification, STS, clustering: :mod:`.tasks`
 (alignment / uniformity), plots and result tables. Reads data, never trains.
 
 One function per own-data kind, each taking an encoder (or an encode callable) and the task (a
-path, or the kind's in-memory task) and returning its metrics::
+path, the kind's task object, or its rows from Python: tuples, dicts, columns or a
+``datasets.Dataset``) and returning its metrics; ``evaluate_tasks`` runs several by name::
 
-    from contrasent.eval import evaluate_retrieval
+    from contrasent.eval import evaluate_retrieval, evaluate_tasks
     evaluate_retrieval(encoder, "my-beir-folder")  # {"ndcg@10": ..., "mrr@10": ..., ...}
+    evaluate_tasks({"dups": ("pairs", [("a", "b", 1), ("c", "d", 0)])}, encoder)
 """
 
 from typing import Any

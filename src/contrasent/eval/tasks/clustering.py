@@ -8,6 +8,7 @@ Reported: the V-measure of the clusters against the labels, mean and standard de
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ def clustering_from_python(data: Any, source: records.PythonSource) -> Clusterin
     """Rows ``(text, label)``; a label is a string or an integer (MTEB's are integers)."""
     task = ClusteringTask([], [])
     for row, (text, label) in records.rows(data, COLUMNS, source):
-        if isinstance(label, int) and not isinstance(label, bool):
+        if isinstance(label, numbers.Integral) and not isinstance(label, bool):
             label = str(label)
         _add(
             task,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from contrasent.core.errors import UserError, where
@@ -56,7 +56,7 @@ def rows(data: Any, roles: Sequence[str], source: PythonSource) -> Iterator[tupl
             raise UserError(f"{source}: columns of different lengths ({shown})")
         yield from enumerate((list(v) for v in zip(*(data[r] for r in roles), strict=True)), 1)
         return
-    if isinstance(data, (str, bytes)) or not isinstance(data, (Sequence, Iterator)):
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise UserError(
             f"{source}: expected a list of rows, a dict of columns or a datasets.Dataset, "
             f"found {type(data).__name__}"
