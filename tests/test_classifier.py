@@ -12,15 +12,15 @@ import torch
 from torch import nn
 
 from contrasent.eval import classifier as clf
+from contrasent.eval import protocols
 from contrasent.eval.classifier import (
     PRESETS,
     EarlyStopping,
     Fit,
     initial_linear,
-    select_l2,
-    stratified_folds,
     train_logreg,
 )
+from contrasent.eval.protocols import select_l2, stratified_folds
 
 # ----------------------------------------------------------------------------- reference
 
@@ -158,7 +158,7 @@ def test_select_l2_first_maximum_after_rounding() -> None:
     grid = (1e-5, 1e-4, 1e-3, 1e-2)
     assert select_l2([80.12, 80.5, 80.5, 79.0], grid) == (1e-4, 80.5)
     # SentEval rounds the CV means to 2 decimals before the argmax: 80.004 and 80.001 tie
-    scores = [clf._np_round(x) for x in (80.001, 80.004, 79.99, 70.0)]
+    scores = [protocols._np_round(x) for x in (80.001, 80.004, 79.99, 70.0)]
     assert select_l2(scores, grid) == (1e-5, 80.0)
 
 
@@ -166,7 +166,7 @@ def test_inner_kfold_equals_senteval_nested_loop() -> None:
     """validation.py's InnerKFoldClassifier written out with the reference fit, on toy data."""
     X, y = toy(n=150, d=6, c=2, seed=3)
     cfg = replace(PRESETS["fasttest"], kfold=3, batch_size=16, l2_grid=(1e-5, 1e-2))
-    ours = clf.inner_kfold(torch.from_numpy(X), torch.from_numpy(y), 2, cfg)
+    ours = protocols.inner_kfold(torch.from_numpy(X), torch.from_numpy(y), 2, cfg)
     dev_results, test_results = [], []
     for tr, te in stratified_folds(y, 3, cfg.seed):
         grid = []
@@ -191,7 +191,7 @@ def test_kfold_and_split_choose_l2_by_cv_and_dev() -> None:
     X, y = toy(n=200, d=5, c=2, seed=5)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     cfg = replace(PRESETS["fasttest"], kfold=3, batch_size=16, l2_grid=(1e-5, 1e-1))
-    res = clf.kfold(Xt, yt, 150, 2, cfg)
+    res = protocols.kfold(Xt, yt, 150, 2, cfg)
     grid = []
     for l2 in cfg.l2_grid:
         accs = [
@@ -206,7 +206,7 @@ def test_kfold_and_split_choose_l2_by_cv_and_dev() -> None:
     assert res["acc"] == round(100 * float((pred == y[150:]).mean()), 2)
 
     rows = {"train": np.arange(120), "dev": np.arange(120, 160), "test": np.arange(160, 200)}
-    res = clf.split(Xt, yt, rows, 2, cfg)
+    res = protocols.split(Xt, yt, rows, 2, cfg)
     devs = [
         senteval_fit(X[:120], y[:120], 2, l2, cfg, (X[120:160], y[120:160])) for l2 in cfg.l2_grid
     ]
@@ -220,5 +220,5 @@ def test_kfold_and_split_choose_l2_by_cv_and_dev() -> None:
 def test_dev_mode_skips_final_fits() -> None:
     X, y = toy(n=120, d=4, c=2, seed=1)
     cfg = replace(PRESETS["dev"], kfold=3, l2_grid=(1e-5,))
-    res = clf.inner_kfold(torch.from_numpy(X), torch.from_numpy(y), 2, cfg, with_test=False)
+    res = protocols.inner_kfold(torch.from_numpy(X), torch.from_numpy(y), 2, cfg, with_test=False)
     assert "acc" not in res and res["devacc"] > 50

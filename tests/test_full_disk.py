@@ -262,3 +262,47 @@ def test_cli_output_folder_that_cannot_be_created(tmp_path, tiny_bert_dir, capsy
     assert code == 2, err
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and str(Path(bad).parent) in lines[0], err
+
+
+def test_a_file_write_says_what_is_intact_and_leaves_nothing(tmp_path, monkeypatch):
+    """Every atomic file write (eval's results, reports, manifests): one line naming the folder,
+    the bytes and that the old file is as it was; an enclosing write site's detail wins."""
+    from contrasent.core import fileio
+    from contrasent.eval.tables import write_results
+
+    out = tmp_path / "results.json"
+    write_results({"stsb": 1.0}, out)
+    before = out.read_text()
+    monkeypatch.setattr(fileio.os, "fsync", _no_space)
+    with pytest.raises(NoSpace) as err:
+        write_results({"stsb": 2.0}, out)
+    line = str(err.value)
+    assert line.startswith(f"cannot write in {tmp_path}: no space") and "\n" not in line
+    assert "needs about" in line and "results.json there is as it was before" in line
+    assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    with (
+        pytest.raises(NoSpace, match="step-2 is intact"),
+        fileio.no_room(tmp_path / "sub", None, "step-2 is intact"),
+    ):
+        fileio.atomic_write_text(tmp_path / "sub" / "x.json", "{}")
+
+
+def test_data_prepare_on_a_full_disk_keeps_the_earlier_outputs(tmp_path, monkeypatch):
+    from contrasent.data import prepare as prep
+
+    src = tmp_path / "docs.txt"
+    src.write_text("".join(f"Sentence number {i} is here for the test. And one more, {i}.\n"
+                           for i in range(50)))  # fmt: skip
+    cfg = prep.PrepareConfig(input=[str(src)], output=str(tmp_path / "out"), near_dup=False)
+    prep.prepare(cfg)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    real = prep._Outputs.write
+
+    def write(self, name, text):
+        real(self, name, text)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prep._Outputs, "write", write)
+    with pytest.raises(NoSpace, match="the files of an earlier run in .* are as they were"):
+        prep.prepare(cfg)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

@@ -27,6 +27,10 @@ class NoSpace(UserError):
     """A write failed for lack of space, for a quota or a read-only file system; the message
     names the folder, the bytes needed (when known) and what is still intact."""
 
+    #: raised by a single file write that knows only its own file: an enclosing ``no_room``
+    #: (which knows what else in its folder is intact) says it again with its own detail
+    fallback = False
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -76,7 +80,9 @@ def no_room(
     or a function called only when it fails). The block cleans up its own temp files."""
     try:
         yield
-    except NoSpace:
+    except NoSpace as err:
+        if err.fallback and isinstance(err.__cause__, OSError):
+            raise no_room_error(err.__cause__, folder, needed, intact) from err.__cause__
         raise
     except OSError as err:
         if err.errno not in NO_ROOM:
@@ -92,7 +98,9 @@ def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         if err.errno in NO_ROOM:
-            raise no_room_error(err, path) from err
+            no_space = no_room_error(err, path)
+            no_space.fallback = True
+            raise no_space from err
         raise UserError(f"cannot create the {what} {path}: {err.strerror}") from err
     return path
 
@@ -140,8 +148,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     gets the permissions of an ordinary write (0666 minus the umask), not the temp file's 0600,
     so colleagues can read a run on a shared folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _write_replace(make_folder(path.parent, "folder"), path, data)
+    except OSError as err:
+        if err.errno not in NO_ROOM:
+            raise
+        said = f"{path.name} there is as it was before (no part of the new one was left)"
+        no_space = no_room_error(err, path.parent, len(data), said)
+        no_space.fallback = True
+        raise no_space from err
+
+
+def _write_replace(folder: Path, path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:

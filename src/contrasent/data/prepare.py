@@ -17,6 +17,7 @@ a killed run leaves no half-written file, and a re-run (deterministic) redoes th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text, temp_sibling
+from contrasent.core.fileio import atomic_write_text, make_folder, no_room, temp_sibling
 from contrasent.core.options import parse_shard
 from contrasent.data.dedup import ExactDedup, NearDedup, held_out, normalize, text_hash
 from contrasent.data.readers import ReadStats, detect_format, iter_lines, read_texts
@@ -219,7 +220,7 @@ class _Outputs:
     """Temporary files renamed into place by ``commit()`` (``abort()`` removes them)."""
 
     def __init__(self, folder: Path, names: list[str]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         self.final = {n: folder / n for n in names}
         self.tmp = {n: temp_sibling(p) for n, p in self.final.items()}
         # closed by commit() / abort(), which prepare() always reaches
@@ -235,7 +236,8 @@ class _Outputs:
 
     def abort(self) -> None:
         for name, fh in self.files.items():
-            fh.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of the buffer too
+                fh.close()
             self.tmp[name].unlink(missing_ok=True)
 
 
@@ -341,21 +343,23 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     progress = _Progress(sum(sizes) if len(sizes) == len(cfg.input or []) else None)
     counts: Counter = Counter(dict.fromkeys(STEPS, 0))  # every step reported, 0 included
     stats: list[ReadStats] = []
-    out = _Outputs(folder, names)
-    try:
-        sents = _Sentences(cfg, out, counts)
-        seen_docs: set[int] = set()
-        for i, doc in enumerate(documents(cfg, progress, stats)):
-            if shard is not None and i % shard[1] != shard[0]:
-                continue
-            counts["documents"] += 1
-            _document(cfg, doc, out, sents, counts, seen_docs)
-            progress.tick(counts)
-        sents.flush()
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
+    kept = f"the files of an earlier run in {folder} are as they were (the new ones were removed)"
+    with no_room(folder, None, kept):
+        out = _Outputs(folder, names)
+        try:
+            sents = _Sentences(cfg, out, counts)
+            seen_docs: set[int] = set()
+            for i, doc in enumerate(documents(cfg, progress, stats)):
+                if shard is not None and i % shard[1] != shard[0]:
+                    continue
+                counts["documents"] += 1
+                _document(cfg, doc, out, sents, counts, seen_docs)
+                progress.tick(counts)
+            sents.flush()
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
     return _report(cfg, folder, counts, stats, time.monotonic() - progress.start)
 
 

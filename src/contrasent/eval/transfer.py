@@ -32,6 +32,7 @@ from contrasent.core.errors import UserError
 from contrasent.core.results import transfer_summary as summary_row
 from contrasent.data.senteval import resolve_data_dir
 from contrasent.eval import classifier as clf
+from contrasent.eval import protocols
 from contrasent.eval.sts import Encode, embed_unique
 from contrasent.eval.transfer_data import SPECS, Split, load_transfer_task
 
@@ -106,10 +107,10 @@ def run_task(
     sizes = {n: len(data[n]) for n in names}
     out: dict[str, Any] = {"protocol": spec.protocol, "nclasses": spec.nclasses, "n": sizes}
     if spec.protocol == "inner_kfold":
-        res = clf.inner_kfold(X, y, spec.nclasses, cfg, with_test)
+        res = protocols.inner_kfold(X, y, spec.nclasses, cfg, with_test)
         out |= {"kfold": cfg.kfold, "ndev": sizes["all"], "ntest": sizes["all"]}
     elif spec.protocol == "kfold":
-        res = clf.kfold(X, y, sizes["train"], spec.nclasses, cfg, with_test)
+        res = protocols.kfold(X, y, sizes["train"], spec.nclasses, cfg, with_test)
         out |= {"kfold": cfg.kfold, "ndev": sizes["train"], "ntest": sizes["test"]}
         pred = res.pop("pred", None)
         if task == "MRPC" and pred is not None:
@@ -119,7 +120,7 @@ def run_task(
     else:
         start = np.cumsum([0, *sizes.values()])
         rows = {n: np.arange(start[i], start[i + 1]) for i, n in enumerate(names)}
-        res = clf.split(X, y, rows, spec.nclasses, cfg, with_test)
+        res = protocols.split(X, y, rows, spec.nclasses, cfg, with_test)
         out |= {"kfold": None, "ndev": sizes["dev"], "ntest": sizes["test"]}
     res.setdefault("acc", None)
     return out | res

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text, no_room
+from contrasent.core.fileio import NoSpace, atomic_write_text, no_room
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def save_checkpoint(
         try:
             _save_all(root, tmp, final, rank, is_main, barrier, trainable, optimizer, scheduler,
                       stream, trainer_state, scaler, step)  # fmt: skip
-        except OSError:
+        except (OSError, NoSpace):  # NoSpace: from a file written atomically inside
             if is_main:  # a full disk: no half-written checkpoint keeps holding it
                 shutil.rmtree(tmp, ignore_errors=True)
                 with contextlib.suppress(OSError):
