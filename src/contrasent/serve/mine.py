@@ -14,9 +14,9 @@ first ``num_negatives``, ``random`` draws them (keyed by the anchor: reproducibl
 shards and chunks). An anchor with fewer survivors than ``num_negatives`` yields no row
 (counted), like the reference's n-tuple output.
 
-The pairs are streamed (:mod:`contrasent.serve.mine_input`: read twice, about 40 bytes of numbers
-kept a pair); what is held is the candidate corpus: its texts and its float32 embeddings
-(4 x dim bytes a text), plus one chunk of anchors and, for the statistics printed at the end,
+The pairs are streamed (:mod:`contrasent.serve.mine_input`: read twice, ~150 bytes of numbers a
+pair at the peak, whatever the texts' length); what is held is the candidate corpus: its texts
+and its float32 embeddings (4 x dim bytes a text), plus one chunk of anchors and, for the statistics printed at the end,
 4 x (1 + num_negatives) bytes a mined row. The corpus may come from an index folder of
 ``contrasent index build`` (its stored embeddings reused; only positives missing from it are
 embedded).
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -322,20 +323,20 @@ def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
 def _assemble(work: Path, manifest, out: Path, output_scores: bool, result: MineResult) -> None:
     """Concatenate the chunks' rows into ``out`` (a temp file renamed over it: never half
     written), one chunk in memory at a time; the scores kept for the statistics."""
-    pos, neg = [], []
+    pos, neg = array("f"), array("f")  # 4 bytes a score, not a Python object
     with atomic_writer(out) as f:
         for name in sorted(manifest["done"]):
             result.counts.add(manifest["done"][name])
             for line in (work / name).read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
                 pos.append(row["scores"][0])
-                neg.append(np.asarray(row["scores"][1:], dtype=np.float32))
+                neg.extend(row["scores"][1:])
                 if not output_scores:
                     del row["scores"]
                     line = json.dumps(row, ensure_ascii=False)
                 f.write(line + "\n")
-    result.positive_scores = np.asarray(pos, dtype=np.float32)
-    result.negative_scores = np.concatenate(neg) if neg else np.empty(0, np.float32)
+    result.positive_scores = np.frombuffer(pos, dtype=np.float32)
+    result.negative_scores = np.frombuffer(neg, dtype=np.float32)
 
 
 def describe(result: MineResult, settings: MineSettings) -> str:

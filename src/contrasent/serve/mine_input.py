@@ -4,7 +4,8 @@ Pass 1 (:func:`scan`) builds the candidate corpus (the given corpus, then every 
 it: sentence-transformers' rule) and, per pair, only numbers: the 16-byte digest of its anchor
 and its positive's corpus id. The digests group the pairs by distinct anchor (numbered in
 first-seen order, as the reference groups them), after which each anchor is its first row's
-number and its positives a slice of a sorted array: about 40 bytes a pair. Pass 2
+number and its positives a slice of a sorted array: 40 bytes a pair kept, ~150 at the
+peak of the grouping (measured on 400,000 pairs), whatever the texts' length. Pass 2
 (:class:`AnchorCursor`) reads the file forwards again and picks the anchors of one chunk at a
 time (a chunk's anchors first appear in increasing rows).
 
@@ -15,6 +16,7 @@ A corpus can also come from an index folder of ``contrasent index build``
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +110,7 @@ def scan(pairs: Iterable[tuple[str, str]], corpus: Corpus | None) -> Problem:
         h.update(text.encode("utf-8", "surrogatepass") + b"\n")
     given = len(ids)
     h.update(b"\0")
-    digests, positive_ids = bytearray(), []
+    digests, positive_ids = bytearray(), array("q")  # 16 + 8 bytes a pair
     for anchor, positive in pairs:
         a = anchor.encode("utf-8", "surrogatepass")
         digests += hashlib.blake2b(a, digest_size=16).digest()
@@ -117,7 +119,7 @@ def scan(pairs: Iterable[tuple[str, str]], corpus: Corpus | None) -> Problem:
     if not positive_ids:
         raise UserError("no (anchor, positive) pairs to mine")
     _, first, inverse = np.unique(
-        np.frombuffer(bytes(digests), dtype="V16"), return_index=True, return_inverse=True
+        np.frombuffer(digests, dtype="V16"), return_index=True, return_inverse=True
     )
     del digests
     by_first = np.argsort(first)  # anchors numbered by first appearance
@@ -126,7 +128,7 @@ def scan(pairs: Iterable[tuple[str, str]], corpus: Corpus | None) -> Problem:
     group = rank[inverse.ravel()]  # [P]
     order = np.argsort(group, kind="stable")  # rows grouped by anchor, in file order
     bounds = np.searchsorted(group[order], np.arange(len(first) + 1))
-    pids = np.asarray(positive_ids, dtype=np.int64)
+    pids = np.frombuffer(positive_ids, dtype=np.int64)
     distinct = np.unique(group * np.int64(len(ids)) + pids) // len(ids)  # (anchor, positive)
     return Problem(
         corpus=list(ids),

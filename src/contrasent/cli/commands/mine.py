@@ -24,7 +24,8 @@ class MineArgs(MineSettings, ModelArgs):
     (columns anchor, positive, negative_1..N, scores). The rules are sentence-transformers'
     mine_hard_negatives (same negatives for --sampling top). Memory: the candidate corpus is
     held (its texts and float32 embeddings, 4 x dim bytes a text); the pairs are read twice,
-    streaming (about 40 bytes of numbers kept a pair, one chunk of anchors at a time).
+    streaming (~150 bytes of numbers a pair at the peak, whatever the texts' length; one
+    chunk of anchors at a time).
 
     Args:
         input: Pairs file (TSV/CSV/JSONL, as the `pairs` data kind reads it).
