@@ -74,9 +74,13 @@ def test_loss_and_gradients_equal_sentence_transformers(case):
 
 
 def test_angle_terms_add_up():
-    """The paper's sum: angle + CoSENT (equal to CoSENTLoss) + in-batch negatives (InfoNCE of
-    the positive pairs, by hand)."""
-    from contrasent.objectives.functional import info_nce
+    """The paper's sum: angle + CoSENT (equal to CoSENTLoss) + in-batch negatives: angle_emb's
+    ``in_batch_negative_loss`` (checked equal to angle_emb 0.6.1, loss and gradients), here by
+    hand: each of the 2N texts finds its partner among the other 2N - 1, zero for the texts of
+    the pairs scored below the threshold, mean over 2N."""
+    import math
+
+    import torch.nn.functional as F
 
     u, v = _embeddings(seed=3)
     batch = ScoredPairBatch(S1, S2, SCORES)
@@ -86,9 +90,15 @@ def test_angle_terms_add_up():
     cosent = _st_loss("CoSENTLoss").compute_loss_from_embeddings([u, v], labels)
     assert parts["cosent"].value.item() == pytest.approx(cosent.item(), rel=1e-10)
     assert parts["cosent"].weight == 2.0 and parts["ibn"].weight == 0.5
-    pos = labels >= 0.7
-    by_hand = info_nce(u[pos], v[pos], scale=20.0)
-    assert parts["ibn"].value.item() == pytest.approx(by_hand.item(), rel=1e-12)
+    texts = [t.detach() for pair in zip(u, v, strict=True) for t in pair]
+    total = 0.0
+    for i, t in enumerate(texts):
+        if SCORES[i // 2] < 0.7:
+            continue
+        logits = [20.0 * F.cosine_similarity(t, o, dim=0).item() for o in texts]
+        others = math.log(sum(math.exp(x) for j, x in enumerate(logits) if j != i))
+        total += others - logits[i ^ 1]
+    assert parts["ibn"].value.item() == pytest.approx(total / len(texts), rel=1e-10)
 
 
 def test_online_contrastive_refuses_graded_scores():

@@ -23,7 +23,7 @@ from torch import Tensor
 from contrasent.core.distributed import all_gather_no_grad, all_gather_with_grad
 from contrasent.data.batches import ScoredPairBatch
 from contrasent.objectives.base import LossPart, Objective, Parts, View
-from contrasent.objectives.functional import fp32, info_nce
+from contrasent.objectives.functional import fp32
 
 COSENT_CITATION = """@online{su2022cosent,
   title = {{CoSENT}: a more efficient sentence vector scheme than Sentence-{BERT}},
@@ -64,6 +64,24 @@ def cosent_loss(similarities: Tensor, labels: Tensor, scale: float = 20.0) -> Te
     higher = labels[:, None] > labels[None, :]  # pair i must score above pair j
     terms = torch.cat([diff.new_zeros(1), diff[higher]])
     return torch.logsumexp(terms, dim=0)
+
+
+def angle_ibn_loss(u: Tensor, v: Tensor, positive: Tensor, scale: float = 20.0) -> Tensor:
+    """AnglE's in-batch-negative term (``in_batch_negative_loss`` of the authors' ``angle_emb``
+    package, binary labels): the 2N texts of the batch (u_i, v_i interleaved) are each an anchor
+    and every other text of the batch is a candidate; a text of a positive pair must find its
+    partner (cross-entropy over ``scale`` * cosine), a text of a negative pair adds 0 but still
+    counts in the mean over the 2N rows and is a candidate for the others.
+
+    u, v: [N, D]; positive: [N] bool.
+    """
+    z = F.normalize(fp32(torch.stack([u, v], dim=1).flatten(0, 1)), dim=-1)  # [2N, D]: u0 v0 u1 ..
+    logits = scale * (z @ z.T)  # [2N, 2N]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, float("-inf"))  # a text is not its own candidate
+    partner = torch.arange(len(z), device=z.device) ^ 1  # 0<->1, 2<->3, ...
+    nll = -logits.log_softmax(dim=-1).gather(1, partner[:, None]).squeeze(1)  # [2N]
+    return (nll * positive.repeat_interleave(2).to(nll.dtype)).mean()
 
 
 def cosine_mse_loss(similarities: Tensor, labels: Tensor) -> Tensor:
@@ -130,12 +148,12 @@ class AnglEConfig:
         angle_weight: Weight of the angle-difference term (CoSENT's ranking on AnglE's angle
             similarity).
         cosent_weight: Weight of the CoSENT term on the cosine.
-        ibn_weight: Weight of the in-batch-negatives term: each pair scored at least
-            ``ibn_threshold`` is a positive, its sentence2 to be found among the sentence2 of all
-            such pairs of the global batch (InfoNCE at ``ibn_scale``).
-        ibn_scale: Multiplier of the cosine logits of the in-batch term.
+        ibn_weight: Weight of the in-batch-negatives term (angle_emb's): each text of a pair
+            scored at least ``ibn_threshold`` must find its partner among all other 2N-1 texts
+            of the global batch; texts of the other pairs are candidates only.
+        ibn_scale: Multiplier of the cosine logits of the in-batch term (angle_emb: 20).
         ibn_threshold: Normalised score (in [0, 1]) from which a pair is a positive for the
-            in-batch term.
+            in-batch term (angle_emb reads labels as 0/1; 0.5 gives the same split for them).
     """
 
     scale: float = 20.0
@@ -185,12 +203,7 @@ class AnglE(ScoredPairObjective):
                 cosent_loss(cosine_pairs(u, v), scores, c.scale), c.cosent_weight
             )
         if c.ibn_weight:
-            positive = scores >= c.ibn_threshold
-            ibn = (
-                info_nce(u[positive], v[positive], scale=c.ibn_scale)
-                if positive.any()
-                else u.sum() * 0.0  # no positive pair in this batch: no term, same graph
-            )
+            ibn = angle_ibn_loss(u, v, scores >= c.ibn_threshold, c.ibn_scale)
             parts["ibn"] = LossPart(ibn, c.ibn_weight)
         return parts
 

@@ -14,100 +14,43 @@ first ``num_negatives``, ``random`` draws them (keyed by the anchor: reproducibl
 shards and chunks). An anchor with fewer survivors than ``num_negatives`` yields no row
 (counted), like the reference's n-tuple output.
 
+The pairs are streamed (:mod:`contrasent.serve.mine_input`: read twice, ~150 bytes of numbers a
+pair at the peak, whatever the texts' length); what is held is the candidate corpus: its texts
+and its float32 embeddings (4 x dim bytes a text), plus one chunk of anchors and, for the statistics printed at the end,
+4 x (1 + num_negatives) bytes a mined row. The corpus may come from an index folder of
+``contrasent index build`` (its stored embeddings reused; only positives missing from it are
+embedded).
+
 Work is done in chunks of anchors inside ``OUTPUT.mine-work/`` (corpus embeddings, one rows file
 per finished chunk, a manifest), each file written atomically: a killed run resumes where it
-stopped; the output is assembled atomically at the end and the work folder removed.
+stopped; the output is assembled (streamed to a temporary file, then renamed) at the end and the
+work folder removed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from contrasent.core.errors import UserError
-from contrasent.core.fileio import atomic_write_text
+from contrasent.core.fileio import atomic_write_text, atomic_writer
 from contrasent.core.rng import keyed_rng
-from contrasent.data.readers import EMPTY_FIELD, PairReader, ReadStats, read_texts
+from contrasent.data.readers import read_texts
 from contrasent.model.similarity import exact_search
 from contrasent.serve.chunks import save_npy
+from contrasent.serve.mine_input import AnchorCursor, Corpus, PairsFile, Problem, scan
+from contrasent.serve.mine_options import MineSettings
+
+__all__ = ["Corpus", "MineSettings", "PairsFile", "describe", "mine", "read_corpus"]
 
 WORK_FORMAT = "contrasent-mine-work"
 RANDOM_KEY = 0x6D696E65  # keyed draws of sampling "random"
-
-
-@dataclass
-class MineSettings:
-    """The mining rules (the reference's option names; see the module doc)."""
-
-    num_negatives: int = 3
-    range_min: int = 0
-    range_max: int | None = None
-    margin: float | None = None
-    relative_margin: float | None = None
-    max_score: float | None = None
-    sampling: Literal["top", "random"] = "top"
-    seed: int = 12
-    engine: Literal["exact", "faiss"] = "exact"
-
-    def filtered(self) -> bool:
-        return any(x is not None for x in (self.margin, self.relative_margin, self.max_score))
-
-    def window(self, max_positives: int, corpus_size: int) -> tuple[int, int]:
-        """``(range_min, range_max)``; the reference's default range_max (room for ten times
-        the negatives when a filter may drop candidates); one UserError for a bad range."""
-        if self.num_negatives < 1:
-            raise UserError(f"--num_negatives must be >= 1, got {self.num_negatives}")
-        if self.range_min < 0:
-            raise UserError(f"--range_min must be >= 0, got {self.range_min}")
-        lo, hi = self.range_min, self.range_max
-        if hi is None:
-            room = self.num_negatives * (10 if self.filtered() else 1)
-            hi = lo + room + max_positives
-        if hi - lo < self.num_negatives:
-            raise UserError(
-                f"--range_min {lo} / --range_max {hi} leave {hi - lo} candidates for "
-                f"--num_negatives {self.num_negatives}"
-            )
-        if self.range_max is not None and self.range_max > corpus_size:
-            raise UserError(
-                f"--range_max {self.range_max} is beyond the corpus ({corpus_size} texts)"
-            )
-        if lo + self.num_negatives > corpus_size - 1:
-            raise UserError(
-                f"--range_min {lo} + --num_negatives {self.num_negatives} is beyond the corpus "
-                f"({corpus_size} texts, the anchor's own positive excluded)"
-            )
-        return lo, hi
-
-
-@dataclass
-class Problem:
-    """Distinct anchors, the corpus, and each anchor's positives (corpus ids, first-seen order)."""
-
-    queries: list[str]
-    corpus: list[str]
-    positives: list[list[int]]
-    self_ids: np.ndarray  # [Q] corpus id of the anchor's own text, -1 if absent
-
-    @classmethod
-    def of(cls, anchors: list[str], positives: list[str], corpus: list[str] | None) -> Problem:
-        texts = list(dict.fromkeys((corpus or []) + positives))
-        ids = {t: i for i, t in enumerate(texts)}
-        queries = list(dict.fromkeys(anchors))
-        qids = {q: i for i, q in enumerate(queries)}
-        pos: list[list[int]] = [[] for _ in queries]
-        for a, p in zip(anchors, positives, strict=True):
-            if ids[p] not in pos[qids[a]]:
-                pos[qids[a]].append(ids[p])
-        self_ids = np.array([ids.get(q, -1) for q in queries], dtype=np.int64)
-        return cls(queries, texts, pos, self_ids)
 
 
 @dataclass
@@ -194,26 +137,9 @@ def _draw(seed: int, query: int, options: int, n: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- inputs
-def read_pairs(path: str, columns: dict | None, on_error: Any = "raise") -> tuple[list, list]:
-    """``(anchors, positives)`` of a pairs file (any negatives columns are ignored); a row with
-    an empty anchor or positive is one error (a counted skip with on_error skip)."""
-    reader = PairReader(path, columns, on_error=on_error)
-    stats = ReadStats(path)
-    rows = [(r[0], r[1]) for r in reader.rows(stats)]
-    empty = stats.skipped.get(EMPTY_FIELD, 0)
-    if empty and on_error != "skip":
-        raise UserError(
-            f"{path}: {empty} row(s) without an anchor or a positive; every pair needs both "
-            "(--on_error skip counts and skips them)"
-        )
-    stats.report()
-    if not rows:
-        raise UserError(f"{path}: no (anchor, positive) pairs ({stats.summary()})")
-    return [a for a, _ in rows], [p for _, p in rows]
-
-
-def read_corpus(path: str | None) -> list[str] | None:
-    return None if path is None else list(read_texts(path))
+def read_corpus(path: str | None) -> Corpus | None:
+    """A ``--corpus`` file as candidate texts (streamed into the corpus)."""
+    return None if path is None else Corpus(read_texts(path))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -221,20 +147,21 @@ def read_corpus(path: str | None) -> list[str] | None:
 class MineResult:
     output: Path
     counts: Counts
-    positive_scores: list[float] = field(default_factory=list)
-    negative_scores: list[float] = field(default_factory=list)
+    positive_scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    negative_scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     queries: int = 0
     corpus: int = 0
     chunks_resumed: int = 0
+    reused: int = 0  # corpus embeddings taken from an index
+    notes: list[str] = field(default_factory=list)
 
 
 def mine(
     encode: Callable[[list[str]], np.ndarray],
-    anchors: list[str],
-    positives: list[str],
+    pairs: Iterable[tuple[str, str]],
     output: str | Path,
     settings: MineSettings,
-    corpus: list[str] | None = None,
+    corpus: Corpus | list[str] | None = None,
     *,
     output_scores: bool = True,
     chunk_queries: int = 4096,
@@ -243,24 +170,39 @@ def mine(
 ) -> MineResult:
     """Mine, write ``output`` (JSONL: anchor, positive, negative_1..N[, scores]); resumable.
 
-    ``encode`` maps texts to NORMALISED float32 embeddings; ``identity`` (the model's record)
-    goes into the work manifest so a resume with another model starts over."""
+    ``pairs``: (anchor, positive) rows, iterated twice (a list, or a :class:`PairsFile` that
+    streams a file). ``corpus``: extra candidate texts, or a :class:`Corpus` (e.g. an index's,
+    whose embeddings are reused). ``encode`` maps texts to NORMALISED float32 embeddings;
+    ``identity`` (the model's record) goes into the work manifest so a resume with another
+    model starts over."""
     out = Path(output)
-    problem = Problem.of(anchors, positives, corpus)
-    window = settings.window(max(len(p) for p in problem.positives), len(problem.corpus))
-    lo_q, hi_q = _shard_range(len(problem.queries), shard)
+    if isinstance(corpus, list):
+        corpus = Corpus(corpus)
+    problem = scan(pairs, corpus)
+    if isinstance(pairs, PairsFile):
+        pairs.check()
+    settings = settings.rules()
+    window = settings.window(problem.max_positives, len(problem.corpus))
+    lo_q, hi_q = _shard_range(problem.groups, shard)
     work = out.with_name(out.name + ".mine-work")
-    manifest = _open_work(work, problem, settings, identity, shard)
+    manifest = _open_work(work, problem, settings, identity, shard, corpus)
     result = MineResult(out, Counts(), queries=hi_q - lo_q, corpus=len(problem.corpus))
-    corpus_emb = _cached(work / "corpus.npy", lambda: encode(problem.corpus))
-    k = min(window[1] + max(len(p) for p in problem.positives) + 1, len(problem.corpus))
+    corpus_emb = _cached(work / "corpus.npy", lambda: _corpus_embeddings(encode, problem, corpus))
+    if corpus is not None and corpus.embeddings is not None:
+        result.reused = problem.given
+    search = _searcher(settings, corpus_emb, problem, corpus, result)
+    k = min(window[1] + problem.max_positives + 1, len(problem.corpus))
+    cursor = AnchorCursor(pairs)
     for start in range(lo_q, hi_q, chunk_queries):
         name = f"rows-{start:09d}.jsonl"
         if name in manifest["done"]:
             result.chunks_resumed += 1
             continue
         stop = min(start + chunk_queries, hi_q)
-        lines, counts = _mine_chunk(encode, problem, corpus_emb, start, stop, k, settings, window)
+        queries = cursor.take(problem.first_rows[start:stop])
+        lines, counts = _mine_chunk(
+            encode, search, problem, queries, corpus_emb, start, k, settings, window
+        )
         atomic_write_text(work / name, "".join(lines))
         manifest["done"][name] = counts
         atomic_write_text(work / "manifest.json", json.dumps(manifest, indent=1) + "\n")
@@ -269,34 +211,68 @@ def mine(
     return result
 
 
-def _mine_chunk(encode, problem: Problem, corpus_emb, start, stop, k, settings, window):
-    q_emb = encode(problem.queries[start:stop])
-    if settings.engine == "faiss":
-        from contrasent.serve.faiss import import_faiss
+def _corpus_embeddings(encode, problem: Problem, corpus: Corpus | None) -> np.ndarray:
+    """[C, dim]: an index's stored rows for its texts, ``encode`` for the rest (positives)."""
+    if corpus is None or corpus.embeddings is None:
+        return encode(problem.corpus)
+    rows = np.asarray(problem.source_rows, dtype=np.int64)
+    stored = np.asarray(corpus.embeddings[rows], dtype=np.float32)  # row i of an index: line i
+    extra = problem.corpus[problem.given :]
+    if not extra:
+        return stored
+    return np.concatenate([stored, np.asarray(encode(extra), dtype=np.float32)])
 
-        index = import_faiss().IndexFlatIP(corpus_emb.shape[1])
-        index.add(np.ascontiguousarray(corpus_emb))
-        scores, ids = index.search(np.ascontiguousarray(q_emb), k)
-    else:
-        scores, ids = exact_search(q_emb, corpus_emb, k)
+
+def _searcher(settings, corpus_emb, problem: Problem, corpus: Corpus | None, result: MineResult):
+    """``search(queries [Q, dim], k) -> (scores, corpus ids)``, each [Q, k'] best first."""
+    if settings.engine != "faiss":
+        return lambda q, k: exact_search(q, corpus_emb, k)
+    from contrasent.serve.faiss import import_faiss
+
+    saved = corpus.faiss if corpus is not None else None
+    if saved is not None and problem.given == len(problem.corpus) == saved.ntotal:
+        to_corpus = np.full(len(corpus.embeddings), -1, dtype=np.int64)  # type: ignore[union-attr]
+        to_corpus[problem.source_rows] = np.arange(problem.given)
+
+        def saved_search(q, k):
+            scores, rows = saved.search(np.ascontiguousarray(q, dtype=np.float32), k)
+            return scores, np.where(rows >= 0, to_corpus[np.maximum(rows, 0)], -1)
+
+        result.notes.append(f"searched with the faiss index saved in {corpus.folder}")
+        return saved_search
+    if saved is not None:
+        result.notes.append(
+            f"the faiss index of {corpus.folder} does not hold exactly the candidates (duplicate "  # type: ignore[union-attr]
+            "texts, or positives missing from it): a flat faiss index over the corpus is used"
+        )
+    index = import_faiss().IndexFlatIP(corpus_emb.shape[1])
+    index.add(np.ascontiguousarray(corpus_emb))
+    return lambda q, k: index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+
+
+def _mine_chunk(encode, search, problem: Problem, queries, corpus_emb, start, k, settings, window):
+    q_emb = encode(queries)
+    scores, ids = search(q_emb, k)
+    scores = np.where(ids >= 0, scores, -np.inf)  # faiss pads missing hits with id -1
     if scores.shape[1] < window[1]:  # a small corpus: pad to the window with no-candidates
         pad = window[1] - scores.shape[1]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-    pos_ids = problem.positives[start:stop]
+    pos_ids = [problem.positives(g) for g in range(start, start + len(queries))]
     pos_scores = [corpus_emb[p] @ q for p, q in zip(pos_ids, q_emb, strict=True)]
+    self_ids = np.array([problem.ids.get(q, -1) for q in queries], dtype=np.int64)
     neg_i, neg_s, counts = select_negatives(
-        scores, ids, pos_scores, pos_ids, problem.self_ids[start:stop], settings, window,
-        np.arange(start, stop),
+        scores, ids, pos_scores, pos_ids, self_ids, settings, window,
+        np.arange(start, start + len(queries)),
     )  # fmt: skip
     lines = []
-    for q in range(stop - start):
+    for q, anchor in enumerate(queries):
         full = bool(np.isfinite(neg_s[q]).all())
         for p, ps in zip(pos_ids[q], pos_scores[q].tolist(), strict=True):
             if not full:
                 counts["short_rows"] = counts.get("short_rows", 0) + 1
                 continue
-            row = {"anchor": problem.queries[start + q], "positive": problem.corpus[p]}
+            row = {"anchor": anchor, "positive": problem.corpus[p]}
             row |= {f"negative_{j + 1}": problem.corpus[i] for j, i in enumerate(neg_i[q])}
             row["scores"] = [ps, *neg_s[q].tolist()]
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
@@ -311,18 +287,12 @@ def _shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
     return n * i // parts, n * (i + 1) // parts
 
 
-def _fingerprint(problem: Problem) -> str:
-    h = hashlib.sha256()
-    for t in (*problem.queries, "\0", *problem.corpus):
-        h.update(t.encode("utf-8", "surrogatepass") + b"\n")
-    return h.hexdigest()
-
-
-def _open_work(work: Path, problem, settings, identity, shard) -> dict[str, Any]:
+def _open_work(work: Path, problem, settings, identity, shard, corpus) -> dict[str, Any]:
     """The work folder's manifest: resumed when the inputs, rules and model are the same."""
     want = {
         "format": WORK_FORMAT,
-        "inputs": _fingerprint(problem),
+        "inputs": problem.fingerprint,
+        "index": corpus.folder and str(Path(corpus.folder).resolve()) if corpus else None,
         "settings": asdict(settings),
         "model": identity,
         "shard": list(shard) if shard else None,
@@ -351,26 +321,32 @@ def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def _assemble(work: Path, manifest, out: Path, output_scores: bool, result: MineResult) -> None:
-    parts = []
-    for name in sorted(manifest["done"]):
-        result.counts.add(manifest["done"][name])
-        for line in (work / name).read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            result.positive_scores.append(row["scores"][0])
-            result.negative_scores.extend(row["scores"][1:])
-            if not output_scores:
-                del row["scores"]
-                line = json.dumps(row, ensure_ascii=False)
-            parts.append(line + "\n")
-    atomic_write_text(out, "".join(parts))
+    """Concatenate the chunks' rows into ``out`` (a temp file renamed over it: never half
+    written), one chunk in memory at a time; the scores kept for the statistics."""
+    pos, neg = array("f"), array("f")  # 4 bytes a score, not a Python object
+    with atomic_writer(out) as f:
+        for name in sorted(manifest["done"]):
+            result.counts.add(manifest["done"][name])
+            for line in (work / name).read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                pos.append(row["scores"][0])
+                neg.extend(row["scores"][1:])
+                if not output_scores:
+                    del row["scores"]
+                    line = json.dumps(row, ensure_ascii=False)
+                f.write(line + "\n")
+    result.positive_scores = np.frombuffer(pos, dtype=np.float32)
+    result.negative_scores = np.frombuffer(neg, dtype=np.float32)
 
 
 def describe(result: MineResult, settings: MineSettings) -> str:
     """The statistics printed after mining: drops per rule and the score distributions."""
     c = result.counts
+    reused = f" (embeddings of {result.reused} reused from the index)" if result.reused else ""
     lines = [
+        *result.notes,
         f"mined {c.rows} rows ({settings.num_negatives} negatives each) for {result.queries} "
-        f"anchors over {result.corpus} corpus texts -> {result.output}"
+        f"anchors over {result.corpus} corpus texts{reused} -> {result.output}"
         + (f" ({result.chunks_resumed} chunks resumed)" if result.chunks_resumed else ""),
         f"candidates ranked: {c.candidates}; dropped: {c.anchor_itself} the anchor itself, "
         f"{c.positives} its positives",
@@ -388,7 +364,7 @@ def describe(result: MineResult, settings: MineSettings) -> str:
             f"rows without {settings.num_negatives} negatives (not written): {c.short_rows}"
         )
     lines.append(f"{'score':<8}{'positive':>10}{'negative':>10}")
-    pos, neg = np.asarray(result.positive_scores), np.asarray(result.negative_scores)
+    pos, neg = result.positive_scores, result.negative_scores
     for label, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("25%", lambda x: np.quantile(x, 0.25)),
                       ("median", np.median), ("75%", lambda x: np.quantile(x, 0.75)), ("max", np.max)):  # fmt: skip
         cells = [f"{fn(x):>10.4f}" if len(x) else f"{'-':>10}" for x in (pos, neg)]
