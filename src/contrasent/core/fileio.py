@@ -144,53 +144,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then
-    ``os.replace``. A crash leaves the old file (or none), never a half-written one. The file
-    gets the permissions of an ordinary write (0666 minus the umask), not the temp file's 0600,
-    so colleagues can read a run on a shared folder."""
+    """Write ``data`` to ``path`` atomically; see :func:`atomic_writer`."""
+    with atomic_writer(path, "wb", len(data)) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    path: str | os.PathLike, mode: str = "w", needed: int | None = None
+) -> Iterator[IO]:
+    """A file written piece by piece (text in UTF-8, or bytes with ``mode="wb"``) into a temp
+    file in the same folder, fsynced and renamed over ``path`` when the block ends, deleted if
+    it raises: a crash leaves the old file (or none), never a half-written one. The file gets
+    the permissions of an ordinary write (0666 minus the umask), not the temp file's 0600, so
+    colleagues can read a run on a shared folder. A full disk is one :class:`NoSpace` line
+    saying the old file is as it was (an enclosing :func:`no_room` says more)."""
     path = Path(path)
     try:
-        _write_replace(make_folder(path.parent, "folder"), path, data)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=make_folder(path.parent, "folder")
+        )
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     except OSError as err:
         if err.errno not in NO_ROOM:
             raise
         said = f"{path.name} there is as it was before (no part of the new one was left)"
-        no_space = no_room_error(err, path.parent, len(data), said)
+        no_space = no_room_error(err, path.parent, needed, said)
         no_space.fallback = True
         raise no_space from err
-
-
-def _write_replace(folder: Path, path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """A text file (UTF-8) written piece by piece and put in place as :func:`atomic_write_bytes`
-    does: renamed over ``path`` when the block ends, deleted if it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def reserve(path: str | os.PathLike) -> None:
