@@ -94,8 +94,10 @@ class OptimConfig:
             (CUDA Ampere+ or CPU; the losses' similarity matmuls and cross-entropies stay
             fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has
             fast bf16 matmuls (AMX or AVX512-BF16; `contrasent env`), else ``no``.
-        threads: CPU threads of each process; 0: every usable CPU while the machine has room,
-            fewer when it is loaded ($OMP_NUM_THREADS if set; `contrasent env` shows it).
+        threads: CPU threads of each process; 0: every usable CPU (the CLI sets OpenMP's
+            passive wait, OMP_WAIT_POLICY=PASSIVE, unless given); with an active wait policy
+            every CPU while the machine has room, fewer when it is loaded ($OMP_NUM_THREADS if
+            set; `contrasent env` shows it).
         seed: Seed of model-head initialisation, data order and dropout.
         length_buckets: Run each encoder pass of a step as this many passes over rows of
             similar length (sorted by token count, each padded only to its own longest row),
