@@ -89,7 +89,8 @@ class OptimConfig:
             ``mini_batch_size`` for a larger batch of negatives under a memory limit.
         mini_batch_size: Gradient cache (Gao et al. 2021): texts per encoder forward on each
             process while the loss sees the whole batch; 0: off (one forward for the whole
-            batch).
+            batch). With ``length_buckets`` > 1 the rows are sorted by length before they are
+            cut into mini-batches (each one pass, padded only to its own rows).
         mixed_precision: Autocast precision: ``fp16`` (CUDA, with loss scaling), ``bf16``
             (CUDA Ampere+ or CPU; the losses' similarity matmuls and cross-entropies stay
             fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has
