@@ -22,7 +22,12 @@ run does one forward of 2 * 32 = 64 texts.
         [--cached-batch 512 --mini-batch 32 --plain-batch 32 --model DIR --threads N]
 
 Prints one line per configuration and the two ratios cached/plain (memory, time per sample)
-against the targets (<= 1.5x each).
+against the targets (memory <= 1.5x, time <= 1.35x per sample).
+
+``--configs plain,chunks,cached`` adds the cache as it was before 0.1's bucketing inside the
+cache ("chunks": consecutive mini-batches, each split again by ``train.length_buckets``), run
+alternately with the others, for a before/after ratio under the same load. ``cached`` sorts each
+view's rows by token count before cutting mini-batches (``contrasent.train.gradcache``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = 1.5
+TARGET = 1.5  # memory
+TIME_TARGET = 1.35  # time per sample: the extra no-grad forward alone is ~1.33x
+CONFIGS = ("plain", "chunks", "cached")
 KIB = 1024
 
 
@@ -126,7 +133,22 @@ def child(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cached = args.child == "cached"
+    cached = args.child != "plain"
+    if args.child == "chunks":
+        from contrasent.train import gradcache
+
+        sorted_passes = gradcache.mini_batches
+
+        def chunks(encoder, views, size, max_length):
+            """The cache before its own bucketing: consecutive chunks, split by buckets."""
+            buckets, encoder.length_buckets = encoder.length_buckets, 1
+            try:
+                passes, _ = sorted_passes(encoder, views, size, max_length)
+            finally:
+                encoder.length_buckets = buckets
+            return passes, False
+
+        gradcache.mini_batches = chunks
     batch = args.cached_batch if cached else args.plain_batch
     timed_steps = max(1, args.timed_samples // batch)
     steps = args.warmup_steps + timed_steps
@@ -171,6 +193,7 @@ def child(args: argparse.Namespace) -> dict:
                 batch_size=batch,
                 max_steps=steps,
                 mini_batch_size=args.mini_batch if cached else 0,
+                length_buckets=args.length_buckets,
                 lr=3e-5,
                 seed=args.seed,
             ),
@@ -220,8 +243,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of timing")
     ap.add_argument("--repeats", type=int, default=1, help="runs per config (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--length-buckets", type=int, default=4, help="train.length_buckets")
+    ap.add_argument("--configs", default="plain,cached", help=f"comma list of {CONFIGS}")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--child", choices=["cached", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -247,15 +272,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    runs: dict[str, list[dict]] = {"cached": [], "plain": []}
+    configs = [c for c in args.configs.split(",") if c]
+    if "plain" not in configs or not set(configs) <= set(CONFIGS) or len(configs) < 2:
+        sys.exit(f"--configs: 'plain' and at least one of chunks, cached (got {args.configs!r})")
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
     for rep in range(args.repeats):
-        for config in ("plain", "cached") if rep % 2 == 0 else ("cached", "plain"):
+        for config in configs if rep % 2 == 0 else configs[::-1]:
             r = spawn(config, argv)
             runs[config].append(r)
             print(
                 f"  rep {rep} {config:6s} peak {r['peak_kib'] / KIB:7.1f} MB, train "
                 f"{(r['peak_kib'] - r['baseline_kib']) / KIB:7.1f} MB, "
-                f"{1000 * r['wall_s'] / r['timed_rows']:6.1f} ms/sample wall, load {r['load']:.2f}",
+                f"{1000 * r['wall_s'] / r['timed_rows']:6.1f} ms/sample wall, "
+                f"{1000 * r['cpu_s'] / r['timed_rows']:6.1f} cpu, load {r['load']:.2f}",
                 flush=True,
             )
     report(args, runs)
@@ -265,23 +294,23 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     def med(config: str, fn) -> float:
         return statistics.median(fn(r) for r in runs[config])
 
-    first = runs["cached"][0]
+    first = runs["cached" if "cached" in runs else "chunks"][0]
     print(
         f"\nmodel {args.model}\nunsup SimCSE, max_seq_length {args.max_seq_length}, CPU, "
         f"torch threads {first['threads']}, {args.timed_samples} timed rows per config after "
         f"{args.warmup_steps} warm-up step(s), median of {args.repeats}, "
-        f"memory by {first['peak_method']}"
+        f"length_buckets {args.length_buckets}, memory by {first['peak_method']}"
     )
     print(
         f"{'config':28s} {'baseline MB':>11s} {'peak MB':>8s} {'train MB':>9s} "
         f"{'wall ms/sample':>14s} {'cpu ms/sample':>13s}"
     )
     rows = {}
-    for config in ("plain", "cached"):
+    for config in runs:
         r0 = runs[config][0]
         name = (
-            f"cached {r0['batch']} (mini {r0['mini_batch']})"
-            if config == "cached"
+            f"{config} {r0['batch']} (mini {r0['mini_batch']})"
+            if config != "plain"
             else f"plain {r0['batch']} (uncached)"
         )
         rows[config] = {
@@ -296,21 +325,28 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
             f"{name:28s} {x['base']:11.1f} {x['peak']:8.1f} {x['train']:9.1f} "
             f"{x['wall']:14.2f} {x['cpu']:13.2f}"
         )
-    c, p = rows["cached"], rows["plain"]
+    p = rows["plain"]
     fixed = 3 * first["param_kib"] / KIB
+    rest = ", ".join(f"{c} {rows[c]['train'] - fixed:.0f} MB" for c in rows)
     print(
         f"of 'train MB', gradients + AdamW's two states are about 3 x parameters = {fixed:.0f} MB "
-        f"in both; the rest (activations, workspace): plain {p['train'] - fixed:.0f} MB, "
-        f"cached {c['train'] - fixed:.0f} MB"
+        f"in all; the rest (activations, workspace): {rest}"
     )
-    for label, ratio in (
-        ("memory (train MB)", c["train"] / p["train"]),
-        ("memory (peak RSS)", c["peak"] / p["peak"]),
-        ("time/sample (wall)", c["wall"] / p["wall"]),
-        ("time/sample (cpu)", c["cpu"] / p["cpu"]),
-    ):
-        verdict = "OK" if ratio <= TARGET else "OVER"
-        print(f"ratio cached/plain {label:20s} {ratio:6.3f}x  ({verdict}, target <= {TARGET}x)")
+    for config in (c for c in rows if c != "plain"):
+        c = rows[config]
+        for label, ratio, target in (
+            ("memory (train MB)", c["train"] / p["train"], TARGET),
+            ("memory (peak RSS)", c["peak"] / p["peak"], TARGET),
+            ("time/sample (wall)", c["wall"] / p["wall"], TIME_TARGET),
+            ("time/sample (cpu)", c["cpu"] / p["cpu"], TIME_TARGET),
+        ):
+            verdict = "OK" if ratio <= target else "OVER"
+            print(
+                f"ratio {config}/plain {label:20s} {ratio:6.3f}x  ({verdict}, target <= {target}x)"
+            )
+    if "chunks" in rows and "cached" in rows:
+        speedup = rows["chunks"]["cpu"] / rows["cached"]["cpu"]
+        print(f"cached (sorted) vs chunks (before): {speedup:.3f}x faster per sample (cpu)")
 
 
 if __name__ == "__main__":

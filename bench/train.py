@@ -272,7 +272,12 @@ def parse_args(
     ap.add_argument("--warmup-steps", type=int, default=3, help="first steps left out of timing")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--log-every", type=int, default=10, help="logging interval, both sides")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        help="auto: what train.mixed_precision auto picks here (bf16 with fast bf16 matmuls)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
@@ -324,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.model = args.model or default_model()
     args.clock = args.clock or ("wall" if torch.cuda.is_available() else "cpu")
+    if args.precision == "auto":
+        from contrasent.core.hardware import auto_half_precision
+
+        args.precision = auto_half_precision(torch.cuda.is_available()) or "fp32"
+        print(f"precision auto -> {args.precision}", flush=True)
     files = data_files(Path(args.data_root))
     datasets = {m: st_dataset(m, files[m]) for m in args.methods}
     runs: dict[tuple[str, str], list[Run]] = {(m, s): [] for m in args.methods for s in SIDES}

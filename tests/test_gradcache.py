@@ -83,24 +83,46 @@ def _grads(module: TrainModule) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def _passes(obj, batch, m: int):
-    """The cache's passes, written out: each view cut into consecutive chunks of m texts."""
+def _passes(enc, obj, batch, m: int, by_length: bool):
+    """The cache's passes, written out: each view cut into chunks of m texts, consecutive, or
+    (length buckets on) consecutive in the order of token counts, longest first."""
     for view in obj.views(batch):
-        for a in range(0, len(view), m):
-            yield view.name, view.slice(a, a + m)
+        lengths = [len(enc.tokenizer(t)["input_ids"]) for t in view.texts]
+        for rows in gradcache.pass_rows(lengths, m, by_length):
+            yield view.name, rows, view.take(rows)
 
 
 def _reference(module: TrainModule, batch, m: int, seed: int) -> tuple[float, dict]:
-    """The same mini-batch forwards as the cache, all graphs kept, one backward."""
+    """The same mini-batch forwards as the cache, all graphs kept, one backward. Each pass is
+    tokenized by itself; with length buckets on each runs as one pass (it is a bucket)."""
     module.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     enc, obj = module.encoder, module.objective
     outs: dict[str, list] = {}
-    for name, v in _passes(obj, batch, m):
-        outs.setdefault(name, []).append(obj.embed(enc, v, enc.tokenize(v.texts)))
-    record = loss_record(obj.loss({k: torch.cat(v) for k, v in outs.items()}, batch))
+    by_length = enc.length_buckets > 1
+    with enc.one_pass() if by_length else contextlib.nullcontext():
+        for name, rows, v in _passes(enc, obj, batch, m, by_length):
+            out = obj.embed(enc, v, enc.tokenize(v.texts))
+            outs.setdefault(name, []).append((rows, out))
+    joined = {}
+    for name, parts in outs.items():  # back in row order
+        rows = [i for r, _ in parts for i in r]
+        cat = torch.cat([o for _, o in parts])
+        joined[name] = cat[torch.argsort(torch.as_tensor(rows))]
+    record = loss_record(obj.loss(joined, batch))
     record["loss"].backward()
     return float(record["loss"].detach()), _grads(module)
+
+
+def test_pass_rows_by_hand():
+    """Consecutive chunks, or chunks of the rows sorted by token count (longest first, ties in
+    row order): each chunk then holds rows of about one length."""
+    lengths = [5, 9, 3, 9, 7, 2, 5]
+    assert gradcache.pass_rows(lengths, 3, by_length=False) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert gradcache.pass_rows(lengths, 3, by_length=True) == [[1, 3, 4], [0, 6, 2], [5]]
+    assert gradcache.pass_rows(lengths, 10, by_length=True) == [[1, 3, 4, 0, 6, 2, 5]]
+    with pytest.raises(ValueError, match="mini-batch size"):
+        gradcache.pass_rows(lengths, 0, by_length=True)
 
 
 def _cached(module: TrainModule, batch, m: int, seed: int) -> tuple[float, dict]:

@@ -70,6 +70,20 @@ def test_usable_cpus_and_default_threads():
     assert hardware.default_threads(2, 4.0) == 1  # two other jobs' worth: one thread
     assert hardware.default_threads(16, 16.0) == 8  # fair share of a loaded 16-core machine
     assert hardware.default_threads(16, 100.0) == 2
+    # waiting threads that sleep (OMP_WAIT_POLICY=PASSIVE) do not slow the others: all of them
+    assert hardware.default_threads(2, 17.0, passive=True) == 2
+    assert hardware.default_threads(16, 100.0, passive=True) == 16
+
+
+def test_passive_openmp_only_where_the_user_said_nothing_and_torch_is_not_loaded():
+    env: dict[str, str] = {}
+    assert hardware.passive_openmp(env, torch_loaded=False) and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "active"}  # the user's choice wins
+    assert not hardware.passive_openmp(env, torch_loaded=False)
+    assert env["OMP_WAIT_POLICY"] == "active"
+    env = {}  # too late: OpenMP read its settings when torch was imported
+    assert not hardware.passive_openmp(env, torch_loaded=True) and env == {}
+    assert hardware.passive_openmp({"OMP_WAIT_POLICY": " passive"}, torch_loaded=True)
 
 
 def test_threads_given_win_over_the_environment_and_the_default(monkeypatch):
@@ -78,11 +92,18 @@ def test_threads_given_win_over_the_environment_and_the_default(monkeypatch):
     monkeypatch.setattr(hardware, "read_load", lambda: 4.2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert (hardware.machine().threads, hardware.machine().threads_from) == (1, "default")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # waiting threads sleep: all CPUs
+    assert (hardware.machine().threads, hardware.machine().threads_from) == (2, "default")
+    assert hardware.machine().line().endswith("(load 4.2; default; OpenMP wait passive)")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert hardware.machine().threads == 2
     assert (hardware.machine(3).threads, hardware.machine(3).threads_from) == (3, "--threads")
-    assert "threads 3 of 2 usable (load 4.2; --threads)" in hardware.machine(3).line()
+    assert "threads 3 of 2 usable (load 4.2; --threads; OpenMP wait active)" in (
+        hardware.machine(3).line()
+    )
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(hardware, "read_load", lambda: 0.0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two launched processes share the 2 CPUs

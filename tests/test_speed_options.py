@@ -17,7 +17,8 @@ import torch
 
 from contrasent.data.batches import PairBatch, SentenceBatch
 from contrasent.model import passes as encoder_module
-from contrasent.model.encoder import Encoder, length_buckets
+from contrasent.model.encoder import Encoder
+from contrasent.model.passes import length_buckets
 from contrasent.objectives import build_objective
 
 TEXTS = [

@@ -139,10 +139,12 @@ def test_deletion_rate_and_one_word_sentences(tiny_bert_dir, shared_data):
 
 
 # ---------------------------------------------------------------- gradient cache, processes
-def run_steps(tiny: str, rows: slice, mini_batch: int | None):
+def run_steps(tiny: str, rows: slice, mini_batch: int | None, buckets: int = 1):
     """Loss record and gradients (encoder + decoder-only parameters, averaged over processes)
-    of the global batch's ``rows`` (dropout off, float64), plain or under the gradient cache."""
+    of the global batch's ``rows`` (dropout off, float64), plain or under the gradient cache
+    (``buckets`` > 1: its mini-batches of rows sorted by length, damaged texts and targets)."""
     enc, obj = make(Path(tiny), double=True, max_target_length=10)
+    enc.length_buckets = buckets
     batch = SentenceBatch(TEXTS, index=5).slice(rows.start, rows.stop)
     if mini_batch is None:
         record = obj(enc, batch)
@@ -166,6 +168,7 @@ def test_gradient_cache_equals_plain_step(tiny_bert_dir):
     plain = run_steps(str(tiny_bert_dir), slice(0, 8), None)
     assert plain[0]["targets_truncated"].item() > 0  # the cut is counted in both paths
     assert_same(run_steps(str(tiny_bert_dir), slice(0, 8), 3), plain)
+    assert_same(run_steps(str(tiny_bert_dir), slice(0, 8), 3, buckets=3), plain)
 
 
 def _worker(rank: int, world: int, tiny: str, out: str) -> None:

@@ -30,8 +30,9 @@ class ModelArgs:
             normalisation in fp32: fast on CPUs with AMX or AVX512-BF16 and on GPUs); fp16
             (GPU only); auto: bf16 where the device has fast bf16 matmuls, else fp32 (CPU) or
             fp16 (GPU). `contrasent env` shows what this CPU has.
-        threads: CPU threads; default: every usable CPU (affinity, cgroup quota) while the
-            machine has room, fewer when it is loaded ($OMP_NUM_THREADS if set).
+        threads: CPU threads; default: every usable CPU (affinity, cgroup quota), with
+            OpenMP's passive wait (OMP_WAIT_POLICY=PASSIVE unless set); with an active wait
+            policy fewer when the machine is loaded ($OMP_NUM_THREADS if set).
         batch_size: Sentences per forward pass.
         backend: "onnx" runs a folder written by `contrasent export` with ONNX Runtime.
         file_name: ONNX file of that folder (e.g. model_qint8_avx512_vnni.onnx); default

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,19 +87,35 @@ def usable_cpus(affinity: int, quota: float | None) -> int:
     return max(1, min(n, math.ceil(quota))) if quota else n
 
 
-def default_threads(usable: int, load: float) -> int:
+def default_threads(usable: int, load: float, passive: bool = False) -> int:
     """Threads for torch's intra-op pool given the others' load (1-minute load average).
 
     Torch's parallel regions wait at a barrier for their slowest thread; when more threads want
-    the CPUs than there are, one of ours is often descheduled and all the others wait for it
-    (measured here: 5 TSDAE steps 135 s with 2 threads vs 9 s with 1, at load ~4 on 2 cores).
-    So: every usable CPU while the machine has room (load below its CPUs), else our fair share
-    of it, ``usable * usable / (load + usable)`` (us as ``usable`` of ``load + usable``
-    runnable threads), at least 1.
+    the CPUs than there are, one of ours is often descheduled and all the others wait for it.
+    With OpenMP's default (active) wait policy the waiting threads spin, taking CPU from the one
+    they wait for (measured here: 5 TSDAE steps 135 s with 2 threads vs 9 s with 1, at load ~4
+    on 2 cores; quickstart steps 89 s vs 17 s at load ~17). So, active: every usable CPU while
+    the machine has room (load below its CPUs), else our fair share of it, ``usable * usable /
+    (load + usable)`` (us as ``usable`` of ``load + usable`` runnable threads), at least 1.
+    ``passive`` (OMP_WAIT_POLICY=PASSIVE in force, :func:`passive_openmp`): a waiting thread
+    sleeps at once, and every usable CPU is then the faster choice at any load (quickstart
+    steps at load ~17 on 2 cores: 2 passive threads 5.9-6.3 s vs 1 thread 16.9 s).
     """
-    if load < usable:
+    if passive or load < usable:
         return usable
     return max(1, int(usable * usable / (load + usable)))
+
+
+def passive_openmp(environ: dict[str, str] | None = None, torch_loaded: bool | None = None) -> bool:
+    """Ask OpenMP (torch's CPU thread pool, GNU libgomp in torch's wheels) to let a thread that
+    waits at a barrier sleep at once rather than spin: ``OMP_WAIT_POLICY=PASSIVE``, unless the
+    user set OMP_WAIT_POLICY. OpenMP reads it when torch is imported, so it is only set while
+    torch is not loaded yet (the CLI calls this first). Returns whether PASSIVE is in force."""
+    environ = os.environ if environ is None else environ
+    loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
+    if "OMP_WAIT_POLICY" not in environ and not loaded:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 def read_cpu_max() -> str | None:
@@ -133,11 +150,14 @@ class Machine:
     load: float
     threads: int  # the default (or the $OMP_NUM_THREADS / --threads a user set)
     threads_from: str  # "default", "OMP_NUM_THREADS", "--threads"
+    passive: bool = False  # OMP_WAIT_POLICY=PASSIVE in force (waiting threads sleep)
 
     def line(self) -> str:
+        wait = "passive" if self.passive else "active"
         return (
             f"cpu: {self.cpu}; bf16 matmuls: {self.bf16}; threads {self.threads} of "
-            f"{self.usable_cpus} usable (load {self.load:.1f}; {self.threads_from})"
+            f"{self.usable_cpus} usable (load {self.load:.1f}; {self.threads_from}; "
+            f"OpenMP wait {wait})"
         )
 
 
@@ -150,13 +170,15 @@ def machine(threads: int | None = None) -> Machine:
     usable = max(1, usable // int(local)) if local.isdigit() and int(local) > 1 else usable
     load = read_load()
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
     if threads:
         n, source = threads, "--threads"
     elif omp.isdigit() and int(omp) > 0:
         n, source = int(omp), "OMP_NUM_THREADS"
     else:
-        n, source = default_threads(usable, load), "default"
-    return Machine(cpu_model(info), bf16_level(cpu_flags(info), None), usable, load, n, source)
+        n, source = default_threads(usable, load, passive), "default"
+    level = bf16_level(cpu_flags(info), None)
+    return Machine(cpu_model(info), level, usable, load, n, source, passive)
 
 
 def torch_facts() -> dict[str, str]:

@@ -7,7 +7,7 @@ sequence, how poolings ST lacks are expressed, key format) lives in `contrasent.
 
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 import os
 import shutil
@@ -23,10 +23,16 @@ from torch import Tensor, nn
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import follow_umask, swap_into_place, temp_sibling
-from contrasent.model.inputs import checked_texts, tokenize_longest_first
+from contrasent.model.inputs import (
+    checked_texts,
+    pad_features,
+    pad_ids,
+    tokenize_longest_first,
+)
 from contrasent.model.loading import (
     autocast,
     default_max_len,
+    held_copy,
     load_hf,
     model_source,
     pick_device,
@@ -34,7 +40,7 @@ from contrasent.model.loading import (
     resolve_precision,
     unused_inputs,
 )
-from contrasent.model.passes import length_buckets, pool, relative_bias_from, rows_of
+from contrasent.model.passes import in_length_buckets, pool, relative_bias_from
 from contrasent.model.pooling import (
     HIDDEN_STATE_POOLINGS,
     POOLINGS,
@@ -204,7 +210,9 @@ class Encoder(nn.Module):
         """
         if augment is None:
             if self.length_buckets > 1:
-                return self._embed_bucketed(features, self.length_buckets)
+                left = getattr(self.tokenizer, "padding_side", "right") == "left"
+                embed = functools.partial(self._embed, normalize=self.normalize)
+                return in_length_buckets(embed, features, self.length_buckets, left)
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
@@ -225,39 +233,6 @@ class Encoder(nn.Module):
                 return self._embed(feats, self.normalize)
         finally:
             handle.remove()
-
-    def _embed_bucketed(self, features: dict[str, Tensor], buckets: int) -> Tensor:
-        """``_embed`` run as ``buckets`` passes over rows of similar length, outputs in row order.
-
-        Rows are sorted by real length (longest first) and cut into equal parts; each part is
-        padded only to its own longest row, so padding costs less of the compute. Every output
-        row depends on its own row only (a transformer, pooling and heads are row-wise), so the
-        result is the one-pass result up to float rounding of other matmul shapes; only dropout
-        draws differ (other shapes: other masks, the same distribution). Runs in one pass when
-        there is nothing to trim, for left padding (trimming would shift absolute positions)
-        and for ``inputs_embeds``.
-        """
-        mask = features.get("attention_mask")
-        width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
-        if (
-            not width
-            or features.get("inputs_embeds") is not None
-            or getattr(self.tokenizer, "padding_side", "right") == "left"
-        ):
-            return self._embed(features, self.normalize)
-        lengths = mask.sum(dim=1)
-        parts = length_buckets(lengths.tolist(), buckets)
-        if len(parts) == 1 and parts[0][1] == width:
-            return self._embed(features, self.normalize)
-        outs = []
-        for rows, longest in parts:
-            index = torch.as_tensor(rows, device=mask.device)
-            part = {k: rows_of(v, index, width, longest) for k, v in features.items()}
-            outs.append(self._embed(part, self.normalize))
-        order = torch.as_tensor([r for rows, _ in parts for r in rows], device=mask.device)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(outs)[inverse]
 
     def embedding_layer(self) -> nn.Module:
         """The HF model's embeddings module (its output feeds the first transformer layer)."""
@@ -365,41 +340,19 @@ class Encoder(nn.Module):
         return similarity(self, a, b, batch_size=batch_size)
 
     def _collate(self, enc: Any, idx: np.ndarray) -> dict[str, Tensor]:
-        """Pad the pre-tokenized rows `idx` into tensors (numpy fill: cheaper than tokenizer.pad)."""
-        rows = [enc["input_ids"][i] for i in idx]
-        width = max(len(r) for r in rows)
-        pads = {
-            "input_ids": self.tokenizer.pad_token_id or 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0),
-        }
+        """Pad the pre-tokenized rows `idx` into tensors on this encoder's device."""
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
-        batch = {}
-        for key in (k for k in enc if k not in self.unused_inputs):
-            arr = np.full((len(idx), width), pads.get(key, 0), dtype=np.int64)
-            for j, i in enumerate(idx):
-                seq = enc[key][i]
-                if left:
-                    arr[j, width - len(seq) :] = seq
-                else:
-                    arr[j, : len(seq)] = seq
-            batch[key] = torch.from_numpy(arr).to(self.device, non_blocking=True)
-        return batch
+        feats = {k: v for k, v in enc.items() if k not in self.unused_inputs}
+        return {
+            k: torch.from_numpy(v).to(self.device, non_blocking=True)
+            for k, v in pad_features(feats, idx, pad_ids(self.tokenizer), left).items()
+        }
 
     def _held_model(self, dtype: torch.dtype) -> nn.Module:
-        """A copy of the transformer with its weights in ``dtype``, made once and kept until a
-        weight changes (training steps bump the parameters' versions) or the device does.
-
-        Held rather than autocast: autocast re-casts every weight on every forward. Kept outside
-        the module tree (not saved, not trained, not moved by ``.to``)."""
-        params = list(self.model.parameters())
-        key = (dtype, self.device, tuple((p.data_ptr(), p._version) for p in params))
-        held = self.__dict__.get("_held")
-        if held is None or held[0] != key:
-            self.__dict__["_held"] = None  # free the old copy before making the new one
-            held = (key, copy.deepcopy(self.model).to(dtype).eval())
-            self.__dict__["_held"] = held
-        return held[1]
+        """The transformer with its weights in ``dtype``: `contrasent.model.loading.held_copy`,
+        kept in this encoder's ``__dict__`` (outside the module tree: not saved, not trained,
+        not moved by ``.to``)."""
+        return held_copy(self.__dict__, self.model, dtype)
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:

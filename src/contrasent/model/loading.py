@@ -3,6 +3,7 @@ model and tokenizer, the device, the inference precision and the default sequenc
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -111,3 +112,20 @@ def default_max_len(model: Any, tokenizer: Any) -> int:
     sane = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
     found = [x for x in (sane, position_limit(model)) if x]
     return min(found) if found else 512
+
+
+def held_copy(holder: dict[str, Any], model: torch.nn.Module, dtype: torch.dtype) -> Any:
+    """A copy of ``model`` with its weights in ``dtype`` (eval mode), made once and kept in
+    ``holder["_held"]`` until a weight changes (training steps bump the parameters' versions;
+    loading new weights moves their data) or the device does.
+
+    Held rather than autocast: autocast re-casts every weight on every forward (the encoder's
+    bf16 inference)."""
+    params = list(model.parameters())
+    key = (dtype, params[0].device, tuple((p.data_ptr(), p._version) for p in params))
+    held = holder.get("_held")
+    if held is None or held[0] != key:
+        holder["_held"] = None  # free the old copy before making the new one
+        held = (key, copy.deepcopy(model).to(dtype).eval())
+        holder["_held"] = held
+    return held[1]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from contrasent.core.errors import UserError, where
+from contrasent.model.inputs import checked_texts, pad_features, pad_ids, tokenize_longest_first
 
 META_FILE = "contrasent_onnx.json"  # written by contrasent.model.export next to the .onnx files
 DEFAULT_FILE = "model.onnx"
@@ -41,25 +42,6 @@ def session_options(threads: int | None = None) -> Any:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 3  # warnings about unused initializers etc. are noise here
     return so
-
-
-def pad_features(
-    enc: Any, idx: np.ndarray, pad_ids: dict[str, int], left: bool
-) -> dict[str, np.ndarray]:
-    """Rows ``idx`` of an unpadded tokenizer output as padded int64 arrays (one per feature)."""
-    width = max(len(enc["input_ids"][i]) for i in idx)
-    batch = {}
-    for key in enc:
-        arr = np.full((len(idx), width), pad_ids.get(key, 0), dtype=np.int64)
-        rows = enc[key]
-        for j, i in enumerate(idx):
-            seq = rows[i]
-            if left:
-                arr[j, width - len(seq) :] = seq
-            else:
-                arr[j, : len(seq)] = seq
-        batch[key] = arr
-    return batch
 
 
 def check_export(
@@ -112,11 +94,7 @@ class OnnxEncoder:
         self.source, self.file_name = source, file_name
         self.input_names = [i.name for i in session.get_inputs()]
         self.hidden_size = int(meta["hidden_size"])
-        self._pads = {
-            "input_ids": tokenizer.pad_token_id or 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-        }
+        self._pads = pad_ids(tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -176,7 +154,6 @@ class OnnxEncoder:
         stats: dict[str, int] | None = None,
     ) -> np.ndarray:
         """Embed texts -> float32 [N, hidden_size] in input order (as `Encoder.encode`)."""
-        from contrasent.model.inputs import checked_texts, tokenize_longest_first
 
         texts = checked_texts(texts, batch_size)
         if precision not in ("fp32", "auto"):  # auto: what the file holds

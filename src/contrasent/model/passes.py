@@ -5,7 +5,7 @@ into sentence vectors, length buckets (rows of similar length in passes of their
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +15,14 @@ from torch import Tensor
 from contrasent.core.errors import UserError
 from contrasent.model.pooling import HIDDEN_STATE_PICKS, HIDDEN_STATE_POOLINGS, check_pooling
 
-__all__ = ["BUCKET_MIN_SAVING", "length_buckets", "pool", "relative_bias_from", "rows_of"]
+__all__ = [
+    "BUCKET_MIN_SAVING",
+    "in_length_buckets",
+    "length_buckets",
+    "pool",
+    "relative_bias_from",
+    "rows_of",
+]
 
 
 @contextmanager
@@ -92,6 +99,40 @@ def length_buckets(lengths: Sequence[int], buckets: int) -> list[tuple[list[int]
         bounds.append((i, j))
         j = i
     return [(order[starts[i] : starts[j]], values[i]) for i, j in reversed(bounds) if j > i]
+
+
+def in_length_buckets(
+    embed: Callable[[dict[str, Tensor]], Tensor],
+    features: dict[str, Tensor],
+    buckets: int,
+    left_padding: bool = False,
+) -> Tensor:
+    """``embed(features)`` run as up to ``buckets`` passes over rows of similar length, outputs
+    [B, H] in row order (``Encoder.forward`` with ``length_buckets`` > 1).
+
+    Rows are grouped by real length (:func:`length_buckets`); each group is padded only to its
+    own longest row, so padding costs less of the compute. Every output row depends on its own
+    row only (a transformer, pooling and heads are row-wise), so the result is the one-pass
+    result up to float rounding of other matmul shapes; only dropout draws differ (other
+    shapes: other masks, the same distribution). Runs in one pass when there is nothing to
+    trim, for left padding (trimming would shift absolute positions) and for ``inputs_embeds``.
+    """
+    mask = features.get("attention_mask")
+    width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
+    if not width or features.get("inputs_embeds") is not None or left_padding:
+        return embed(features)
+    lengths = mask.sum(dim=1)
+    parts = length_buckets(lengths.tolist(), buckets)
+    if len(parts) == 1 and parts[0][1] == width:
+        return embed(features)
+    outs = []
+    for rows, longest in parts:
+        index = torch.as_tensor(rows, device=mask.device)
+        outs.append(embed({k: rows_of(v, index, width, longest) for k, v in features.items()}))
+    order = torch.as_tensor([r for rows, _ in parts for r in rows], device=mask.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(outs)[inverse]
 
 
 def rows_of(value: Any, index: Tensor, width: int, longest: int) -> Any:

@@ -67,6 +67,12 @@ class View:
         keys = None if self.keys is None else self.keys[start:stop]
         return dataclasses.replace(self, texts=self.texts[start:stop], keys=keys)
 
+    def take(self, rows: Sequence[int]) -> View:
+        """The view's rows ``rows``, in that order (the gradient cache's length-sorted passes).
+        A subclass with more per-row fields overrides this as well as ``slice``."""
+        keys = None if self.keys is None else [self.keys[i] for i in rows]
+        return dataclasses.replace(self, texts=[self.texts[i] for i in rows], keys=keys)
+
     def shares_pass_with(self, other: View) -> bool:
         """Whether the two may run as one concatenated encoder pass."""
         return self.mode == other.mode and self.augment is None and other.augment is None

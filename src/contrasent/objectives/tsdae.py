@@ -31,6 +31,7 @@ How it runs on the shared loop:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -104,6 +105,9 @@ class ReconstructionView(View):
 
     def slice(self, start: int, stop: int) -> ReconstructionView:
         return replace(super().slice(start, stop), targets=self.targets[start:stop])
+
+    def take(self, rows: Sequence[int]) -> ReconstructionView:
+        return replace(super().take(rows), targets=[self.targets[i] for i in rows])
 
 
 class TSDAE(Objective):

@@ -89,13 +89,16 @@ class OptimConfig:
             ``mini_batch_size`` for a larger batch of negatives under a memory limit.
         mini_batch_size: Gradient cache (Gao et al. 2021): texts per encoder forward on each
             process while the loss sees the whole batch; 0: off (one forward for the whole
-            batch).
+            batch). With ``length_buckets`` > 1 the rows are sorted by length before they are
+            cut into mini-batches (each one pass, padded only to its own rows).
         mixed_precision: Autocast precision: ``fp16`` (CUDA, with loss scaling), ``bf16``
             (CUDA Ampere+ or CPU; the losses' similarity matmuls and cross-entropies stay
             fp32); ``auto``: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has
             fast bf16 matmuls (AMX or AVX512-BF16; `contrasent env`), else ``no``.
-        threads: CPU threads of each process; 0: every usable CPU while the machine has room,
-            fewer when it is loaded ($OMP_NUM_THREADS if set; `contrasent env` shows it).
+        threads: CPU threads of each process; 0: every usable CPU (the CLI sets OpenMP's
+            passive wait, OMP_WAIT_POLICY=PASSIVE, unless given); with an active wait policy
+            every CPU while the machine has room, fewer when it is loaded ($OMP_NUM_THREADS if
+            set; `contrasent env` shows it).
         seed: Seed of model-head initialisation, data order and dropout.
         length_buckets: Run each encoder pass of a step as this many passes over rows of
             similar length (sorted by token count, each padded only to its own longest row),

@@ -8,8 +8,12 @@ of texts is ever held *in the encoder's graph*:
 
 1. run every view in mini-batches of at most ``mini_batch_size`` texts (a mini-batch never mixes
    two views: each has its own augmentation and mode) without a graph, recording the global RNG
-   state before each one;
-2. make each view's concatenated outputs a float32 (or float64) leaf, compute ``objective.loss`` on the full
+   state before each one. With ``train.length_buckets`` on, a view's rows are sorted by token
+   count before they are cut, so each mini-batch is a length bucket of its own (padded to rows
+   of about its length; not split again): the cache's bucketing is over the whole batch, not
+   inside each mini-batch. Which rows share a pass changes the dropout masks they draw, not
+   their distribution (as ``length_buckets`` itself);
+2. make each view's concatenated outputs (back in row order) a float32 (or float64) leaf, compute ``objective.loss`` on the full
    matrices and backpropagate to the leaves only: this yields d loss / d output for every text
    (the "cache"), and the gradients of any parameter the loss itself holds (e.g. a classifier);
 3. re-run each mini-batch *with* a graph after restoring its RNG state, so dropout and the view's
@@ -32,12 +36,13 @@ replayed, the latter are the same by construction.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from contrasent.model.passes import rows_of
 from contrasent.objectives.base import Objective, View, loss_record
 from contrasent.objectives.functional import fp32
 
@@ -70,26 +75,58 @@ class RngState:
 
 @dataclass
 class MiniBatch:
-    """One encoder pass of the cache: rows ``start:stop`` of one view, tokenized."""
+    """One encoder pass of the cache: rows ``rows`` of one view (in this order), tokenized."""
 
     view: View
-    start: int
-    stop: int
+    rows: list[int]
     features: dict[str, torch.Tensor]
-    rng: RngState
+    rng: RngState | None = None
+
+
+def pass_rows(lengths: Sequence[int], size: int, by_length: bool) -> list[list[int]]:
+    """The rows of each pass over one view (pure): chunks of at most ``size`` rows, consecutive
+    in row order, or (``by_length``) consecutive in the order of token counts, longest first
+    (ties in row order), so that each pass is padded only to rows of about its own length.
+
+    Sorting is the cache's length bucketing: a pass of ``size`` rows of similar length is one
+    bucket, large enough to keep the matmuls efficient, where splitting each consecutive chunk
+    again (``Encoder.length_buckets``) would run many small passes.
+    """
+    if size < 1:
+        raise ValueError(f"mini-batch size must be >= 1, got {size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if by_length else None
+    order = order if order is not None else list(range(len(lengths)))
+    return [order[a : a + size] for a in range(0, len(order), size)]
 
 
 def mini_batches(
-    views: list[View], size: int, tokenize: Callable[[list[str]], dict]
-) -> list[MiniBatch]:
-    """Consecutive chunks of at most ``size`` rows inside each view (never across two)."""
-    if size < 1:
-        raise ValueError(f"mini-batch size must be >= 1, got {size}")
-    return [
-        MiniBatch(view, a, min(a + size, len(view)), tokenize(view.texts[a : a + size]), None)
-        for view in views
-        for a in range(0, len(view), size)
-    ]
+    encoder: Any, views: list[View], size: int, max_length: int | None
+) -> tuple[list[MiniBatch], bool]:
+    """Every view's passes (never across two views), tokenized once per view.
+
+    With the encoder's ``length_buckets`` on (> 1) and right padding, rows are sorted by token
+    count before they are cut (:func:`pass_rows`) and each pass runs as one bucket; otherwise
+    consecutive chunks (each padded to its own longest row all the same). Returns the passes and
+    whether they were sorted.
+    """
+    right = getattr(encoder.tokenizer, "padding_side", "right") != "left"
+    by_length = right and getattr(encoder, "length_buckets", 1) > 1
+    out = []
+    for view in views:
+        if not right:  # trimming columns would cut left padding's real tokens: one call each
+            for rows in pass_rows([0] * len(view), size, False):
+                sub = view.take(rows)
+                out.append(MiniBatch(sub, rows, encoder.tokenize(sub.texts, max_length)))
+            continue
+        feats = encoder.tokenize(view.texts, max_length)
+        mask = feats["attention_mask"]
+        width, lengths = mask.shape[1], mask.sum(dim=1).tolist()
+        for rows in pass_rows(lengths, size, by_length):
+            index = torch.as_tensor(rows, device=mask.device)
+            longest = max(lengths[i] for i in rows)
+            part = {k: rows_of(v, index, width, longest) for k, v in feats.items()}
+            out.append(MiniBatch(view.take(rows), rows, part))
+    return out, by_length
 
 
 def _nullcontext() -> contextlib.AbstractContextManager:
@@ -128,19 +165,23 @@ def gradcache_step(
     if not objective.supports_gradient_cache:
         raise ValueError(f"{type(objective).__name__} does not support the gradient cache")
     views = objective.views(batch)
-    passes = mini_batches(views, mini_batch_size, lambda t: encoder.tokenize(t, max_length))
+    passes, sorted_ = mini_batches(encoder, views, mini_batch_size, max_length)
+    # a length-sorted pass is a bucket already: split no further
+    one_pass = encoder.one_pass if sorted_ else contextlib.nullcontext
 
     # 1. outputs without a graph; each pass's RNG state is kept for the replay
     chunks: dict[str, list[torch.Tensor]] = {v.name: [] for v in views}
-    with torch.no_grad():
+    rows: dict[str, list[int]] = {v.name: [] for v in views}
+    with torch.no_grad(), one_pass():
         for p in passes:
             p.rng = RngState.capture(encoder.device)
             with autocast():
-                out = objective.embed(encoder, p.view.slice(p.start, p.stop), p.features)
+                out = objective.embed(encoder, p.view, p.features)
             chunks[p.view.name].append(fp32(out))
+            rows[p.view.name] += p.rows
 
-    # 2. full-batch loss on float32 leaves: the cache holds d loss / d output
-    leaves = {k: torch.cat(v).requires_grad_() for k, v in chunks.items()}
+    # 2. full-batch loss on float32 leaves in row order: the cache holds d loss / d output
+    leaves = {k: _in_row_order(torch.cat(v), rows[k]).requires_grad_() for k, v in chunks.items()}
     with autocast():
         record = loss_record(objective.loss(leaves, batch))
     if check_loss is not None:
@@ -148,11 +189,25 @@ def gradcache_step(
     backward(record["loss"] * loss_scale)
 
     # 3. replay each pass with a graph and push its cached gradient through the encoder
-    for p in passes:
-        grad = leaves[p.view.name].grad
-        if grad is None:  # the loss does not depend on this view
-            continue
-        with p.rng.replay(), autocast():
-            out = objective.embed(encoder, p.view.slice(p.start, p.stop), p.features)
-        torch.dot(fp32(out).flatten(), grad[p.start : p.stop].flatten()).backward()
+    with one_pass():
+        for p in passes:
+            grad = leaves[p.view.name].grad
+            if grad is None:  # the loss does not depend on this view
+                continue
+            with p.rng.replay(), autocast():
+                out = objective.embed(encoder, p.view, p.features)
+            index = torch.as_tensor(p.rows, device=grad.device)
+            torch.dot(fp32(out).flatten(), grad.index_select(0, index).flatten()).backward()
     return {k: v.detach() for k, v in record.items()}
+
+
+def _in_row_order(outputs: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``outputs`` [N, ...] of the passes' rows ``rows`` (a permutation of 0..N-1), put back in
+    row order: ``result[rows[j]] = outputs[j]``."""
+    if rows == list(range(len(rows))):
+        return outputs
+    inverse = torch.empty(len(rows), dtype=torch.long, device=outputs.device)
+    inverse[torch.as_tensor(rows, device=outputs.device)] = torch.arange(
+        len(rows), device=outputs.device
+    )
+    return outputs.index_select(0, inverse)

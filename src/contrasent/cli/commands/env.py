@@ -36,7 +36,8 @@ def run_env(args: EnvArgs) -> None:
     print(f"cpu: {found.cpu}")
     print(f"bf16 matmuls: {level} (precision auto on CPU: {'bf16' if level != 'none' else 'fp32'})")
     print(f"threads: {found.threads} of {found.usable_cpus} usable ({found.threads_from}; "
-          f"1-minute load {found.load:.1f})")  # fmt: skip
+          f"1-minute load {found.load:.1f}; OpenMP wait "
+          f"{'passive' if found.passive else 'active'})")  # fmt: skip
     print(" ".join(f"{k}: {v};" for k, v in facts.items()).rstrip(";"))
     if args.measure:
         peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
