@@ -258,3 +258,34 @@ def test_teacher_embeddings_from_embed_output_equal_the_teacher(tmp_path, minilm
         short(enc, first)
     with pytest.raises(UserError, match="use data.kind text_lines"):
         table(enc, SentenceBatch(TEXTS))
+
+
+def test_saved_projection_loads_in_sentence_transformers(tmp_path, minilm_dir):
+    """save_projection: the 16 -> 32 projection is the encoder's own Dense head (trained with
+    it, no separate head), the loss falls, and the saved student embeds in 32 dimensions in
+    sentence-transformers exactly as here (the Dense module in its folder)."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from conftest import build_tiny_bert
+
+    kw = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = build_tiny_bert(tmp_path / "t", minilm_dir, **kw)
+    student = build_tiny_bert(tmp_path / "s", minilm_dir, seed=1, hidden_size=16,
+                              intermediate_size=32, **kw)  # fmt: skip
+    torch.manual_seed(0)
+    enc = Encoder.from_pretrained(student, device="cpu", pooling="mean", normalize=False)
+    obj = build_objective("distill_mse", enc, teacher=str(teacher), save_projection=True)
+    assert obj.projection is None and len(enc.dense) == 1 and enc.hidden_size == 32
+    losses = _train(obj, enc.train(), SentenceBatch(TEXTS), steps=20, lr=1e-3)
+    assert losses[-1] < 0.3 * losses[0]
+    enc.eval().save(tmp_path / "out")
+    kinds = [m["type"] for m in json.loads((tmp_path / "out" / "modules.json").read_text())]
+    assert kinds[-1].endswith("Dense")
+    ours = Encoder.from_pretrained(tmp_path / "out", device="cpu").encode(TEXTS)
+    theirs = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(TEXTS)
+    assert ours.shape == (len(TEXTS), 32)
+    np_close = torch.testing.assert_close
+    np_close(torch.from_numpy(theirs), torch.from_numpy(ours), atol=1e-5, rtol=1e-4)
+    np_close(torch.from_numpy(enc.encode(TEXTS)), torch.from_numpy(ours), atol=1e-5, rtol=1e-4)

@@ -17,7 +17,9 @@ sentences: source, translation): MSE(student(source), teacher(source)) and MSE(s
 teacher(source)), averaged (sentence-transformers' ``MSELoss`` with one teacher embedding for both
 columns, its multilingual recipe). When the dimensions differ, a trained projection (linear,
 student -> teacher; ``MSELoss(projection_dim=...)``) maps the student first; it is a training head,
-not saved. ``distill_margin_mse`` on (query, positive, negative...) rows: MSE between the
+not saved, unless ``save_projection``: then it is a Dense head of the encoder itself (after
+pooling, before normalisation), trained as such and saved as a sentence-transformers ``Dense``
+module, so the saved student embeds in the teacher's space wherever it is loaded. ``distill_margin_mse`` on (query, positive, negative...) rows: MSE between the
 student's and the teacher's dot-product margins ``q.p - q.n`` (``MarginMSELoss``).
 """
 
@@ -97,12 +99,17 @@ class DistillConfig:
         teacher_batch_size: Texts per teacher forward pass.
         projection: Train a linear map student -> teacher dimension when they differ ("auto");
             false: differing dimensions are an error.
+        save_projection: Keep that projection in the saved model: a sentence-transformers Dense
+            module after pooling (normalisation, if any, after it), trained in place, so the
+            student loads (here and in sentence-transformers) embedding in the teacher's
+            dimension; false: a training head only, the saved student keeps its own dimension.
     """
 
     teacher: str = ""
     teacher_embeddings: str | None = None
     teacher_batch_size: int = 128
     projection: bool | str = "auto"
+    save_projection: bool = False
 
     def __post_init__(self) -> None:
         if not self.teacher and not self.teacher_embeddings:
@@ -152,7 +159,13 @@ class _Distill(Objective):
                 "objective.projection auto (a trained linear map) or pick matching models",
                 "objective.projection",
             )
-        if s != t and self.config.projection is not False:
+        if s != t and self.config.save_projection:
+            from contrasent.model.st_layout import DenseHead
+
+            head = DenseHead(nn.Linear(s, t), nn.Identity()).to(encoder.device)
+            encoder.dense.append(head)  # the encoder's own head: trained, checkpointed, saved
+            log.info("distillation: a trained projection %d -> %d, saved as a Dense module", s, t)
+        elif s != t and self.config.projection is not False:
             self.projection = nn.Linear(s, t).to(encoder.device)
             log.info("distillation: a trained projection %d -> %d (not saved)", s, t)
 
