@@ -258,6 +258,8 @@ def test_teacher_embeddings_from_embed_output_equal_the_teacher(tmp_path, minilm
         short(enc, first)
     with pytest.raises(UserError, match="use data.kind text_lines"):
         table(enc, SentenceBatch(TEXTS))
+    with pytest.raises(UserError, match=r"text_lines reads one .txt \(.txt.gz\) file"):
+        build_stream(DataSpec(kind="text_lines", path=[str(corpus)] * 2), 8, 5, None)
 
 
 def test_saved_projection_loads_in_sentence_transformers(tmp_path, minilm_dir):
