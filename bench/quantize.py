@@ -3,7 +3,9 @@ search on real embeddings: recall@10 of the float top 10 and memory per vector.
 
 MiniLM (all-MiniLM-L6-v2) embeds the corpus and queries of a retrieval task folder (default: the
 SICK graded-retrieval task of ../shared/data/tasks, 3,132 documents, 1,436 queries); the corpus is
-calibrated on itself (int8 ranges), queries are float for rescoring. Optionally at Matryoshka
+calibrated on itself (int8 ranges), queries are float for rescoring, against the codes or (the
+"by float rows" sides, `index build --keep_float`) the corpus's float rows; bytes / vector is
+what the first stage holds (the float rows stay on disk). Optionally at Matryoshka
 sizes (--dims 384,128): each size truncated and re-normalised first.
 
     python bench/quantize.py
@@ -32,9 +34,13 @@ from contrasent.serve.quantize import (  # noqa: E402
     search_quantized,
 )
 
-SIDES = (("float32", None, None), ("int8", "int8", None), ("int8 + rescore 40", "int8", 40),
-         ("binary", "ubinary", None), ("binary + rescore 40", "ubinary", 40),
-         ("binary + rescore 100", "ubinary", 100))  # fmt: skip
+# (name, precision, rescore_k, rescore by the float corpus rows (index build --keep_float))
+SIDES = (("float32", None, None, False), ("int8", "int8", None, False),
+         ("int8 + rescore 40", "int8", 40, False), ("int8 + rescore 40 by float rows", "int8", 40, True),
+         ("binary", "ubinary", None, False), ("binary + rescore 40", "ubinary", 40, False),
+         ("binary + rescore 100", "ubinary", 100, False),
+         ("binary + rescore 40 by float rows", "ubinary", 40, True),
+         ("binary + rescore 100 by float rows", "ubinary", 100, True))  # fmt: skip
 
 
 def read_jsonl(path: Path) -> list[str]:
@@ -45,13 +51,16 @@ def rows(corpus: np.ndarray, queries: np.ndarray, k: int = 10) -> list[dict]:
     exact = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :k]
     ranges = calibration_ranges(corpus)
     out = []
-    for name, precision, rescore in SIDES:
+    for name, precision, rescore, by_float in SIDES:
         t0 = time.perf_counter()
         if precision is None:
             ids, recall = exact, 1.0
         else:
             codes = quantize(corpus, precision, ranges)
-            ids, _ = search_quantized(queries, codes, precision, ranges, k, rescore)
+            rows_ = corpus if by_float else None
+            ids, _ = search_quantized(
+                queries, codes, precision, ranges, k, rescore, float_rows=rows_
+            )
             recall = recall_at_k(ids, exact)
         out.append({"side": name, "recall@10": round(recall, 4),
                     "bytes/vector": bytes_per_vector(corpus.shape[1], precision),

@@ -132,6 +132,8 @@ def setup(tmp_path_factory, tiny_bert_dir, shared_data, senteval_dir):
     (root / "few.txt").write_text("one text\nanother text\n")
     build = ["index", "build", "--model", str(tiny_bert_dir), "--input", str(root / "few.txt")]
     assert main([*build, "--output", str(fields["index"])]) == 0
+    fields["qindex"] = root / "qidx"  # a binary index without float rows
+    assert main([*build, "--output", str(fields["qindex"]), "--quantize", "binary"]) == 0
     return root, fields
 
 
@@ -221,6 +223,25 @@ def _tool_cases(fields: dict, tiny: Path) -> list[tuple[str, list[str], str]]:
         ("eval dims", ["eval", "--model", str(tiny), "--dims", "16,x"], "--dims: 'x' is not a positive number of dimensions"),
         ("eval dims too large", ["eval", "--model", str(tiny), "--tasks", "stsb", "--dims", "8,64"], "--dims 64: larger than the model's embedding dimension 32"),
         ("search dim", [*q, "--dim", "0"], "--dim must be >= 1, got 0"),
+        *_quantized_cases(fields, build, q),
+    ]  # fmt: skip
+
+
+def _quantized_cases(
+    fields: dict, build: list[str], q: list[str]
+) -> list[tuple[str, list[str], str]]:
+    """index build --quantize and search over a quantized index."""
+    qq = ["search", "--index", str(fields["qindex"]), "a query"]
+    return [
+        ("keep_float alone", [*build, "idx2", "--keep_float", "true"], "--keep_float keeps float rows beside quantized codes: add --quantize"),
+        ("quantize faiss", [*build, "idx2", "--quantize", "int8", "--engine", "faiss"], "--engine faiss is for float indexes"),
+        ("quantize kind", [*build, "idx2", "--quantize", "int4"], "--quantize must be one of 'binary', 'int8'"),
+        ("rescore float index", [*q, "--rescore_k", "10"], "is a float index (exact scores already)"),
+        ("rescore below top_k", [*qq, "--rescore_k", "2"], "--rescore_k 2 must be >= --top_k 5"),
+        ("rescore without floats", [*qq, "--rescore_k", "10", "--rescore_by", "float"], "this index keeps no float embeddings (build it with --keep_float)"),
+        ("quantized dim", [*qq, "--dim", "8"], "holds binary codes of dim 32, which cannot be cut; build the index with --dim N --quantize"),
+        ("quantized engine", [*qq, "--engine", "exact"], "is a quantized index, searched over its codes"),
+        ("quantized threshold", [*qq, "--threshold", "0.5"], "--threshold is a cosine: on a quantized index it needs rescoring"),
     ]  # fmt: skip
 
 

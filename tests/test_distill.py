@@ -206,3 +206,88 @@ def test_training_loop_distills_into_kept_layers(tmp_path, minilm_dir, shared_da
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+def test_teacher_embeddings_from_embed_output_equal_the_teacher(tmp_path, minilm_dir):
+    """distill_mse reading `contrasent embed`'s output (two shards merged by `embed merge`) for
+    text_lines rows (shuffled; resumed) gives the on-the-fly teacher's loss on the same rows,
+    through a projection 16 -> 32; a file of another row count, or rows without line numbers,
+    is one clear error."""
+    import numpy as np
+
+    from conftest import build_tiny_bert
+    from contrasent.cli.main import main
+    from contrasent.data.registry import DataSpec, build_stream
+
+    kw = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = build_tiny_bert(tmp_path / "t", minilm_dir, **kw)
+    student = build_tiny_bert(tmp_path / "s", minilm_dir, seed=1, hidden_size=16,
+                              intermediate_size=32, **kw)  # fmt: skip
+    corpus = tmp_path / "c.txt"
+    lines = [t if i % 7 != 3 else "" for i, t in enumerate(TEXTS * 4)]  # empty lines keep rows
+    corpus.write_text("\n".join(lines) + "\n")
+    emb = tmp_path / "teacher.npy"
+    for shard in ("0/2", "1/2"):
+        main(["embed", "--model", str(teacher), "--input", str(corpus), "--output", str(emb),
+              "--shard", shard])  # fmt: skip
+    assert main(["embed", "merge", "--output", str(emb)]) == 0
+    assert np.load(emb).shape == (len(lines), 32)
+    spec = DataSpec(kind="text_lines", path=str(corpus), shuffle_buffer=1000)
+    stream = build_stream(spec, 8, 5, None)
+    first = next(stream)
+    state = stream.state_dict()
+    second = next(stream)
+    resumed = build_stream(spec, 8, 5, None)
+    resumed.load_state_dict(state)
+    assert next(resumed).lines == second.lines and first.lines != sorted(first.lines)
+    assert all(
+        lines[i] == t for b in (first, second) for i, t in zip(b.lines, b.texts, strict=True)
+    )
+    enc = Encoder.from_pretrained(student, device="cpu").eval()
+    fly = build_objective("distill_mse", enc, teacher=str(teacher))
+    table = build_objective("distill_mse", enc, teacher_embeddings=str(emb))
+    table.projection.load_state_dict(fly.projection.state_dict())
+    for batch in (first, second, second.slice(2, 6)):
+        want = fly(enc, SentenceBatch(batch.texts))["loss"].item()
+        assert table(enc, batch)["loss"].item() == pytest.approx(want, rel=1e-5)
+    np.save(tmp_path / "short.npy", np.load(emb)[:-1])
+    short = build_objective("distill_mse", enc, teacher_embeddings=str(tmp_path / "short.npy"))
+    with pytest.raises(
+        UserError, match=rf"has {len(lines) - 1} rows but .*c.txt has {len(lines)} lines"
+    ):
+        short(enc, first)
+    with pytest.raises(UserError, match="use data.kind text_lines"):
+        table(enc, SentenceBatch(TEXTS))
+    with pytest.raises(UserError, match=r"text_lines reads one .txt \(.txt.gz\) file"):
+        build_stream(DataSpec(kind="text_lines", path=[str(corpus)] * 2), 8, 5, None)
+
+
+def test_saved_projection_loads_in_sentence_transformers(tmp_path, minilm_dir):
+    """save_projection: the 16 -> 32 projection is the encoder's own Dense head (trained with
+    it, no separate head), the loss falls, and the saved student embeds in 32 dimensions in
+    sentence-transformers exactly as here (the Dense module in its folder)."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from conftest import build_tiny_bert
+
+    kw = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = build_tiny_bert(tmp_path / "t", minilm_dir, **kw)
+    student = build_tiny_bert(tmp_path / "s", minilm_dir, seed=1, hidden_size=16,
+                              intermediate_size=32, **kw)  # fmt: skip
+    torch.manual_seed(0)
+    enc = Encoder.from_pretrained(student, device="cpu", pooling="mean", normalize=False)
+    obj = build_objective("distill_mse", enc, teacher=str(teacher), save_projection=True)
+    assert obj.projection is None and len(enc.dense) == 1 and enc.hidden_size == 32
+    losses = _train(obj, enc.train(), SentenceBatch(TEXTS), steps=20, lr=1e-3)
+    assert losses[-1] < 0.3 * losses[0]
+    enc.eval().save(tmp_path / "out")
+    kinds = [m["type"] for m in json.loads((tmp_path / "out" / "modules.json").read_text())]
+    assert kinds[-1].endswith("Dense")
+    ours = Encoder.from_pretrained(tmp_path / "out", device="cpu").encode(TEXTS)
+    theirs = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(TEXTS)
+    assert ours.shape == (len(TEXTS), 32)
+    np_close = torch.testing.assert_close
+    np_close(torch.from_numpy(theirs), torch.from_numpy(ours), atol=1e-5, rtol=1e-4)
+    np_close(torch.from_numpy(enc.encode(TEXTS)), torch.from_numpy(ours), atol=1e-5, rtol=1e-4)

@@ -126,3 +126,59 @@ def test_embed_quantize_cli(tmp_path, tiny_bert_dir):
     np.testing.assert_array_equal(
         np.load(tmp_path / "bin.npy"), quantize_embeddings(floats, "binary")
     )
+
+
+@pytest.mark.parametrize("precision", ["binary", "int8"])
+def test_quantized_index_equals_search_quantized(tmp_path, precision):
+    """index build --quantize's folder searches as search_quantized over the same codes (ids,
+    hence recall@10, equal), empty lines never hits, memory recorded; rescoring by the kept
+    floats beats rescoring by the codes."""
+    from contrasent.serve.index import build_index
+    from contrasent.serve.quantized_index import load_index
+
+    corpus, queries = _fixed_set()
+    corpus[[5, 77]] = 0.0  # two empty lines below: no codes, never hits
+    np.save(tmp_path / "e.npy", corpus)
+    lines = [f"t{i}" if i not in (5, 77) else "" for i in range(len(corpus))]
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    keep = np.setdiff1d(np.arange(len(corpus)), [5, 77])
+    exact = keep[np.argsort(-(queries @ corpus[keep].T), axis=1)[:, :10]]
+    codes = quantize(corpus[keep], precision)  # int8: calibrated on the non-empty rows too
+    ranges = calibration_ranges(corpus[keep]) if precision == "int8" else None
+    recalls = {}
+    for keep_float in (False, True):
+        out = tmp_path / f"idx-{keep_float}"
+        build_index(None, tmp_path / "c.txt", out, embeddings_path=tmp_path / "e.npy",
+                    quantize=precision, keep_float=keep_float)  # fmt: skip
+        meta = json.loads((out / "index.json").read_text())["quantization"]
+        assert meta["bytes_per_vector"] == bytes_per_vector(128, precision)
+        assert meta["stored_bytes_per_vector"] == meta["bytes_per_vector"] + 512 * keep_float
+        assert (out / "embeddings.npy").exists() == keep_float
+        for rescore_k, by in [(None, "auto"), (40, "codes")] + [(40, "float")] * keep_float:
+            index = load_index(out, rescore_k=rescore_k, rescore_by=by)
+            hits = index.search_embeddings(queries, top_k=10)
+            ids = np.array([[h.id for h in row] for row in hits])
+            rows = corpus[keep] if by == "float" else None
+            want, _ = search_quantized(queries, codes, precision, ranges, 10, rescore_k,
+                                       float_rows=rows)  # fmt: skip
+            np.testing.assert_array_equal(ids, keep[want])
+            recalls[rescore_k, by] = recall_at_k(ids, exact)
+    assert recalls[40, "float"] > recalls[40, "codes"] >= recalls[None, "auto"] - 0.02
+    assert recalls[40, "float"] > 0.9
+
+
+def test_index_build_quantize_cli(tmp_path, tiny_bert_dir, capsys):
+    from contrasent.cli.main import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"sentence number {i} about topic {i % 7}" for i in range(40)))
+    build = ["index", "build", "--model", str(tiny_bert_dir), "--input", str(corpus)]
+    assert main([*build, "--output", str(tmp_path / "q"), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "memory: 32 bytes per vector (int8 codes, dim 32; float32: 128)" in out
+    assert "no float rows stored" in out
+    assert (tmp_path / "q" / "ranges.npy").exists()
+    search = ["search", "--index", str(tmp_path / "q"), "--top_k", "3", "topic 3 sentence"]
+    assert main([*search, "--rescore_k", "10", "--output", str(tmp_path / "h.jsonl")]) == 0
+    hits = json.loads((tmp_path / "h.jsonl").read_text())["hits"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]

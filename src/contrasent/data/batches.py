@@ -70,6 +70,19 @@ class SentenceBatch(Batch):
 
 
 @dataclass
+class NumberedSentenceBatch(SentenceBatch):
+    """Sentences with their line numbers (0-based) in their text file, i.e. their rows in
+    `contrasent embed`'s output for that file (data kind ``text_lines``): what a precomputed
+    embedding of each row is looked up by. ``source_lines``: the file's line count (empty lines
+    included), when a scan counted it."""
+
+    lines: list[int] = field(default_factory=list)
+    source: str = field(default="", kw_only=True)
+    source_lines: int | None = field(default=None, kw_only=True)
+    ROWS = ("texts", "lines")
+
+
+@dataclass
 class PairBatch(Batch):
     """(anchor, positive[, negatives...]) rows for in-batch-negative training.
 

@@ -27,12 +27,16 @@ def build_index(
     model: dict[str, Any] | None = None,
     show_progress: bool | None = None,
     precision: str = "fp32",
+    quantize: str | None = None,
+    keep_float: bool = False,
 ) -> Index:
     """Index every line of a corpus file (id = line number from 0) into ``output_dir``, streaming.
 
     Embeds with `contrasent.serve.embed.embed_file` (chunked and resumable: a killed build continues
     when started again) unless ``embeddings_path`` gives a matrix whose row i is line i. The
-    folder is assembled under a temporary name and renamed at the end.
+    folder is assembled under a temporary name and renamed at the end. ``quantize`` ("binary",
+    "int8") stores codes instead of float rows (`contrasent.serve.quantized_index`; the floats
+    too with ``keep_float``).
     """
 
     src, out = Path(input_path), Path(output_dir).absolute()
@@ -44,13 +48,13 @@ def build_index(
     note = f"what is built so far is kept in {work}; free space and run the same command again"
     with no_room(out.parent, None, note):
         return _build(encoder, src, out, work, embeddings_path, batch_size, errors, engine,
-                      model, show_progress, precision)  # fmt: skip
+                      model, show_progress, precision, quantize, keep_float)  # fmt: skip
 
 
 def _build(
     encoder: Any, src: Path, out: Path, work: Path, embeddings_path: Any, batch_size: int,
     errors: str, engine: str, model: dict[str, Any] | None, show_progress: bool | None,
-    precision: str,
+    precision: str, quantize: str | None = None, keep_float: bool = False,
 ) -> Index:  # fmt: skip
     from contrasent.data.readers import ReadStats
     from contrasent.serve.embed import embed_file, iter_range
@@ -97,14 +101,21 @@ def _build(
         raise UserError(f"{src}: no non-empty lines, nothing to index")
     np.save(work / "excluded.npy", excluded)
     texts = TextStore(work / "texts.jsonl", np.load(work / "texts.offsets.npy"))
-    index = Index(emb, texts, encoder=encoder, normalized=True, engine=engine, model=model,
-                  excluded=excluded)  # fmt: skip
-    index._write_meta(work)
-    stamp_file.unlink()
+    if quantize is not None:  # codes (+ floats if kept) and index.json; stamp kept until done
+        from contrasent.serve.quantized_index import quantize_folder
+
+        del emb
+        quantize_folder(work, quantize, keep_float, texts, model=model)
+    else:
+        index = Index(emb, texts, encoder=encoder, normalized=True, engine=engine, model=model,
+                      excluded=excluded)  # fmt: skip
+        index._write_meta(work)
+    stamp_file.unlink(missing_ok=True)
     from contrasent.core.fileio import swap_into_place
+    from contrasent.serve.quantized_index import load_index
 
     swap_into_place(work, out)
-    return Index.load(out, encoder=encoder)
+    return load_index(out, encoder=encoder)
 
 
 class _Count(Sequence):

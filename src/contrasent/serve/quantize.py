@@ -104,13 +104,16 @@ def search_quantized(
     top_k: int = 10,
     rescore_k: int | None = None,
     use_faiss: bool = True,
+    float_rows: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [q, k], scores [q, k])`` of float ``queries`` against quantized ``codes``.
 
     First stage: Hamming distance (binary; score = -distance) or the int8 dot product of the
     query's codes (same ``ranges``) with the corpus codes. ``rescore_k`` (>= top_k): the first
     stage keeps that many candidates, which are re-ranked by the float query against the
-    corpus codes unpacked / dequantized (:func:`dequantize`)."""
+    corpus codes unpacked / dequantized (:func:`dequantize`), or, given ``float_rows`` (the
+    float corpus, row i = code row i, e.g. a memory map: only the candidates' rows are read),
+    against the corpus's float rows."""
     check_precision(precision)
     n = len(codes)
     k = min(top_k, n)
@@ -124,7 +127,14 @@ def search_quantized(
         ids = np.argsort(-sim, axis=1, kind="stable")[:, :first_k]
         scores = np.take_along_axis(sim, ids, 1).astype(np.float32)
     if rescore_k:
-        docs = dequantize(codes[ids.reshape(-1)], precision, ranges).reshape(*ids.shape, -1)
+        flat = ids.reshape(-1)
+        if float_rows is None:
+            docs = dequantize(codes[flat], precision, ranges)
+        else:  # rows read in id order (a memory map reads forward)
+            order = np.argsort(flat, kind="stable")
+            docs = np.empty((len(flat), float_rows.shape[1]), np.float32)
+            docs[order] = np.asarray(float_rows[flat[order]], np.float32)
+        docs = docs.reshape(*ids.shape, -1)
         scores = np.einsum("qd,qkd->qk", q, docs)
         order = np.argsort(-scores, axis=1, kind="stable")
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)

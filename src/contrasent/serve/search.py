@@ -177,6 +177,11 @@ class Index:
             raise UserError(f"{where(meta_file)}: cannot read JSON: {e}") from e
         if meta.get("format") != INDEX_FORMAT:
             raise UserError(f"{meta_file}: not a {INDEX_FORMAT} file")
+        if meta.get("quantization"):
+            raise UserError(
+                f"{folder} is a quantized index: open it with "
+                "contrasent.serve.quantized_index.load_index"
+            )
         emb = _open_npy(folder / "embeddings.npy")
         texts = TextStore(folder / "texts.jsonl", np.load(folder / "texts.offsets.npy"))
         faiss_info = meta.get("faiss")

@@ -37,6 +37,10 @@ class SearchArgs:
         batch_size: Queries per forward pass.
         dim: Search at the first N dimensions of the index and the queries, L2-normalised
             again (a Matryoshka model's smaller size; exact search); default: the index's.
+        rescore_k: Quantized index (`index build --quantize`): the first stage (Hamming / int8
+            dot product) keeps K candidates, re-ranked by the float query (K >= --top_k).
+        rescore_by: What the float query is scored against: float (the corpus rows kept by
+            --keep_float), codes (unpacked bits / int8 bucket centres); auto: float when kept.
     """
 
     query: list[str] = field(default_factory=list)
@@ -51,6 +55,8 @@ class SearchArgs:
     device: str | None = None
     batch_size: int = 64
     dim: int | None = None
+    rescore_k: int | None = None
+    rescore_by: Literal["auto", "float", "codes"] = "auto"
 
     def validate(self) -> None:
         self._check_inputs()
@@ -66,6 +72,8 @@ class SearchArgs:
             raise UserError(f"--nprobe must be >= 1, got {self.nprobe}")
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.rescore_k is not None and self.rescore_k < self.top_k:
+            raise UserError(f"--rescore_k {self.rescore_k} must be >= --top_k {self.top_k}")
         if self.output:
             check_output_file(self.output, "--output")
             check_suffix(self.output, "--output", (".jsonl",))
@@ -89,10 +97,16 @@ class SearchArgs:
 
 
 def run_search(args: SearchArgs) -> None:
-    from contrasent.serve.search import Index
+    from contrasent.serve.quantized_index import QuantizedIndex, load_index
 
     queries = _collect_queries(args.query, args.queries)
-    index = Index.load(args.index, engine=args.engine, nprobe=args.nprobe)
+    rescore = {"rescore_k": args.rescore_k, "rescore_by": args.rescore_by}
+    index = load_index(args.index, engine=args.engine, nprobe=args.nprobe, **rescore)
+    if isinstance(index, QuantizedIndex) and args.dim is not None and args.dim != index.dim:
+        raise UserError(
+            f"--dim {args.dim}: {args.index} holds {index.precision} codes of dim {index.dim}, "
+            "which cannot be cut; build the index with --dim N --quantize instead"
+        )
     index.encoder = _query_encoder(index.model, args)
     if args.dim is not None and args.dim != index.dim:
         index = _at_dim(index, args.dim)

@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
-from contrasent.data.kinds import documents, mixture, nli, pairs, scored_pairs, sts_texts, text
+from contrasent.data.kinds import (
+    documents,
+    mixture,
+    nli,
+    pairs,
+    scored_pairs,
+    sts_texts,
+    text,
+    text_lines,
+)
 from contrasent.data.registry import register_data_kind
 
 for _kind in (
@@ -15,5 +24,6 @@ for _kind in (
     documents.KIND,
     sts_texts.KIND,
     scored_pairs.KIND,
+    text_lines.KIND,
 ):
     register_data_kind(_kind)
