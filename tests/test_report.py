@@ -142,7 +142,7 @@ def test_trajectory_from_checkpoints(
         hand_point(tiny_bert_dir, states[s], pairs.s1, pairs.s2, pairs.gold) for s in (5, 15)
     ]
     np.testing.assert_allclose([p[1:] for p in traj.points], expected, rtol=1e-5)
-    assert traj.note == "60 of 60 STS-B dev pairs (fixed sample), 2 of 2 checkpoints"
+    assert traj.note == "60 of 60 STS-B dev pairs, a fixed sample, 2 of 2 checkpoints"
     build_report(run)  # metrics.jsonl has no alignment: falls back to the checkpoints
     assert (run / "report" / "alignment-uniformity.png").is_file()
     assert "one point per checkpoint: 60 of 60" in (run / "report" / "report.html").read_text()
@@ -164,7 +164,7 @@ def test_trajectory_limits_sample_checkpoints_and_budget(
     assert [p[0] for p in traj.points] == [15]  # one checkpoint: the end of the run
     expected = hand_point(tiny_bert_dir, states[15], s1, s2, pairs.gold[keep])
     np.testing.assert_allclose(traj.points[0][1:], expected, rtol=1e-5)
-    assert traj.note == "40 of 60 STS-B dev pairs (fixed sample), 1 of 2 checkpoints"
+    assert traj.note == "40 of 60 STS-B dev pairs, a fixed sample, 1 of 2 checkpoints"
     slow = TrajectoryLimits(budget_s=1e-6)  # no checkpoint can be embedded in a microsecond
     traj = checkpoint_trajectory(run, str(data), slow)
     assert traj.points == [] and traj.note.startswith("trajectory skipped: 2 checkpoints x ~")
