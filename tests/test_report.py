@@ -198,3 +198,9 @@ def test_report_options_parse() -> None:
     for argv in (["runs/x", "--checkpoints"], ["--checkpoints", "true", "runs/x"]):
         args, _ = parse_args(cmd.options(), argv, positional=cmd.positional)
         assert (args.run_dir, args.checkpoints) == ("runs/x", True)
+    args, _ = parse_args(cmd.options(), ["runs/x"], positional=cmd.positional)
+    limits = (args.trajectory_pairs, args.trajectory_checkpoints, args.trajectory_budget)
+    assert limits == (256, 6, 60.0)
+    argv = ["runs/x", "--trajectory_budget", "0", "--trajectory_pairs", "64"]
+    args, _ = parse_args(cmd.options(), argv, positional=cmd.positional)
+    assert (args.trajectory_budget, args.trajectory_pairs) == (0.0, 64)
