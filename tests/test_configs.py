@@ -40,7 +40,7 @@ def test_there_are_recipes() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    from contrasent.train.config import stage_configs
+    from contrasent.train.stages import stage_configs
 
     for _, cfg in stage_configs(parse_train_config([str(recipe)])):  # each stage of a staged one
         assert cfg.objective_name in OBJECTIVES

@@ -18,8 +18,9 @@ from contrasent.cli.main import main, parse_train_config
 from contrasent.data.batches import SentenceBatch
 from contrasent.model.encoder import Encoder
 from contrasent.objectives import build_objective
-from contrasent.train.config import TrainConfig, stage_configs
+from contrasent.train.config import TrainConfig
 from contrasent.train.loop import train
+from contrasent.train.stages import stage_configs
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = [

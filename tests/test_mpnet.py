@@ -13,7 +13,8 @@ On a busy CPU these take long (MPNet embeds a few sentences per second there): e
 variables cut them down, and the README says which cut gave its figures.
 ``CONTRASENT_MPNET_TASKS``: the STS tasks compared (default ``sts``: all seven);
 ``CONTRASENT_MPNET_STSB_PAIRS``: the export check on the first N STS-B test pairs (default all);
-``CONTRASENT_MPNET_STEPS``: the fine-tuning steps (default 20: the run works and what it saves).
+``CONTRASENT_MPNET_STEPS``: the fine-tuning steps (default 20: the run works and what it saves),
+``CONTRASENT_MPNET_BATCH`` / ``CONTRASENT_MPNET_LENGTH`` its batch and length (default 16, 32).
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def test_mpnet_pairs_finetune_loads_in_sentence_transformers(
         "--eval.data_dir", str(shared_data / "senteval"),
         "--train.max_steps", str(steps), "--train.warmup_steps", str(max(steps // 10, 1)),
         "--train.batch_size", os.environ.get("CONTRASENT_MPNET_BATCH", "16"),
-        "--data.max_seq_length", "32",
+        "--data.max_seq_length", os.environ.get("CONTRASENT_MPNET_LENGTH", "32"),
         "--eval.at_start", "false", "--eval.at_end", "false",  # MPNet STS evaluations: minutes
+        "--eval.every_steps", "0",  # (the recipe evaluates every 100 steps)
         "--checkpoint.every_steps", "0",  # no checkpoints: the report would embed STS-B dev
         "--output_dir", str(run),
     ]  # fmt: skip

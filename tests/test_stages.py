@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from contrasent.core.errors import UserError
-from contrasent.train.config import TrainConfig, stage_configs
+from contrasent.train.config import TrainConfig
 from contrasent.train.loop import train
+from contrasent.train.stages import stage_configs
 
 
 class Killed(Exception):
@@ -240,7 +241,7 @@ def test_command_line_caps_every_stage_of_a_staged_recipe(monkeypatch):
     of a staged recipe through the command line itself, not only through parse_train_config."""
     from contrasent.cli import main as cli
     from contrasent.cli.commands import train as train_command
-    from contrasent.train.config import stage_configs
+    from contrasent.train.stages import stage_configs
 
     seen = []
     monkeypatch.setattr(train_command, "run_train", lambda cfg: seen.append(cfg))

@@ -7,9 +7,11 @@ transfer tables), and, with ``from_checkpoints``, ``checkpoints/step-*/trainable
 
 The alignment-uniformity trajectory (SimCSE's figure 2) comes from the ``alignment`` /
 ``uniformity`` each eval record carries (STS-B dev, measured on the embeddings the STS
-evaluation computed anyway), so the report costs no encoding. Runs without those numbers (older
-runs), or ``from_checkpoints=True``, embed STS-B dev once per checkpoint instead: the encoder of
-``final/`` (or ``best/``) gets each checkpoint's ``encoder.*`` weights.
+evaluation computed anyway), so the report costs no encoding. Runs without those numbers (no
+evaluation, older runs), or ``from_checkpoints=True``, embed STS-B dev with the checkpoints
+instead: the encoder of ``final/`` (or ``best/``) gets each checkpoint's ``encoder.*`` weights.
+That is bounded (:class:`TrajectoryLimits`): a fixed sample of the pairs, a few checkpoints, and
+a time budget estimated before any checkpoint is embedded; the plot says what it measured.
 
 Output: ``RUN_DIR/report/report.html`` with the PNGs embedded (one file to share) and the same
 PNGs beside it.
@@ -22,8 +24,12 @@ import html
 import json
 import logging
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from contrasent.core.errors import UserError, where
 from contrasent.core.fileio import atomic_write_text
@@ -60,8 +66,73 @@ def _trajectory_from_metrics(evals: list[dict[str, Any]]) -> list[tuple[int, flo
     ]
 
 
-def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int, float, float]]:
-    """(step, alignment, uniformity) on STS-B dev for every checkpoint of the run."""
+@dataclass(frozen=True)
+class TrajectoryLimits:
+    """What the checkpoint trajectory may cost: the report runs after every training run, and a
+    110M model on a busy CPU embeds a few sentences a second (all of STS-B dev at every
+    checkpoint took ~15 minutes with MPNet there)."""
+
+    pairs: int = 256  # STS-B dev pairs embedded per checkpoint: a fixed sample (0: all 1,500)
+    checkpoints: int = 6  # checkpoints embedded, evenly spread, first and last kept (0: all)
+    budget_s: float = 60.0  # estimated seconds allowed: fewer checkpoints, or a skip (0: no limit)
+
+
+@dataclass
+class Trajectory:
+    """(step, alignment, uniformity) points and the line that says what they were measured on
+    (or why there are none)."""
+
+    points: list[tuple[int, float, float]] = field(default_factory=list)
+    note: str = ""
+
+
+def sample_pairs(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a fixed random sample of ``k`` of ``n`` pairs (all when ``k`` is 0 or
+    >= ``n``): the same sample at every checkpoint and in every report."""
+    if k <= 0 or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def spread(n: int, k: int) -> list[int]:
+    """Indices of ``k`` of ``n`` items evenly spread, the first and the last included."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    if k == 1:
+        return [n - 1]  # the trained end of the run
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def affordable(wanted: int, per_checkpoint_s: float, budget_s: float, spent_s: float) -> int:
+    """How many of ``wanted`` checkpoints fit in what is left of the budget (``budget_s`` 0:
+    all); 0 when fewer than two would (one point is no trajectory), unless one is all there is."""
+    if budget_s <= 0:
+        return wanted
+    fit = int((budget_s - spent_s) // max(per_checkpoint_s, 1e-9))
+    fit = min(wanted, max(fit, 0))
+    return fit if fit >= min(2, wanted) else 0
+
+
+def _seconds_per_checkpoint(encoder: Any, sentences: list[str]) -> float:
+    """Estimated seconds to embed ``sentences``: one batch of the 32 of median length, after a
+    warm-up call (a first call, or small batches on a busy CPU, cost several times more per
+    sentence than the length-sorted batches of 128 that follow; measured on MiniLM: 20-25 s
+    estimated, 14 s taken)."""
+    by_length = sorted(sentences, key=len)
+    mid = len(by_length) // 2
+    probe = by_length[max(mid - 16, 0) : mid + 16]
+    encoder.encode(probe[:2], batch_size=2)
+    start = time.perf_counter()
+    encoder.encode(probe, batch_size=len(probe))
+    return (time.perf_counter() - start) / len(probe) * len(sentences)
+
+
+def checkpoint_trajectory(
+    run_dir: Path, data_dir: str | None, limits: TrajectoryLimits | None = None
+) -> Trajectory:
+    """(step, alignment, uniformity) on a fixed sample of STS-B dev pairs for up to
+    ``limits.checkpoints`` checkpoints of the run, within ``limits.budget_s`` (estimated from the
+    time the saved model takes to embed a few of the sentences)."""
     import re
 
     import torch
@@ -71,6 +142,7 @@ def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int
     from contrasent.eval.sts import embed_unique
     from contrasent.model.encoder import Encoder
 
+    limits = limits or TrajectoryLimits()
     base = next(
         (run_dir / n for n in ("final", "best") if (run_dir / n / "modules.json").is_file()), None
     )
@@ -78,11 +150,28 @@ def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int
         p for p in (run_dir / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name)
     )
     if base is None or not ckpts:
-        return []
+        return Trajectory()
+    start = time.perf_counter()
     encoder = Encoder.from_pretrained(str(base), device="cpu")
     pairs = read_stsb(resolve_data_dir(data_dir), "dev")
+    keep = sample_pairs(len(pairs.gold), limits.pairs)
+    s1, s2, gold = [pairs.s1[i] for i in keep], [pairs.s2[i] for i in keep], pairs.gold[keep]
+    sentences = sorted(set(s1 + s2))
+    per_ckpt = _seconds_per_checkpoint(encoder, sentences)
+    chosen = [ckpts[i] for i in spread(len(ckpts), limits.checkpoints)]
+    fit = affordable(len(chosen), per_ckpt, limits.budget_s, time.perf_counter() - start)
+    what = f"{len(keep)} of {len(pairs.gold)} STS-B dev pairs, a fixed sample"
+    if fit == 0:
+        note = (
+            f"trajectory skipped: {len(chosen)} checkpoints x ~{per_ckpt:.0f} s each ({what}) is "
+            f"over the {limits.budget_s:g} s budget; contrasent report --trajectory_budget 0 "
+            "draws it"
+        )
+        log.warning("%s: %s", run_dir, note)
+        return Trajectory(note=note)
+    chosen = [chosen[i] for i in spread(len(chosen), fit)]
     points = []
-    for ckpt in ckpts:
+    for ckpt in chosen:
         state = torch.load(ckpt / "trainable.pt", map_location="cpu", weights_only=True)
         weights = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         try:
@@ -92,14 +181,14 @@ def checkpoint_trajectory(run_dir: Path, data_dir: str | None) -> list[tuple[int
             raise UserError(
                 f"{ckpt / 'trainable.pt'}: does not fit the encoder of {base}: {first}"
             ) from e
-        index, emb = embed_unique(
-            lambda t: encoder.encode(t, batch_size=128), pairs.s1 + pairs.s2, 128
-        )
-        a, b = emb[[index[s] for s in pairs.s1]], emb[[index[s] for s in pairs.s2]]
-        diag = alignment_uniformity(a, b, pairs.gold, emb)
+        index, emb = embed_unique(lambda t: encoder.encode(t, batch_size=128), sentences, 128)
+        a, b = emb[[index[s] for s in s1]], emb[[index[s] for s in s2]]
+        diag = alignment_uniformity(a, b, gold, emb)
         points.append((int(ckpt.name.split("-")[1]), diag["alignment"], diag["uniformity"]))
         log.info("%s: alignment %.4f uniformity %.4f", ckpt.name, *points[-1][1:])
-    return points
+    note = f"{what}, {len(chosen)} of {len(ckpts)} checkpoints"
+    log.info("trajectory: %s, %.0f s", note, time.perf_counter() - start)
+    return Trajectory(points, note)
 
 
 def _img(path: Path, alt: str) -> str:
@@ -188,9 +277,16 @@ img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"""
 
 
 def _figures(
-    run: Path, train: list[dict], evals: list[dict], config: dict, from_ckpt: bool, data_dir
-) -> list[tuple[Path, str]]:
-    """Write the run's PNGs into ``run/report``: (path, caption) of each."""
+    run: Path,
+    train: list[dict],
+    evals: list[dict],
+    config: dict,
+    from_ckpt: bool,
+    data_dir,
+    limits: TrajectoryLimits | None = None,
+) -> tuple[list[tuple[Path, str]], str]:
+    """Write the run's PNGs into ``run/report``: (path, caption) of each, and the line saying
+    why the checkpoint trajectory was skipped ("" if it was not)."""
     from contrasent.eval import plots
 
     out = run / REPORT_DIR
@@ -198,12 +294,15 @@ def _figures(
     if train or evals:
         path = plots.training_curves(train, evals, out / "curves.png")
         figures.append((path, "loss, learning rate and the evaluation during training"))
-    points = [] if from_ckpt else _trajectory_from_metrics(evals)
-    if not points:
-        points = checkpoint_trajectory(run, data_dir or (config.get("eval") or {}).get("data_dir"))
-    if points:
-        path = plots.alignment_uniformity(points, out / "alignment-uniformity.png")
-        figures.append((path, "alignment vs uniformity (STS-B dev), one point per evaluation"))
+    traj = Trajectory([] if from_ckpt else _trajectory_from_metrics(evals))
+    caption = "alignment vs uniformity (STS-B dev), one point per evaluation"
+    if not traj.points:
+        data_dir = data_dir or (config.get("eval") or {}).get("data_dir")
+        traj = checkpoint_trajectory(run, data_dir, limits)
+        caption = f"alignment vs uniformity, one point per checkpoint: {traj.note}"
+    if traj.points:
+        path = plots.alignment_uniformity(traj.points, out / "alignment-uniformity.png", traj.note)
+        figures.append((path, caption))
     ends = {"before": evals[0]} if evals else {}
     if len(evals) > 1:
         ends["after"] = evals[-1]
@@ -215,7 +314,7 @@ def _figures(
     if sims:
         path = plots.similarity_distribution(sims, out / "similarity-distribution.png")
         figures.append((path, "cosine similarity of STS-B dev pairs by gold score"))
-    return figures
+    return figures, "" if traj.points else traj.note
 
 
 def _body(run: Path, train: list[dict], evals: list[dict], config: dict) -> list[str]:
@@ -269,14 +368,19 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def build_report(
-    run_dir: str | os.PathLike, from_checkpoints: bool = False, data_dir: str | None = None
+    run_dir: str | os.PathLike,
+    from_checkpoints: bool = False,
+    data_dir: str | None = None,
+    limits: TrajectoryLimits | None = None,
 ) -> Path:
     """Write ``run_dir/report/report.html`` and its PNGs; returns the HTML path.
 
     ``from_checkpoints``: compute the alignment-uniformity trajectory by embedding STS-B dev with
-    every checkpoint (needs ``final/`` or ``best/`` and the STS data) instead of reading it from
+    the checkpoints (needs ``final/`` or ``best/`` and the STS data) instead of reading it from
     metrics.jsonl; it is also the fallback when metrics.jsonl has no such numbers. ``data_dir``:
     the STS data for that (default: the recipe's ``eval.data_dir``, else ``$CONTRASENT_DATA``).
+    ``limits``: the pairs, checkpoints and estimated seconds that trajectory may take
+    (default :class:`TrajectoryLimits`: a minute at most; the plot says what was measured).
     """
     import yaml
 
@@ -286,10 +390,11 @@ def build_report(
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    figures = _figures(run, train, evals, config, from_checkpoints, data_dir)
+    figures, skipped = _figures(run, train, evals, config, from_checkpoints, data_dir, limits)
     title = html.escape(f"contrasent run {run.resolve().name}")
     body = [f"<h1>{title}</h1>", *_body(run, train, evals, config), "<h2>Plots</h2>"]
     body += [_img(p, alt) for p, alt in figures] or ["<p>no training records to plot</p>"]
+    body += [f"<p>{html.escape(skipped)}</p>"] if skipped else []
     if config:
         recipe = html.escape(yaml.safe_dump(config, sort_keys=False))
         body += ["<h2>Recipe</h2>", f"<pre>{recipe}</pre>"]

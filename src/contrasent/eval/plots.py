@@ -138,9 +138,10 @@ def training_curves(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[
     return save_png(fig, path)
 
 
-def alignment_uniformity(points: Sequence[tuple[int, float, float]], path) -> Path:
+def alignment_uniformity(points: Sequence[tuple[int, float, float]], path, note: str = "") -> Path:
     """SimCSE's figure 2: (uniformity, alignment) of each evaluated step, an arrow in training
-    order, colour = step; lower-left is better on both axes."""
+    order, colour = step; lower-left is better on both axes. ``note``: a second title line saying
+    what was measured (e.g. the sample of pairs)."""
     fig = _figure(5.2, 4.2)
     ax = fig.add_subplot()
     steps = np.array([p[0] for p in points], dtype=np.float64)
@@ -157,7 +158,8 @@ def alignment_uniformity(points: Sequence[tuple[int, float, float]], path) -> Pa
     fig.colorbar(sc, ax=ax, label="step")
     ax.set_xlabel(r"$\ell_{uniform}$ (lower is more uniform)")
     ax.set_ylabel(r"$\ell_{align}$ (lower is better aligned)")
-    ax.set_title("alignment / uniformity on STS-B dev", fontsize=10)
+    title = "alignment / uniformity on STS-B dev"
+    ax.set_title(f"{title}\n{note}" if note else title, fontsize=10 if not note else 8)
     ax.grid(alpha=0.3)
     return save_png(fig, path)
 

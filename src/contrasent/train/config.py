@@ -12,8 +12,9 @@ docstrings), so a YAML recipe mirrors them::
 
 and any field can be overridden: ``--train.lr 1e-5``, ``--objective.temperature 0.1``.
 
-A recipe may also list ``stages`` (:func:`stage_configs`): runs in sequence in one call, each
-starting from the previous stage's final encoder (ConSERT's sup-unsup and joint-unsup).
+A recipe may also list ``stages`` (:func:`contrasent.train.stages.stage_configs`): runs in
+sequence in one call, each starting from the previous stage's final (or best) encoder
+(ConSERT's sup-unsup and joint-unsup).
 """
 
 from __future__ import annotations
@@ -293,6 +294,8 @@ class TrainConfig:
         """Raise :class:`UserError` for every inconsistent setting (no model or data is loaded:
         objective options, data kind and batch type, gradient-cache support are checked too)."""
         if self.stages:
+            from contrasent.train.stages import stage_configs  # stages.py imports this module
+
             for _, stage in stage_configs(self):
                 stage.validate(world_size)
             return
@@ -399,84 +402,6 @@ def check_objective_and_data(cfg: TrainConfig) -> None:
             f"{cfg.train.mini_batch_size}): set train.mini_batch_size: 0"
             + (f" ({cls.gradient_cache_hint})" if getattr(cls, "gradient_cache_hint", "") else "")
         )
-
-
-STAGE_KEYS = (
-    "name", "objective", "data", "train", "eval", "checkpoint", "logging", "model", "init_from"
-)  # fmt: skip
-INIT_FROM = ("final", "best")  # which folder of the previous stage a stage starts from
-_REPLACED = ("objective", "data")  # a stage's own; merging two objectives' options is wrong
-_MODEL_KEYS = ("pooling", "normalize", "max_seq_length")
-
-
-def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
-    """``(folder name, config)`` of each stage: the top level with the stage's sections over it.
-
-    Stage ``i > 0`` starts from ``<stage i-1 folder>/final``, or ``/best`` with the stage's
-    ``init_from: best`` (the previous stage must keep one: ``eval.keep_best``); every stage
-    writes to its own folder under ``output_dir`` and resumes there.
-    """
-    from pathlib import Path
-
-    if not cfg.stages:
-        return [("", cfg)]
-    base = asdict(cfg)
-    base.pop("stages")
-    out: list[tuple[str, TrainConfig]] = []
-    for i, raw in enumerate(cfg.stages, 1):
-        if not isinstance(raw, Mapping):
-            raise UserError(f"stages[{i - 1}] must be a mapping, got {raw!r}")
-        unknown = sorted(set(raw) - set(STAGE_KEYS))
-        if unknown:
-            from contrasent.core.options import suggest
-
-            raise UserError(
-                f"stages[{i - 1}]: unknown key {unknown[0]!r}{suggest(unknown[0], STAGE_KEYS)}; "
-                f"a stage may set {', '.join(STAGE_KEYS)}"
-            )
-        bad_model = sorted(set(raw.get("model") or {}) - set(_MODEL_KEYS))
-        if bad_model:
-            raise UserError(
-                f"stages[{i - 1}].model: {bad_model[0]!r} cannot change between stages (a stage "
-                f"starts from the previous stage's model); it may set {', '.join(_MODEL_KEYS)}"
-            )
-        name = str(raw.get("name") or raw.get("objective", {}).get("name") or f"stage{i}")
-        folder = f"stage-{i}-{name}"
-        merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-        init_from = _init_from(raw, i, out)
-        for key, value in raw.items():
-            if key in ("name", "init_from"):
-                continue
-            if key in _REPLACED or not isinstance(value, Mapping):
-                merged[key] = value
-            else:
-                merged[key] = {**merged.get(key, {}), **value}
-        merged["output_dir"] = str(Path(cfg.output_dir) / folder)
-        if out:
-            merged["model"]["name_or_path"] = str(Path(out[-1][1].output_dir) / init_from)
-        merged["resume_from"] = None
-        out.append((folder, TrainConfig.from_dict(merged)))
-    return out
-
-
-def _init_from(raw: Mapping[str, Any], i: int, previous: list[tuple[str, TrainConfig]]) -> str:
-    """Stage ``i``'s (1-based) ``init_from``, checked: a known value, not on the first stage,
-    and ``best`` only after a stage that keeps a ``best/``."""
-    value = raw.get("init_from", "final")
-    where = f"stages[{i - 1}].init_from"
-    if value not in INIT_FROM:
-        raise UserError(f"{where} must be one of {', '.join(INIT_FROM)}, got {value!r}")
-    if "init_from" in raw and not previous:
-        raise UserError(
-            f"{where}: the first stage starts from model.name_or_path; set init_from "
-            "on a later stage"
-        )
-    if value == "best" and not previous[-1][1].eval.keep_best:
-        raise UserError(
-            f"{where} is best but stage {i - 1} keeps no best/ "
-            f"(its eval.keep_best is false); set init_from: final or keep_best: true"
-        )
-    return value
 
 
 def as_train_config(config: Any) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 ConSERT's supervised schedules are two runs: ``sup-unsup`` trains the NLI classifier, then the
 contrastive loss on the target texts; ``joint-unsup`` the joint objective, then contrastive.
-A recipe lists them under ``stages`` (:func:`contrasent.train.config.stage_configs`): stage ``i``
+A recipe lists them under ``stages`` (:func:`stage_configs`): stage ``i``
 starts from stage ``i - 1``'s final encoder (or its best, with the stage's ``init_from: best``:
 ConSERT's second script loads the model its first one saved at its best STS-B dev score) and
 writes ``output_dir/stage-<i>-<name>/`` (its own checkpoints, metrics, best/ and final/). A
@@ -18,18 +18,97 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import atomic_write_text
 from contrasent.core.launch import launched_rank, launched_world
-from contrasent.train.config import TrainConfig, stage_configs
 
 log = logging.getLogger(__name__)
+# contrasent.train.config.TrainConfig, not imported: its validate() expands the stages with
+# stage_configs below, and an import each way would be a cycle.
+Config = TypeVar("Config")  # a TrainConfig
 
 DONE = "stage_done.json"
+
+
+STAGE_KEYS = (
+    "name", "objective", "data", "train", "eval", "checkpoint", "logging", "model", "init_from"
+)  # fmt: skip
+INIT_FROM = ("final", "best")  # which folder of the previous stage a stage starts from
+_REPLACED = ("objective", "data")  # a stage's own; merging two objectives' options is wrong
+_MODEL_KEYS = ("pooling", "normalize", "max_seq_length")
+
+
+def stage_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """``(folder name, config)`` of each stage: the top level with the stage's sections over it.
+
+    Stage ``i > 0`` starts from ``<stage i-1 folder>/final``, or ``/best`` with the stage's
+    ``init_from: best`` (the previous stage must keep one: ``eval.keep_best``); every stage
+    writes to its own folder under ``output_dir`` and resumes there.
+    """
+    if not cfg.stages:
+        return [("", cfg)]
+    base = asdict(cfg)
+    base.pop("stages")
+    out: list[tuple[str, Config]] = []
+    for i, raw in enumerate(cfg.stages, 1):
+        if not isinstance(raw, Mapping):
+            raise UserError(f"stages[{i - 1}] must be a mapping, got {raw!r}")
+        unknown = sorted(set(raw) - set(STAGE_KEYS))
+        if unknown:
+            from contrasent.core.options import suggest
+
+            raise UserError(
+                f"stages[{i - 1}]: unknown key {unknown[0]!r}{suggest(unknown[0], STAGE_KEYS)}; "
+                f"a stage may set {', '.join(STAGE_KEYS)}"
+            )
+        bad_model = sorted(set(raw.get("model") or {}) - set(_MODEL_KEYS))
+        if bad_model:
+            raise UserError(
+                f"stages[{i - 1}].model: {bad_model[0]!r} cannot change between stages (a stage "
+                f"starts from the previous stage's model); it may set {', '.join(_MODEL_KEYS)}"
+            )
+        name = str(raw.get("name") or raw.get("objective", {}).get("name") or f"stage{i}")
+        folder = f"stage-{i}-{name}"
+        merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+        init_from = _init_from(raw, i, out)
+        for key, value in raw.items():
+            if key in ("name", "init_from"):
+                continue
+            if key in _REPLACED or not isinstance(value, Mapping):
+                merged[key] = value
+            else:
+                merged[key] = {**merged.get(key, {}), **value}
+        merged["output_dir"] = str(Path(cfg.output_dir) / folder)
+        if out:
+            merged["model"]["name_or_path"] = str(Path(out[-1][1].output_dir) / init_from)
+        merged["resume_from"] = None
+        out.append((folder, type(cfg).from_dict(merged)))
+    return out
+
+
+def _init_from(raw: Mapping[str, Any], i: int, previous: list[tuple[str, Config]]) -> str:
+    """Stage ``i``'s (1-based) ``init_from``, checked: a known value, not on the first stage,
+    and ``best`` only after a stage that keeps a ``best/``."""
+    value = raw.get("init_from", "final")
+    where = f"stages[{i - 1}].init_from"
+    if value not in INIT_FROM:
+        raise UserError(f"{where} must be one of {', '.join(INIT_FROM)}, got {value!r}")
+    if "init_from" in raw and not previous:
+        raise UserError(
+            f"{where}: the first stage starts from model.name_or_path; set init_from "
+            "on a later stage"
+        )
+    if value == "best" and not previous[-1][1].eval.keep_best:
+        raise UserError(
+            f"{where} is best but stage {i - 1} keeps no best/ "
+            f"(its eval.keep_best is false); set init_from: final or keep_best: true"
+        )
+    return value
 
 
 def _summary(result: Any) -> dict[str, Any]:
@@ -73,7 +152,7 @@ def _link_final(out: Path, last_final: Path) -> Path:
     return target
 
 
-def _check_fresh(cfg: TrainConfig, folders: list[str]) -> None:
+def _check_fresh(cfg: Config, folders: list[str]) -> None:
     out = Path(cfg.output_dir)
     existing = [f for f in folders if (out / f).exists()]
     if existing and cfg.resume_from is None and not cfg.overwrite_output_dir:
@@ -89,7 +168,7 @@ def _check_fresh(cfg: TrainConfig, folders: list[str]) -> None:
         )
 
 
-def _check_start(stage: TrainConfig, folder: str) -> None:
+def _check_start(stage: Config, folder: str) -> None:
     """The previous stage's folder this stage starts from exists (``best/`` is only written
     when an evaluation gave a metric value)."""
     start = Path(stage.model.name_or_path)
@@ -100,7 +179,7 @@ def _check_start(stage: TrainConfig, folder: str) -> None:
         )
 
 
-def run_stages(cfg: TrainConfig, run_one: Callable[[TrainConfig], Any]) -> Any:
+def run_stages(cfg: Config, run_one: Callable[[Config], Any]) -> Any:
     """Run every stage with ``run_one(stage_config)``; the combined :class:`TrainResult`."""
     from contrasent.train.result import TrainResult
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from contrasent.cli.args import quiet_transformers
 from contrasent.core.launch import launched_rank
-from contrasent.train.config import TrainConfig, stage_configs  # TrainConfig: the options
+from contrasent.train.config import TrainConfig  # the options
+from contrasent.train.stages import stage_configs
 
 #: sections whose command-line options also apply inside every stage of a staged recipe
 #: (objective and data stay each stage's own: they differ between stages by design)
