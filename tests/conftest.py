@@ -24,25 +24,40 @@ SHARED_DATA = Path(os.environ.get("CONTRASENT_SHARED", REPO.parent / "shared" / 
 os.environ.setdefault("CONTRASENT_DATA", str(SHARED_DATA / "senteval"))
 
 
-#: the long poles of the default run (minutes each): started first, one per worker
-LONG_POLES = ("test_readme.py::test_every_readme_command_runs_as_written[",)
+#: the long poles of the default run: minutes each in CI (2 cores), to spread them over workers
+LONG_POLES = {
+    "test_readme.py::test_every_readme_command_runs_as_written[main]": 13.0,
+    "test_readme.py::test_every_readme_command_runs_as_written[labels]": 11.0,
+    "test_readme.py::test_every_readme_command_runs_as_written[methods]": 3.5,
+}
+
+
+def _pole_minutes(item: pytest.Item) -> float:
+    return next((m for p, m in LONG_POLES.items() if item.nodeid.endswith(p)), 0.0)
 
 
 @pytest.hookimpl(trylast=True)  # after -m has deselected: the slices are of what runs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put each long pole at the start of one worker's share. pytest-xdist's worksteal hands
-    each worker a contiguous slice of this list and lets idle workers steal from the ends of
-    the others', so a long test collected late would start last and run alone at the end."""
-    long = [i for i in items if any(p in i.nodeid for p in LONG_POLES)]
-    ordered = [i for i in items if i not in long]
+    """Start the long poles first, longest first, each on the worker with the least pole time
+    so far (a long test collected late would start last and run alone at the end). pytest-xdist's
+    worksteal hands each worker a contiguous slice of this list and lets idle workers steal from
+    the ends of the others', so each worker's slice is built as its poles, then short tests."""
+    poles = sorted((i for i in items if _pole_minutes(i)), key=_pole_minutes, reverse=True)
+    if not poles:
+        return
+    rest = iter([i for i in items if not _pole_minutes(i)])
     workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
-    starts, left = [], len(items)  # worksteal's first split: len(rest) // (workers left)
-    for w in range(workers):
-        starts.append(len(items) - left)
-        left -= left // (workers - w)
-    for k, item in sorted(enumerate(long), key=lambda e: starts[e[0] % workers]):
-        ordered.insert(min(starts[k % workers], len(ordered)), item)
-    items[:] = ordered
+    load, mine = [0.0] * workers, [[] for _ in range(workers)]
+    for item in poles:
+        w = load.index(min(load))
+        mine[w].append(item)
+        load[w] += _pole_minutes(item)
+    ordered, left = [], len(items)
+    for w in range(workers):  # worksteal's first split: len(rest) // (workers left) each
+        size = left // (workers - w)
+        left -= size
+        ordered += mine[w] + [next(rest) for _ in range(max(size - len(mine[w]), 0))]
+    items[:] = ordered + list(rest)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -100,7 +100,7 @@ def _run(tiny_dir: str, rows: slice, mini_batch: int | None):
 
     D.average_gradients(list(enc.parameters()))
     grads = {n: p.grad.detach().clone() for n, p in enc.named_parameters() if p.grad is not None}
-    return float(record["loss"]), grads
+    return float(torch.as_tensor(record["loss"]).detach()), grads
 
 
 def _worker(rank: int, world: int, tiny_dir: str, out_dir: str) -> None:
