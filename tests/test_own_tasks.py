@@ -34,6 +34,7 @@ from contrasent.eval.tasks.pair_classification import (
 from contrasent.eval.tasks.reranking import evaluate_reranking, read_reranking
 from contrasent.eval.tasks.retrieval import RetrievalTask, evaluate_retrieval, read_retrieval
 from contrasent.eval.tasks.sts_file import evaluate_sts_file
+from stand_ins import hashed_encode
 
 IR_METRICS = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10", "recall@100")
 IR_METRICS += ("accuracy@1", "accuracy@10")
@@ -44,15 +45,6 @@ def random_encode(texts: list[str]) -> np.ndarray:
     """A fixed random vector per text (seeded by its hash): no ties between different texts."""
     rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts]
     return np.asarray(rows, dtype=np.float32).reshape(len(texts), 16)
-
-
-def hashed_encode(texts: list[str]) -> np.ndarray:
-    """Bag of hashed words: similar texts get similar vectors, so metrics are not trivial."""
-    out = np.zeros((len(texts), 64), dtype=np.float32)
-    for i, text in enumerate(texts):
-        for word in text.lower().split():
-            out[i, zlib.crc32(word.encode()) % 64] += 1.0
-    return out
 
 
 def table_encode(vectors: dict[str, list[float]]):
