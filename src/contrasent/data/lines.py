@@ -164,3 +164,17 @@ def _bounded_lines(fh, limit: int) -> Iterator[bytes | None]:
         while raw and not raw.endswith(b"\n"):  # read past the rest of the line
             raw = fh.readline(1 << 20)
         yield None
+
+
+def numbered_lines(
+    path: str | Path, on_error: OnError, stats: ReadStats
+) -> Iterator[tuple[int, str]]:
+    """``(line number from 0, stripped text)`` of the non-empty lines of a text file (empty
+    and whitespace-only lines are counted skips; each yielded line counts as a row)."""
+    for lineno, line in iter_lines(path, stats, on_error):
+        text = line.strip()
+        if not text:
+            stats.skip(EMPTY_LINE)
+            continue
+        stats.rows += 1
+        yield lineno - 1, text

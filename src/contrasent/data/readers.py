@@ -50,6 +50,7 @@ from contrasent.data.lines import (
     ReadStats,
     detect_format,
     iter_lines,
+    numbered_lines,
     open_binary,
 )
 from contrasent.data.sources import Table, open_table
@@ -99,12 +100,7 @@ def read_texts(
         for row in PairReader(path, columns, fmt, header, on_error, text=True).rows(stats):
             yield row[0]
         return
-    for _, line in iter_lines(path, stats, on_error):
-        text = line.strip()
-        if not text:
-            stats.skip(EMPTY_LINE)
-            continue
-        stats.rows += 1
+    for _, text in numbered_lines(path, on_error, stats):
         yield text
 
 

@@ -12,20 +12,10 @@ from typing import Any
 from contrasent.core.errors import UserError
 from contrasent.data.batches import NumberedSentenceBatch
 from contrasent.data.kinds.files import counted, scan
-from contrasent.data.readers import EMPTY_LINE, ReadStats, detect_format, iter_lines
+from contrasent.data.lines import numbered_lines
+from contrasent.data.readers import ReadStats, detect_format
 from contrasent.data.registry import DataKind, DataSpec, epoch_stream
 from contrasent.data.streams import Row, RowSource
-
-
-def numbered_lines(path: str, on_error: str, stats: ReadStats) -> Iterator[tuple[int, str]]:
-    """``(line number from 0, text)`` of the non-empty lines (empty ones are counted skips)."""
-    for lineno, line in iter_lines(path, stats, on_error):
-        text = line.strip()
-        if not text:
-            stats.skip(EMPTY_LINE)
-            continue
-        stats.rows += 1
-        yield lineno - 1, text
 
 
 def _build(spec: DataSpec, _options: Any, batch_size: int, seed: int, _tok: Any) -> Any:
