@@ -94,8 +94,8 @@ def pass_rows(lengths: Sequence[int], size: int, by_length: bool) -> list[list[i
     """
     if size < 1:
         raise ValueError(f"mini-batch size must be >= 1, got {size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if by_length else None
-    order = order if order is not None else list(range(len(lengths)))
+    rows = range(len(lengths))
+    order = sorted(rows, key=lambda i: -lengths[i]) if by_length else list(rows)
     return [order[a : a + size] for a in range(0, len(order), size)]
 
 
