@@ -176,6 +176,7 @@ def run_ours(
             seed=args.seed,
             length_buckets=args.length_buckets,
             compile=args.compile,
+            fast_dropout=args.fast_dropout,
         ),
         eval=EvalConfig(every_steps=0, at_end=False),
         checkpoint=CheckpointConfig(every_steps=0),
@@ -290,6 +291,12 @@ def parse_args(
         help="our train.length_buckets (default: the library's default, as a user gets it)",
     )
     ap.add_argument("--compile", action="store_true", help="our train.compile (speed option)")
+    ap.add_argument(
+        "--fast-dropout",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="our train.fast_dropout (default: the library's default, as a user gets it)",
+    )
     ap.add_argument("--simcse-mlp", action="store_true", help="our SimCSE MLP head on (ST: none)")
     ap.add_argument(
         "--pairs-dedup",
@@ -298,10 +305,12 @@ def parse_args(
         help="our pairs false-negative masking (default on, as users run it; ST has none)",
     )
     args = ap.parse_args(argv)
-    if args.length_buckets is None:
-        from contrasent.train.config import OptimConfig
+    from contrasent.train.config import OptimConfig
 
+    if args.length_buckets is None:
         args.length_buckets = OptimConfig().length_buckets
+    if args.fast_dropout is None:
+        args.fast_dropout = OptimConfig().fast_dropout
     if args.steps <= args.warmup_steps:
         ap.error("--steps must exceed --warmup-steps")
     return args
@@ -427,7 +436,7 @@ def our_options(args: argparse.Namespace) -> str:
     from contrasent.train.config import OptimConfig
 
     default = OptimConfig()
-    names = ("length_buckets", "compile")
+    names = ("length_buckets", "compile", "fast_dropout")
     return ", ".join(
         f"train.{n}={getattr(args, n)}" for n in names if getattr(args, n) != getattr(default, n)
     )

@@ -127,6 +127,27 @@ def test_resume_is_exact(tmp_path, tiny_bert_dir, wiki, variant):
         _assert_uncorrected_and_slanted(tmp_path / "resumed")
 
 
+def test_resume_keeps_the_dropout_draw_the_run_started_with(tmp_path, tiny_bert_dir, wiki):
+    """A run started with torch's dropout (``train.fast_dropout: false``, or any checkpoint
+    written before the option existed) and resumed under the default (fast) config ends
+    bitwise equal to the straight torch-dropout run, not to a fast-dropout one."""
+    straight = _config(tiny_bert_dir, wiki, tmp_path / "straight", fast_dropout=False)
+    train(straight)
+    fast = _config(tiny_bert_dir, wiki, tmp_path / "fast")
+    train(fast)
+    cfg = _config(tiny_bert_dir, wiki, tmp_path / "resumed", fast_dropout=False)
+    with pytest.raises(Killed):
+        train(cfg, callbacks=[_kill_after(SAVE_EVERY + 1)])
+    resumed = dataclasses.replace(cfg, resume_from="latest")
+    train(
+        dataclasses.replace(resumed, train=OptimConfig(**{**vars(cfg.train), "fast_dropout": True}))
+    )
+
+    _assert_bitwise(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+    with pytest.raises(AssertionError):  # the two draws give other weights
+        _assert_bitwise(_state(tmp_path / "straight"), _state(tmp_path / "fast"))
+
+
 def _assert_uncorrected_and_slanted(out: Path) -> None:
     """The options reached the run: the optimizer's state is UncorrectedAdamW's (no step
     counts), eps 1e-6, and the logged lr of step t + 1 is the slanted triangular value of t."""

@@ -119,6 +119,16 @@ class OptimConfig:
             shown). Off where torch.compile is unavailable (a warning); graphs that fail to
             compile run eagerly. Dropout draws differ from eager (same distribution). On this
             project's CPU it measured no faster (MiniLM, fp32); meant for GPUs.
+        fast_dropout: Draw the dropout masks of CPU training four elements per 64-bit random
+            word (``model/dropout.py``) instead of ``bernoulli_``'s one draw per element: the
+            drop probability is ``p`` rounded to 1/65536, kept elements scaled to keep the
+            expectation; same distribution, different draws (as ``length_buckets``), same
+            generator (seeding, resume and the gradient cache's replay cover it). Covers the
+            ``nn.Dropout`` modules and, for models on transformers' attention interface with
+            ``sdpa`` attention (BERT, RoBERTa, XLM-R, ...), the attention probabilities' dropout
+            (torch's SDPA runs an unfused math path with ``bernoulli_`` masks when it drops).
+            A run resumes with the draw it started with. No effect on a GPU or in evaluation.
+            Default true; false: torch's dropout.
     """
 
     batch_size: int = 64
@@ -139,6 +149,7 @@ class OptimConfig:
     seed: int = 42
     length_buckets: int = 4
     compile: bool = False
+    fast_dropout: bool = True
     threads: int = 0
 
 

@@ -48,6 +48,7 @@ def build_module(
     was compiled (``train.compile``). Seeded first: every process builds the same heads."""
     from accelerate.utils import set_seed
 
+    from contrasent.model.dropout import use_fast_dropout
     from contrasent.model.encoder import Encoder
     from contrasent.objectives import build_objective
 
@@ -65,11 +66,15 @@ def build_module(
 
         keep_layers(encoder.model, m.keep_layers)
     encoder.length_buckets = cfg.train.length_buckets
+    if cfg.train.fast_dropout:  # before compiling: the graph sees the modules it runs
+        use_fast_dropout(encoder)
     compiled = cfg.train.compile and compile_encoder(encoder)
     if objective is None:
         objective = build_objective(cfg.objective_name, encoder, **cfg.objective_options)
     else:
         objective.setup(encoder)
+    if cfg.train.fast_dropout:  # the objective's heads' dropout (the encoder's: above)
+        use_fast_dropout(objective)
     return TrainModule(encoder, objective, cfg.data.max_seq_length), compiled
 
 
@@ -228,6 +233,16 @@ def preflight(
         if plan is None or plan.sts:
             resolve_data_dir(cfg.eval.data_dir)  # a missing STS folder fails now, not later
     return resume, plan
+
+
+def keep_dropout(module: nn.Module, drawn: str) -> None:
+    """A resumed run keeps the dropout draw it started with (``fast`` or ``torch``, saved in its
+    checkpoint; ``torch`` before ``train.fast_dropout`` existed), whatever the config says now:
+    the other draw would break the exact resume."""
+    from contrasent.model.dropout import use_fast_dropout
+
+    if use_fast_dropout(module, on=drawn == "fast"):
+        log.info("resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is for new runs)", drawn)
 
 
 def restore_run(resume: Path, rank: int, seed: int, parts: dict[str, Any]) -> RunState:

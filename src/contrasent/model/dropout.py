@@ -1,0 +1,161 @@
+"""Dropout with cheaper random draws on the CPU (``train.fast_dropout``).
+
+``nn.Dropout`` on a CPU tensor draws one Bernoulli sample per element through
+``bernoulli_``, which runs the Mersenne Twister element by element: on this project's CPU
+(AMD EPYC, 1 thread) 3.9 ms forward + backward for one [64, 32, 384] activation, about 10% of
+a bf16 MiniLM training step, where every matmul of that step takes the rest. Here the mask
+comes from torch's default generator in 64-bit words, each cut into four 16-bit lanes (one
+``random_`` call per four elements), and a lane drops its element when it falls below
+``k = round(p * 65536)``: the drop probability is ``k / 65536`` (for p = 0.1: 0.100006) and the
+kept elements are scaled by ``65536 / (65536 - k)``, so the output's expectation is the input,
+as with ``nn.Dropout``. Same distribution of masks, different draws (as length bucketing
+changes them); the draws come from the same generator, so seeding, the gradient cache's RNG
+replay and a resumed run's RNG state cover them exactly as before.
+
+The attention probabilities' dropout is not a module: transformers passes its ``p`` to the
+attention function, and torch's SDPA then runs its unfused math path with ``bernoulli_`` masks.
+For models on transformers' attention interface (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT,
+...) whose attention is ``sdpa``, :func:`use_fast_dropout` registers :func:`fast_attention` under
+its own name and points the model's config at it: in CPU training it is that math path with the
+mask above (softmax(q k^T * scaling + mask), dropped, times v); everywhere else (evaluation, a
+GPU, p = 0, causal or biased attention) it calls transformers' ``sdpa`` function unchanged. On
+this project's CPU a bf16 MiniLM forward + backward of 64 x 32 tokens took 0.57 s with only the
+modules' dropout fast and 0.46 s with the attention's too (1 thread, CPU clock). The name is not
+saved (``config.json`` never records the attention implementation). Models with their own
+attention code (MPNet) apply dropout through an ``nn.Dropout`` module: covered above.
+
+CUDA tensors, evaluation mode and ``p`` of 0 or 1 take ``nn.Dropout``'s own path (a GPU's
+fused dropout is already cheap).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ATTENTION", "FastDropout", "drop_mask", "fast_attention", "use_fast_dropout"]
+
+_LANES = 65536  # values of one 16-bit lane
+ATTENTION = "contrasent_sdpa"  # the attention implementation's registered name
+
+
+def drop_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """The dropout multiplier for ``shape``: 0 where an element is dropped, ``1/(1 - p')``
+    elsewhere, with ``p' = round(p * 65536) / 65536``; four elements per 64-bit draw of the
+    default generator."""
+    n = shape.numel()
+    k = round(p * _LANES)
+    # the whole int64 range: every bit of a word is uniform (random_() alone keeps the sign 0)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    keep = lanes >= k - _LANES // 2
+    return keep.to(dtype).mul_(_LANES / (_LANES - k))
+
+
+class _Multiply(torch.autograd.Function):
+    """``x * mask`` that saves only the mask for backward (as ``nn.Dropout`` does)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU training path draws its mask with :func:`drop_mask`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1 or self.inplace:
+            return super().forward(x)
+        return _Multiply.apply(x, drop_mask(x.shape, self.p, x.dtype))
+
+
+def fast_attention(
+    module: nn.Module,
+    query: torch.Tensor,  # [B, heads, Lq, d]
+    key: torch.Tensor,  # [B, heads, Lk, d]
+    value: torch.Tensor,  # [B, heads, Lk, d]
+    attention_mask: torch.Tensor | None,  # [B, 1, Lq, Lk]: bool (True: attend) or additive
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention function, with the probabilities' dropout drawn by
+    :func:`drop_mask` in CPU training; returns ([B, Lq, heads, d], None) as ``sdpa`` does."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = (
+        not module.training
+        or not 0 < dropout < 1
+        or query.device.type != "cpu"
+        or getattr(module, "num_key_value_groups", 1) > 1
+        or any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
+    )
+    if plain:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, heads, Lq, Lk]
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if attention_mask is None and is_causal and query.shape[2] > 1:  # as sdpa's is_causal
+        lq, lk = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril(lk - lq)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, float("-inf"))
+        else:
+            weights = weights + attention_mask
+    probs = torch.softmax(weights, dim=-1)
+    probs = _Multiply.apply(probs, drop_mask(probs.shape, dropout, probs.dtype))
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def _registered() -> bool:
+    """Register :func:`fast_attention` (and sdpa's mask builder) under ``ATTENTION``; False
+    where this transformers has no attention interface (older than 4.53)."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(ATTENTION, fast_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    return True
+
+
+def _switch_attention(module: nn.Module, on: bool) -> int:
+    """Point every transformers config in ``module`` that uses ``sdpa`` at ``ATTENTION``
+    (``on=False``: back); returns how many configs changed."""
+    old, new = ("sdpa", ATTENTION) if on else (ATTENTION, "sdpa")
+    if on and not _registered():
+        return 0
+    configs = {id(c): c for m in module.modules() if (c := getattr(m, "config", None)) is not None}
+    switched = 0
+    for config in configs.values():
+        if getattr(config, "_attn_implementation", None) == old:
+            config._attn_implementation = new
+            switched += 1
+    return switched
+
+
+def use_fast_dropout(module: nn.Module, on: bool = True) -> int:
+    """Replace every ``nn.Dropout`` (exactly that class, p > 0) inside ``module`` by a
+    :class:`FastDropout` of the same ``p`` and switch ``sdpa`` attention to
+    :func:`fast_attention`, in place (``on=False``: the reverse, for resuming a run that drew
+    torch's masks); returns how many modules and configs changed. Dropout has no parameters or
+    buffers: state dicts, saving and export are unchanged."""
+    old, new = (nn.Dropout, FastDropout) if on else (FastDropout, nn.Dropout)
+    swapped = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is old and child.p > 0:
+                setattr(parent, name, new(child.p))
+                swapped += 1
+    return swapped + _switch_attention(module, on)
