@@ -242,7 +242,10 @@ def keep_dropout(module: nn.Module, drawn: str) -> None:
     from contrasent.model.dropout import use_fast_dropout
 
     if use_fast_dropout(module, on=drawn == "fast"):
-        log.info("resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is for new runs)", drawn)
+        log.info(
+            "resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is for new runs)",
+            drawn,
+        )
 
 
 def restore_run(resume: Path, rank: int, seed: int, parts: dict[str, Any]) -> RunState:
