@@ -89,12 +89,17 @@ def fast_attention(
     :func:`drop_mask` in CPU training; returns ([B, Lq, heads, d], None) as ``sdpa`` does."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    lq, lk = query.shape[2], key.shape[2]
+    causal = attention_mask is None and is_causal and lq > 1  # as sdpa's own rule
     plain = (
         not module.training
         or not 0 < dropout < 1
         or query.device.type != "cpu"
         or getattr(module, "num_key_value_groups", 1) > 1
         or any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
+        or (causal and lk != lq)  # a cache's prefill: sdpa cuts the keys first
     )
     if plain:
         return sdpa_attention_forward(
@@ -102,11 +107,8 @@ def fast_attention(
         )
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, heads, Lq, Lk]
-    is_causal = kwargs.get("is_causal")
-    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    if attention_mask is None and is_causal and query.shape[2] > 1:  # as sdpa's is_causal
-        lq, lk = query.shape[2], key.shape[2]
-        attention_mask = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril(lk - lq)
+    if causal:
+        attention_mask = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             weights = weights.masked_fill(~attention_mask, float("-inf"))
