@@ -149,38 +149,11 @@ def test_length_buckets_is_validated_and_set_by_the_loop(tmp_path, tiny_bert_dir
     cfg = {
         "model": {"name_or_path": str(tiny_bert_dir)},
         "data": {"kind": "text", "path": str(shared_data / "corpus" / "wiki1m-head.txt")},
-        "train": {"length_buckets": -1, "max_steps": 1},
+        "train": {"length_buckets": 0, "max_steps": 1},
         "output_dir": str(tmp_path / "run"),
     }
-    with pytest.raises(UserError, match="train.length_buckets must be >= 0"):
+    with pytest.raises(UserError, match="train.length_buckets must be >= 1"):
         TrainConfig.from_dict(cfg).validate(1)
-
-
-def test_length_buckets_default_follows_the_precision():
-    from contrasent.train.runtime import length_buckets_for
-
-    assert [length_buckets_for(0, p) for p in ("no", "bf16", "fp16")] == [4, 2, 2]
-    assert [length_buckets_for(3, p) for p in ("no", "bf16")] == [3, 3]  # a set count wins
-    assert length_buckets_for(1, "bf16") == 1
-
-
-@pytest.mark.parametrize(
-    ("saved", "config", "kept"), [(2, 0, 2), (2, 4, 2), (0, 0, 4), (0, 3, 3), (0, 1, 1)]
-)
-def test_a_resumed_run_keeps_its_length_buckets(saved, config, kept):
-    """The checkpoint's count wins; a checkpoint from before it was saved (0) ran the config's
-    count, or 4 (the default then) where the config says 0."""
-    from torch import nn
-
-    from contrasent.train.result import RunState
-    from contrasent.train.runtime import keep_run_passes
-
-    module = nn.Module()
-    module.encoder = nn.Module()
-    module.encoder.length_buckets = 99
-    state = RunState(dropout="torch", length_buckets=saved)
-    keep_run_passes(module, state, config)
-    assert module.encoder.length_buckets == kept == state.length_buckets
 
 
 @pytest.mark.slow
@@ -217,25 +190,3 @@ def test_compiled_encoder_embeds_like_eager_and_reports_compile_time(
     compile_records = [r for r in records if r["kind"] == "compile"]
     assert len(compile_records) == 1 and compile_records[0]["first_step_s"] > 0
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["kind"] == "train")
-
-
-@pytest.mark.parametrize(("precision", "buckets"), [("no", 4), ("bf16", 2)])
-def test_the_loop_runs_and_saves_the_resolved_count(
-    tmp_path, tiny_bert_dir, shared_data, precision, buckets
-):
-    from contrasent.train.loop import train
-
-    out = tmp_path / "run"
-    cfg = {
-        "model": {"name_or_path": str(tiny_bert_dir), "pooling": "mean"},
-        "objective": {"name": "simcse_unsup"},
-        "data": {"kind": "text", "path": str(shared_data / "corpus" / "wiki1m-head.txt")},
-        "train": {"batch_size": 8, "max_steps": 1, "mixed_precision": precision},
-        "eval": {"every_steps": 0, "at_end": False},
-        "checkpoint": {"every_steps": 1},
-        "logging": {"tensorboard": False, "progress_bar": False},
-        "output_dir": str(out),
-    }
-    train(cfg)
-    state = json.loads((out / "checkpoints" / "step-00000001" / "trainer_state.json").read_text())
-    assert state["length_buckets"] == buckets and state["dropout"] == "fast"

@@ -105,13 +105,10 @@ class OptimConfig:
             similar length (sorted by token count, each padded only to its own longest row),
             outputs put back in row order: padding tokens cost full compute, and a batch of
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
-            loss up to float rounding; dropout draws differ (same distribution). Default 0:
-            4 in fp32, 2 under ``mixed_precision`` bf16/fp16 (bf16 matmuls are ~4.5x cheaper
-            here, so fewer, larger passes win: MiniLM bf16 on this project's CPU, unsup SimCSE
-            1.22x -> 1.37x sentence-transformers' trainer, SNLI triplets 1.34x -> 1.50x; in
-            fp32 2 was slower than 4: 1.16x vs 1.24x, 1.35x vs 1.60x). A resumed run keeps
-            the count it started with. 1: off (one pass padded to the batch's longest). Applies
-            to the encoder's sentence passes
+            loss up to float rounding; dropout draws differ (same distribution). Default 4
+            (on since 0.1: the resume, gradient-cache and multi-process equivalences hold with
+            it; recipes' published numbers were measured with 1); 1: off (one pass padded to
+            the batch's longest). Applies to the encoder's sentence passes
             (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
             embedding-level augmentations); a pass is
             only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
@@ -150,7 +147,7 @@ class OptimConfig:
     mini_batch_size: int = 0
     mixed_precision: MixedPrecision = "no"
     seed: int = 42
-    length_buckets: int = 0
+    length_buckets: int = 4
     compile: bool = False
     fast_dropout: bool = True
     threads: int = 0
@@ -331,9 +328,10 @@ class TrainConfig:
                 f"train.batch_size={t.batch_size} (the global batch) does not divide by the "
                 f"{world_size} processes; use a multiple of {world_size}"
             )
-        if t.grad_accum < 1:
-            raise UserError(f"train.grad_accum must be >= 1, got {t.grad_accum}")
-        for name in ("max_steps", "mini_batch_size", "warmup_steps", "threads", "length_buckets"):
+        for name in ("grad_accum", "length_buckets"):
+            if getattr(t, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        for name in ("max_steps", "mini_batch_size", "warmup_steps", "threads"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if t.max_steps == 0 and self.data.epochs is None:

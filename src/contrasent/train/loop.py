@@ -68,7 +68,7 @@ from contrasent.train.runtime import (
     check_finite,
     ends_epoch,
     epoch_batches,
-    keep_run_passes,
+    keep_dropout,
     make_accelerator,
     preflight,
     restore_run,
@@ -113,7 +113,7 @@ class _Trainer:
         self.acc.wait_for_everyone()
         if resume is not None:
             self.state = restore_run(resume, self.rank, self.cfg.train.seed, self._resumable())
-            keep_run_passes(self.module, self.state, self.cfg.train.length_buckets)
+            keep_dropout(self.module, self.state.dropout)
         else:
             self.state = self._fresh_start()
         self.metrics = MetricsWriter(
@@ -163,10 +163,7 @@ class _Trainer:
         from accelerate.utils import set_seed
 
         set_seed(self.cfg.train.seed, device_specific=True)  # each process its own dropout
-        return RunState(
-            dropout="fast" if self.cfg.train.fast_dropout else "torch",
-            length_buckets=self.module.encoder.length_buckets,
-        )
+        return RunState(dropout="fast" if self.cfg.train.fast_dropout else "torch")
 
     # --------------------------------------------------------------- one step
     def _check_loss(self, losses: dict[str, torch.Tensor], step: int) -> None:

@@ -61,5 +61,3 @@ class RunState:
     #: the dropout masks' draw (``train.fast_dropout``): ``torch`` in checkpoints written before
     #: it existed, so that they resume with the draws they started with
     dropout: str = "torch"
-    #: the encoder's length buckets as resolved for the run (0: written before they were saved)
-    length_buckets: int = 0

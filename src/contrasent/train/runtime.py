@@ -65,9 +65,7 @@ def build_module(
         from contrasent.model.prune import keep_layers
 
         keep_layers(encoder.model, m.keep_layers)
-    encoder.length_buckets = length_buckets_for(
-        cfg.train.length_buckets, training_precision(cfg.train.mixed_precision)
-    )
+    encoder.length_buckets = cfg.train.length_buckets
     if cfg.train.fast_dropout:  # before compiling: the graph sees the modules it runs
         use_fast_dropout(encoder)
     compiled = cfg.train.compile and compile_encoder(encoder)
@@ -78,15 +76,6 @@ def build_module(
     if cfg.train.fast_dropout:  # the objective's heads' dropout (the encoder's: above)
         use_fast_dropout(objective)
     return TrainModule(encoder, objective, cfg.data.max_seq_length), compiled
-
-
-def length_buckets_for(buckets: int, precision: str) -> int:
-    """``train.length_buckets`` resolved for the step's precision (``no``/``bf16``/``fp16``):
-    0 = 4 passes in fp32, 2 under half-precision autocast (measured: with 4x cheaper matmuls
-    the smaller passes of 4 buckets cost more than the padding they save)."""
-    if buckets:
-        return buckets
-    return 2 if precision in ("bf16", "fp16") else 4
 
 
 def make_accelerator(mixed_precision: str):
@@ -246,19 +235,12 @@ def preflight(
     return resume, plan
 
 
-def keep_run_passes(module: nn.Module, state: RunState, buckets: int) -> None:
-    """A resumed run keeps how it drew dropout and cut its passes, saved in its checkpoint,
-    whatever the config says now (either would break the exact resume): the dropout draw
-    (``fast`` or ``torch``; ``torch`` before ``train.fast_dropout`` existed) and the length
-    buckets (before they were saved: the config's count, 4 where it says 0, the default then)."""
+def keep_dropout(module: nn.Module, drawn: str) -> None:
+    """A resumed run keeps the dropout draw it started with (``fast`` or ``torch``, saved in its
+    checkpoint; ``torch`` before ``train.fast_dropout`` existed), whatever the config says now:
+    the other draw would break the exact resume."""
     from contrasent.model.dropout import use_fast_dropout
 
-    saved = state.length_buckets or buckets or 4
-    if module.encoder.length_buckets != saved:
-        log.info("resumed run ran %d length buckets: kept for an exact resume", saved)
-        module.encoder.length_buckets = saved
-    state.length_buckets = saved
-    drawn = state.dropout
     if use_fast_dropout(module, on=drawn == "fast"):
         log.info(
             "resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is for new runs)",
