@@ -53,27 +53,14 @@ def drop_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     return keep.to(dtype).mul_(_LANES / (_LANES - k))
 
 
-class _Multiply(torch.autograd.Function):
-    """``x * mask`` that saves only the mask for backward (as ``nn.Dropout`` does)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(mask)
-        return x * mask
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU training path draws its mask with :func:`drop_mask`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.device.type != "cpu" or not 0 < self.p < 1 or self.inplace:
             return super().forward(x)
-        return _Multiply.apply(x, drop_mask(x.shape, self.p, x.dtype))
+        # autograd saves only the mask for backward (x needs no saving), as nn.Dropout does
+        return x * drop_mask(x.shape, self.p, x.dtype)
 
 
 def fast_attention(
@@ -116,7 +103,7 @@ def fast_attention(
         else:
             weights = weights + attention_mask
     probs = torch.softmax(weights, dim=-1)
-    probs = _Multiply.apply(probs, drop_mask(probs.shape, dropout, probs.dtype))
+    probs = probs * drop_mask(probs.shape, dropout, probs.dtype)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
