@@ -113,7 +113,7 @@ class _Trainer:
         self.acc.wait_for_everyone()
         if resume is not None:
             self.state = restore_run(resume, self.rank, self.cfg.train.seed, self._resumable())
-            keep_dropout(self.module, self.state.dropout)
+            keep_dropout(self.module, self.state.fast_dropout)
         else:
             self.state = self._fresh_start()
         self.metrics = MetricsWriter(
@@ -163,7 +163,7 @@ class _Trainer:
         from accelerate.utils import set_seed
 
         set_seed(self.cfg.train.seed, device_specific=True)  # each process its own dropout
-        return RunState(dropout="fast" if self.cfg.train.fast_dropout else "torch")
+        return RunState(fast_dropout=self.cfg.train.fast_dropout)
 
     # --------------------------------------------------------------- one step
     def _check_loss(self, losses: dict[str, torch.Tensor], step: int) -> None:

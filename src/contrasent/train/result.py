@@ -58,6 +58,6 @@ class RunState:
     last_eval_step: int | None = None
     evals_without_gain: int = 0
     last_checkpoint: str | None = None
-    #: the dropout masks' draw (``train.fast_dropout``): ``torch`` in checkpoints written before
-    #: it existed, so that they resume with the draws they started with
-    dropout: str = "torch"
+    #: the run draws ``train.fast_dropout`` masks; False in checkpoints written before it
+    #: existed, so that they resume with the draws they started with (torch's)
+    fast_dropout: bool = False

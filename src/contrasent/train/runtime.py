@@ -235,16 +235,17 @@ def preflight(
     return resume, plan
 
 
-def keep_dropout(module: nn.Module, drawn: str) -> None:
-    """A resumed run keeps the dropout draw it started with (``fast`` or ``torch``, saved in its
-    checkpoint; ``torch`` before ``train.fast_dropout`` existed), whatever the config says now:
-    the other draw would break the exact resume."""
+def keep_dropout(module: nn.Module, fast: bool) -> None:
+    """A resumed run keeps the dropout draw it started with (saved in its checkpoint; torch's
+    before ``train.fast_dropout`` existed), whatever the config says now: the other draw would
+    break the exact resume."""
     from contrasent.model.dropout import use_fast_dropout
 
-    if use_fast_dropout(module, on=drawn == "fast"):
+    if use_fast_dropout(module, on=fast):
         log.info(
-            "resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is for new runs)",
-            drawn,
+            "resumed run drew %s dropout masks: kept for an exact resume (train.fast_dropout is "
+            "for new runs)",
+            "fast" if fast else "torch's",
         )
 
 
