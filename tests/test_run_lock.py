@@ -63,6 +63,27 @@ def test_two_processes_started_together(tmp_path):
         pass
 
 
+def test_refused_in_the_instant_before_the_holder_writes_its_record(tmp_path):
+    """The race the test above hit once: the winner has the flock but has not yet written who it
+    is. The refused process waits for the record instead of naming nobody."""
+    import fcntl
+    import threading
+
+    tmp_path.joinpath(LOCK_FILE).touch()
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: flock refuses RunLock
+    record = {"pid": 4242, "host": "node7", "started": time.time(), "command": "contrasent train",
+              "job": "other"}  # fmt: skip
+    late = threading.Timer(0.3, os.pwrite, (fd, json.dumps(record).encode(), 0))
+    late.start()
+    try:
+        with pytest.raises(UserError, match=r"in use by contrasent train \(pid 4242 on node7"):
+            RunLock(tmp_path, "contrasent test").acquire()
+    finally:
+        late.join()
+        os.close(fd)
+
+
 def _write_holder(folder: Path, **info) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"pid": 1, "host": socket.gethostname(), "started": time.time(),

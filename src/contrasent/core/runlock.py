@@ -71,6 +71,18 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _holder(path: Path, wait_s: float = 2.0) -> dict[str, Any] | None:
+    """The record of the process whose flock refused us. It writes the record just after taking
+    the lock, so a process refused in that instant waits briefly for it rather than naming
+    nobody."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read(path)
+        if info or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.01)
+
+
 def _stale(info: dict[str, Any], path: Path) -> str | None:
     """Why the holder ``info`` is gone (None: it may still run)."""
     if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
@@ -137,7 +149,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise self._refuse(_read(self.path)) from None
+            raise self._refuse(_holder(self.path)) from None
         info = _read(self.path)  # flock is ours: a holder written here is on another host, or gone
         if info and info.get("job") != job_id():
             same_host = info.get("host") == socket.gethostname()
@@ -151,8 +163,9 @@ class RunLock:
             "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
             "command": self.command, "job": job_id(),
         }  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        data = (json.dumps(record) + "\n").encode()
+        os.pwrite(fd, data, 0)  # then cut: the file is never seen empty while this run holds it
+        os.ftruncate(fd, len(data))
         self._thread = threading.Thread(target=self._beat, name="contrasent-lock", daemon=True)
         self._thread.start()
         _HELD[key] = self
