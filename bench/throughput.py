@@ -79,7 +79,9 @@ class PassCounter:
     both sides alike: sentence-transformers calls its HF model's ``forward`` directly, past any
     hook on the model itself). Real tokens are the ids that are not the pad id. The owner of a
     lookup is the outermost HF model running at the time (a tied TSDAE decoder shares the
-    encoder's embedding module), else the model the embedding belongs to.
+    encoder's embedding module). A model called with ``inputs_embeds`` (ours with
+    ``length_buckets``: one lookup for all rows, outside any model call, then one call per
+    bucket) is counted at that call instead, its real tokens from the attention mask.
     """
 
     def __init__(self) -> None:
@@ -88,6 +90,7 @@ class PassCounter:
         self._seen: set[int] = set()
         self._owner: dict[int, object] = {}
         self._handles: list = []
+        self._pending: tuple | None = None
 
     def __enter__(self) -> PassCounter:
         from torch.nn.modules.module import (
@@ -133,25 +136,50 @@ class PassCounter:
                 if words is not None and id(words) not in self._owner:
                     self._owner[id(words)] = module
                     self._handles.append(words.register_forward_pre_hook(self._lookup))
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._embedded, with_kwargs=True)
+                    )
 
     def _lookup(self, words, args) -> None:
         if not args:
             return
+        self._commit()
         ids = args[0]
         owner = self._stack[0] if self._stack else self._owner[id(words)]
         pad = getattr(owner.config, "pad_token_id", None)
         real = ids.ne(pad) if pad is not None else torch.ones_like(ids, dtype=torch.bool)
-        lengths = real.sum(dim=-1).reshape(-1).cpu()
+        call = (owner, real.sum(dim=-1).reshape(-1).cpu(), ids.numel())
+        if self._stack:
+            self._count(*call)
+        else:  # outside a model call (ST's direct forward, or ours before buckets): held back
+            self._pending = call
+
+    def _commit(self) -> None:
+        if self._pending is not None:
+            self._count(*self._pending)
+            self._pending = None
+
+    def _embedded(self, model, args, kwargs) -> None:
+        embeds, mask = kwargs.get("inputs_embeds"), kwargs.get("attention_mask")
+        if embeds is None or kwargs.get("input_ids") is not None or (args and args[0] is not None):
+            return
+        self._pending = None  # the lookup before it fed these calls: counted call by call
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        self._count(model, mask.sum(dim=-1).reshape(-1).cpu(), mask.numel())
+
+    def _count(self, owner, lengths: torch.Tensor, slots: int) -> None:
         decoder = getattr(owner.config, "add_cross_attention", False)
         t = self.tally
         t.calls += 1
         t.real += int(lengths.sum())
-        t.slots += ids.numel()
+        t.slots += slots
         t.flops += call_flops(owner, lengths, memory=1 if decoder else 0)
         name = type(owner).__name__
         t.by_model[name] = t.by_model.get(name, 0) + 1
 
     def take(self) -> Tally:
+        self._commit()
         t, self.tally = self.tally, Tally()
         return t
 
