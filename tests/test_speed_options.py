@@ -17,9 +17,10 @@ import torch
 
 from contrasent.data.batches import PairBatch, SentenceBatch
 from contrasent.model import passes as encoder_module
-from contrasent.model.encoder import Encoder
+from contrasent.model.encoder import SHARED_LOOKUP_TYPES, Encoder
 from contrasent.model.passes import length_buckets
 from contrasent.objectives import build_objective
+from families import FAMILIES
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -87,9 +88,12 @@ def _encoder(tiny_bert_dir, buckets: int, pooling: str = "mean") -> Encoder:
 
 def _passes(enc: Encoder) -> list[tuple[int, ...]]:
     shapes: list[tuple[int, ...]] = []
-    enc.model.register_forward_pre_hook(
-        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
-    )
+
+    def record(_module, _args, kwargs):
+        ids = kwargs.get("input_ids")
+        shapes.append(tuple((kwargs["inputs_embeds"] if ids is None else ids).shape[:2]))
+
+    enc.model.register_forward_pre_hook(record, with_kwargs=True)
     return shapes
 
 
@@ -101,6 +105,33 @@ def test_bucketed_forward_equals_one_pass(tiny_bert_dir, pooling):
     a, b = one(feats), bucketed(feats)
     assert len(shapes) == 3 and max(s[1] for s in shapes) == feats["input_ids"].shape[1]
     assert min(s[1] for s in shapes) < 6  # the short rows ran without the long rows' padding
+    torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    for (name, p), q in zip(one.named_parameters(), bucketed.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, atol=1e-12, rtol=1e-9, msg=name)
+
+
+def test_the_shared_lookup_covers_the_tested_families_only():
+    assert {f.model_type for f in FAMILIES.values()} == SHARED_LOOKUP_TYPES
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bucketed_passes_share_one_word_lookup(family_dir, family):
+    """The word embeddings of all rows are looked up once and the buckets take their rows of it
+    (the lookup's backward, a dense [vocab, H] gradient, then runs once per pass, not once per
+    bucket): in every family the result is the one pass's, values and gradients, with the
+    model's own position ids (RoBERTa-style ones counted from the ids: a pad token inside a
+    text keeps its padding position)."""
+    one, bucketed = _encoder(family_dir(family), 1), _encoder(family_dir(family), 3)
+    shapes, lookups = _passes(bucketed), []
+    words = bucketed.model.get_input_embeddings()
+    words.register_forward_hook(lambda _m, args, _out: lookups.append(tuple(args[0].shape)))
+    texts = [*TEXTS, f"two words {bucketed.tokenizer.pad_token} and three more words"]
+    feats = one.tokenize(texts)
+    a, b = one(feats), bucketed(feats)
+    assert len(shapes) == 3 and lookups == [tuple(feats["input_ids"].shape)]
     torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
     a.pow(2).sum().backward()
     b.pow(2).sum().backward()

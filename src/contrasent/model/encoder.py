@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ from contrasent.model.st_layout import (
 
 log = logging.getLogger(__name__)
 PROGRESS_MIN_TEXTS = 5000  # default progress bar only for long inputs on an interactive stderr
+# Model types whose forward computes from `inputs_embeds` exactly what it computes from the ids
+# (given the position ids): tested family by family (tests/test_speed_options.py). Others keep
+# one lookup per bucket: some scale or pad only on the ids path.
+SHARED_LOOKUP_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet"})
 
 
 class Encoder(nn.Module):
@@ -212,7 +216,9 @@ class Encoder(nn.Module):
             if self.length_buckets > 1:
                 left = getattr(self.tokenizer, "padding_side", "right") == "left"
                 embed = functools.partial(self._embed, normalize=self.normalize)
-                return in_length_buckets(embed, features, self.length_buckets, left)
+                return in_length_buckets(
+                    embed, features, self.length_buckets, left, self._shared_lookup()
+                )
             return self._embed(features, self.normalize)
         feats = dict(features)
         mask = feats["attention_mask"]
@@ -243,6 +249,26 @@ class Encoder(nn.Module):
                 "augmentations are not supported for this architecture"
             )
         return layer
+
+    def _shared_lookup(self) -> Callable[[dict[str, Tensor]], dict[str, Tensor]] | None:
+        """``features`` -> the same with ``inputs_embeds`` (the word embeddings of ``input_ids``)
+        in place of the ids and the model's own position ids made explicit, so that bucketed
+        passes share one lookup; None for model types not in :data:`SHARED_LOOKUP_TYPES`."""
+        if getattr(self.model.config, "model_type", None) not in SHARED_LOOKUP_TYPES:
+            return None
+        words = self.model.get_input_embeddings()
+        explicit = getattr(self.embedding_layer(), "padding_idx", None) is not None
+
+        def lookup(features: dict[str, Tensor]) -> dict[str, Tensor]:
+            if features.get("input_ids") is None or features.get("inputs_embeds") is not None:
+                return features
+            feats = dict(features)
+            if explicit:  # from the ids (pads keep padding_idx); from embeddings they would not
+                feats["position_ids"] = self.position_ids(features)
+            feats["inputs_embeds"] = words(feats.pop("input_ids"))
+            return feats
+
+        return lookup
 
     def position_ids(self, features: dict[str, Tensor]) -> Tensor:
         """The position ids the model would use by default for ``features`` [B, T]."""

@@ -106,6 +106,7 @@ def in_length_buckets(
     features: dict[str, Tensor],
     buckets: int,
     left_padding: bool = False,
+    lookup: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
 ) -> Tensor:
     """``embed(features)`` run as up to ``buckets`` passes over rows of similar length, outputs
     [B, H] in row order (``Encoder.forward`` with ``length_buckets`` > 1).
@@ -115,7 +116,9 @@ def in_length_buckets(
     row only (a transformer, pooling and heads are row-wise), so the result is the one-pass
     result up to float rounding of other matmul shapes; only dropout draws differ (other
     shapes: other masks, the same distribution). Runs in one pass when there is nothing to
-    trim, for left padding (trimming would shift absolute positions) and for ``inputs_embeds``.
+    trim, for left padding (trimming would shift absolute positions) and for a caller's
+    ``inputs_embeds``. ``lookup`` (``Encoder``: the model's word embeddings as
+    ``inputs_embeds``) runs once on all rows before they are split.
     """
     mask = features.get("attention_mask")
     width = mask.shape[1] if mask is not None and mask.dim() == 2 else 0
@@ -125,6 +128,10 @@ def in_length_buckets(
     parts = length_buckets(lengths.tolist(), buckets)
     if len(parts) == 1 and parts[0][1] == width:
         return embed(features)
+    if lookup is not None:
+        # the word embeddings looked up once for all parts: the lookup's backward (a dense
+        # [vocab, H] gradient, zero-filled, then added to the weight's) runs once, not per part
+        features = lookup(features)
     outs = []
     for rows, longest in parts:
         index = torch.as_tensor(rows, device=mask.device)

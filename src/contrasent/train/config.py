@@ -111,7 +111,9 @@ class OptimConfig:
             the batch's longest). Applies to the encoder's sentence passes
             (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
             embedding-level augmentations); a pass is
-            only split where that removes >= 3% of its token slots. On CPU (MiniLM, batch 32,
+            only split where that removes >= 3% of its token slots. The word embeddings of all
+            rows are looked up once before the split (for models that take ``inputs_embeds``):
+            the lookup's backward writes a dense [vocab, hidden] gradient per call. On CPU (MiniLM, batch 32,
             length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI triplets) faster
             (bench/profile_step.py); on a GPU, measure first: small passes may leave it idle.
         compile: ``torch.compile`` the encoder's transformer (dynamic shapes; the first steps
