@@ -106,16 +106,17 @@ class OptimConfig:
             outputs put back in row order: padding tokens cost full compute, and a batch of
             mixed lengths is mostly padding (SNLI triplets: 60%). The loss is the one-pass
             loss up to float rounding; dropout draws differ (same distribution). Default 4
-            (on since 0.1: the resume, gradient-cache and multi-process equivalences hold with
-            it; recipes' published numbers were measured with 1); 1: off (one pass padded to
-            the batch's longest). Applies to the encoder's sentence passes
-            (not an MLM pass, DeCLUTR's masked anchors included, nor TSDAE's decoder, nor
-            embedding-level augmentations); a pass is
-            only split where that removes >= 3% of its token slots. The word embeddings of all
-            rows are looked up once before the split (for models that take ``inputs_embeds``):
-            the lookup's backward writes a dense [vocab, hidden] gradient per call. On CPU (MiniLM, batch 32,
-            length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI triplets) faster
-            (bench/profile_step.py); on a GPU, measure first: small passes may leave it idle.
+            (the resume, gradient-cache and multi-process equivalences hold with it; the
+            README says which recipe figures were measured with it); 1: off (one pass padded
+            to the batch's longest).
+            Applies to the encoder's sentence passes (not an MLM pass, DeCLUTR's masked anchors
+            included, nor TSDAE's decoder, nor embedding-level augmentations); a pass is only
+            split where that removes >= 3% of its token slots. The word embeddings of all rows
+            are looked up once before the split (BERT, RoBERTa, XLM-R, DistilBERT, MPNet: the
+            lookup's backward writes a dense [vocab, hidden] gradient per call). On CPU
+            (MiniLM, batch 32, length 32) 4 made a step 1.25x (unsup SimCSE) to 1.9x (SNLI
+            triplets) faster (bench/profile_step.py); on a GPU, measure first: small passes may
+            leave it idle.
         compile: ``torch.compile`` the encoder's transformer (dynamic shapes; the first steps
             compile, their time is written to ``metrics.jsonl`` as a ``compile`` record and
             shown). Off where torch.compile is unavailable (a warning); graphs that fail to
