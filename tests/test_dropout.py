@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -168,3 +169,52 @@ def test_the_attention_switch_is_not_saved_and_turns_back(tiny_bert_dir, tmp_pat
     use_fast_dropout(enc, on=False)
     assert enc.model.config._attn_implementation == "sdpa"
     assert not any(isinstance(m, FastDropout) for m in enc.modules())
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_bf16_inference_attention_runs_in_fp32_where_that_pays(pays, monkeypatch):
+    """In evaluation, bf16 q/k/v: on an AVX512-BF16 CPU without AMX the attention is sdpa on the
+    fp32 casts, cast back (exactly); elsewhere, in training and under autocast, sdpa as given."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from contrasent.model import dropout as module_under_test
+
+    monkeypatch.setattr(module_under_test, "fp32_attention_pays", lambda: pays)
+    q, k, v = (t.detach().to(torch.bfloat16) for t in _qkv(lq=6, lk=6))
+    mask = torch.zeros(3, 1, 6, 6, dtype=torch.bfloat16)
+    mask[1, :, :, 4:] = torch.finfo(torch.bfloat16).min  # row 1 has 4 real tokens
+    attn = _Attention(is_causal=False).eval()
+    ours, _ = module_under_test.fast_attention(attn, q, k, v, mask, scaling=0.3)
+    up = (t.float() for t in (q, k, v))
+    in_fp32 = sdpa_attention_forward(attn, *up, mask.float(), scaling=0.3)[0].to(torch.bfloat16)
+    as_given = sdpa_attention_forward(attn, q, k, v, mask, scaling=0.3)[0]
+    assert ours.dtype == torch.bfloat16
+    assert not torch.equal(in_fp32, as_given)  # the two paths are told apart
+    assert torch.equal(ours, in_fp32 if pays else as_given)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(module_under_test.fast_attention(attn, q, k, v, mask, scaling=0.3)[0],
+                           sdpa_attention_forward(attn, q, k, v, mask, scaling=0.3)[0])  # fmt: skip
+    attn.train()
+    assert torch.equal(module_under_test.fast_attention(attn, q, k, v, mask, scaling=0.3)[0],
+                       as_given)  # fmt: skip
+
+
+def test_the_held_bf16_copy_uses_the_fast_attention_and_the_model_does_not(
+    tiny_bert_dir, monkeypatch
+):
+    from contrasent.model import dropout as module_under_test
+
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooling="mean")
+    texts = ["a short one", "a somewhat longer sentence than the first one", "x"]
+    monkeypatch.setattr(module_under_test, "fp32_attention_pays", lambda: False)
+    plain = enc.encode(texts, precision="bf16", normalize=True)
+    monkeypatch.setattr(module_under_test, "fp32_attention_pays", lambda: True)
+    fast = enc.encode(texts, precision="bf16", normalize=True)
+    assert (
+        enc._held_model(torch.bfloat16).config._attn_implementation == module_under_test.ATTENTION
+    )
+    assert enc.model.config._attn_implementation == "sdpa"  # what is trained and saved
+    assert not np.array_equal(plain, fast)  # the held copy took the fp32 attention
+    assert (plain * fast).sum(axis=1).min() > 0.999
+    ref = enc.encode(texts, normalize=True)  # fp32
+    assert (fast * ref).sum(axis=1).min() > 0.999

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import follow_umask, swap_into_place, temp_sibling
+from contrasent.model.dropout import use_fast_attention
 from contrasent.model.inputs import (
     checked_texts,
     pad_features,
@@ -378,7 +379,9 @@ class Encoder(nn.Module):
         """The transformer with its weights in ``dtype``: `contrasent.model.loading.held_copy`,
         kept in this encoder's ``__dict__`` (outside the module tree: not saved, not trained,
         not moved by ``.to``)."""
-        return held_copy(self.__dict__, self.model, dtype)
+        held = held_copy(self.__dict__, self.model, dtype)
+        use_fast_attention(held)  # bf16 attention in fp32 where that pays (model/dropout.py)
+        return held
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:
