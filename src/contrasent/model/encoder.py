@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from contrasent.core.errors import UserError
 from contrasent.core.fileio import follow_umask, swap_into_place, temp_sibling
-from contrasent.model.dropout import use_fast_attention
 from contrasent.model.inputs import (
     checked_texts,
     pad_features,
@@ -261,9 +260,7 @@ class Encoder(nn.Module):
         explicit = getattr(self.embedding_layer(), "padding_idx", None) is not None
 
         def lookup(features: dict[str, Tensor]) -> dict[str, Tensor]:
-            if features.get("input_ids") is None or features.get("inputs_embeds") is not None:
-                return features
-            feats = dict(features)
+            feats = dict(features)  # in_length_buckets: ids, never a caller's inputs_embeds
             if explicit:  # from the ids (pads keep padding_idx); from embeddings they would not
                 feats["position_ids"] = self.position_ids(features)
             feats["inputs_embeds"] = words(feats.pop("input_ids"))
@@ -379,9 +376,7 @@ class Encoder(nn.Module):
         """The transformer with its weights in ``dtype``: `contrasent.model.loading.held_copy`,
         kept in this encoder's ``__dict__`` (outside the module tree: not saved, not trained,
         not moved by ``.to``)."""
-        held = held_copy(self.__dict__, self.model, dtype)
-        use_fast_attention(held)  # bf16 attention in fp32 where that pays (model/dropout.py)
-        return held
+        return held_copy(self.__dict__, self.model, dtype)
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from contrasent.core.errors import UserError
+from contrasent.model.dropout import use_fast_attention
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION_CHOICES = (*PRECISIONS, "auto")
@@ -120,12 +121,14 @@ def held_copy(holder: dict[str, Any], model: torch.nn.Module, dtype: torch.dtype
     loading new weights moves their data) or the device does.
 
     Held rather than autocast: autocast re-casts every weight on every forward (the encoder's
-    bf16 inference)."""
+    bf16 inference). The copy's ``sdpa`` attention goes through ``model.dropout.fast_attention``
+    (bf16 attention computed in fp32 where that pays)."""
     params = list(model.parameters())
     key = (dtype, params[0].device, tuple((p.data_ptr(), p._version) for p in params))
     held = holder.get("_held")
     if held is None or held[0] != key:
         holder["_held"] = None  # free the old copy before making the new one
         held = (key, copy.deepcopy(model).to(dtype).eval())
+        use_fast_attention(held[1])
         holder["_held"] = held
     return held[1]
