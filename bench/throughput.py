@@ -18,7 +18,8 @@ BERT-style stack with hidden size ``d``, FFN size ``f``, ``n`` layers:
   memory positions) and ``4 L M d`` (attention over them); ``M`` = 1 (TSDAE's memory is the
   sentence vector: the counter assumes it for every decoder);
 * a language-model head adds per real token ``2 * (d^2 + d V)`` (transform and vocabulary
-  projection, ``V`` = vocabulary size);
+  projection, ``V`` = vocabulary size), for a decoder also where only its body is called
+  (ours runs TSDAE's LM head apart, on the real label positions);
 * a training step = 3x the forward (backward: gradients of inputs and of weights).
 
 Embedding lookups, LayerNorm, softmax, GELU, pooling and the loss's similarity matrix are left
@@ -64,10 +65,13 @@ def call_flops(model, lengths: torch.Tensor, memory: int = 0) -> float:
     tokens, rows = float(lengths.sum()), len(lengths)
     square = float((lengths**2).sum())
     flops = n * (2 * (4 * d * d + 2 * d * f) * tokens + 4 * square * d)
-    if memory and getattr(model.config, "add_cross_attention", False):
+    decoder = memory and getattr(model.config, "add_cross_attention", False)
+    if decoder:
         flops += n * (2 * 2 * d * d * tokens + 2 * 2 * d * d * memory * rows)
         flops += n * 4 * tokens * memory * d
-    if getattr(model, "get_output_embeddings", lambda: None)() is not None:
+    # a decoder is called whole (ST) or as its body, its LM head run apart on the real labels
+    # (ours): its head is counted with it either way, per real input token
+    if decoder or getattr(model, "get_output_embeddings", lambda: None)() is not None:
         flops += 2 * (d * d + d * vocab) * tokens
     return flops
 

@@ -101,6 +101,25 @@ def test_swap_keeps_the_model_and_only_swaps_dropout(tiny_bert_dir):
     assert not torch.allclose(a, b)
 
 
+def test_the_tied_tsdae_decoder_held_unregistered_is_switched_too(tiny_bert_dir):
+    """TSDAE's tied decoder runs outside the module tree (``held_modules``): switching the
+    objective switches its dropout and attention, and back."""
+    from contrasent.model.dropout import ATTENTION
+    from contrasent.objectives import build_objective
+
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooling="cls_before_pooler")
+    obj = build_objective("tsdae", enc)
+    model = obj.decoder.hf_model
+    assert not any(m is model for m in obj.modules())  # held, not registered
+    n_dropout = sum(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
+    assert n_dropout > 0
+    assert use_fast_dropout(obj) == n_dropout + 1  # + its attention switch
+    assert not any(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
+    assert model.config._attn_implementation == ATTENTION
+    assert use_fast_dropout(obj, on=False) == n_dropout + 1
+    assert model.config._attn_implementation == "sdpa"
+
+
 def _qkv(b=3, heads=2, lq=5, lk=5, d=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, heads, n, d, generator=g, requires_grad=True) for n in (lq, lk, lk)]

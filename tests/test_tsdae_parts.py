@@ -14,11 +14,13 @@ from contrasent.augment.text_noise import noise_text
 from contrasent.core.errors import UserError
 from contrasent.model.encoder import Encoder
 from contrasent.objectives.tsdae_parts import (
+    TSDAEDecoder,
     build_decoder,
     check_decoder_architecture,
     check_decoder_tokenizer,
     reconstruction_loss,
     reconstruction_loss_mean,
+    reconstruction_row_losses,
     shift_targets,
     tokenize_targets,
 )
@@ -291,3 +293,80 @@ def test_tie_survives_moving_the_modules(encoder):
     assert all(p.dtype == torch.float64 for p in decoder.hf_model.parameters())
     loss = loss_of(encoder, decoder)
     assert loss.dtype == torch.float64 and torch.isfinite(loss)  # never below float32
+
+
+# ---------------------------------------------------------------- decoder passes (speed)
+def _padded_reference(decoder, memory: torch.Tensor, tgt: dict) -> torch.Tensor:
+    """Per row (token cross-entropy sum, count) from one padded pass of the whole causal LM,
+    logits at every position, padding ignored: sentence-transformers' computation."""
+    dec_ids, dec_mask, labels, keep = shift_targets(tgt["input_ids"], tgt["attention_mask"])
+    ones = torch.ones(len(memory), 1, dtype=dec_mask.dtype)
+    logits = decoder.hf_model(
+        input_ids=dec_ids, attention_mask=dec_mask, encoder_hidden_states=memory[:, None],
+        encoder_attention_mask=ones, use_cache=False,
+    ).logits  # fmt: skip
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.masked_fill(~keep, -100).flatten(), reduction="none"
+    ).view(labels.shape)
+    return torch.stack([ce.sum(1), keep.sum(1).to(ce.dtype)], dim=1)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
+def test_bucketed_decoder_with_its_head_on_real_labels_equals_one_padded_pass(family_dir, family):
+    """``reconstruction_row_losses(..., buckets=3)``: the decoder runs 3 passes over rows of
+    similar target length (the short rows without the long rows' padding), the word embeddings
+    are looked up once, the LM head runs once on exactly the real label positions; losses and
+    every gradient equal the one padded pass of the whole model (fp64), also for a target with
+    a pad token inside its text (RoBERTa-style position ids count from the ids)."""
+    enc = Encoder.from_pretrained(family_dir(family), device="cpu").double()
+    decoder = build_decoder(enc).double().eval()
+    texts = [*ORIGINAL, "yes", "a b", f"two words {enc.tokenizer.pad_token} and more words"]
+    tgt = targets(enc, texts)
+    memory = torch.randn(len(texts), enc.hidden_size, dtype=torch.float64, requires_grad=True)
+    ref = _padded_reference(decoder, memory, tgt)
+    ref_grads = torch.autograd.grad(
+        ref[:, 0].pow(2).sum(), [memory, *enc.parameters()], allow_unused=True
+    )
+
+    widths, heads, lookups = [], [], []
+    body = decoder.hf_model.base_model
+    body.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["attention_mask"].shape[1]), with_kwargs=True
+    )
+    decoder._head.register_forward_hook(lambda _m, args, _o: heads.append(args[0].shape))
+    words = decoder.hf_model.get_input_embeddings()
+    words.register_forward_hook(lambda _m, args, _o: lookups.append(args[0].shape))
+    got = reconstruction_row_losses(decoder, memory, tgt, buckets=3)
+    grads = torch.autograd.grad(
+        got[:, 0].pow(2).sum(), [memory, *enc.parameters()], allow_unused=True
+    )
+
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-10)
+    assert sum(r is not None for r in ref_grads) > 10  # the tied parameters (not the pooler)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert (g is None) == (r is None)
+        if r is not None:
+            torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-9)
+    width = tgt["input_ids"].shape[1] - 1
+    assert len(widths) == 3 and max(widths) == width and min(widths) < width // 2
+    assert heads == [torch.Size([int(ref[:, 1].sum()), enc.hidden_size])]
+    assert lookups == [torch.Size([len(texts), width])]
+
+
+def test_a_decoder_whose_head_is_not_one_module_runs_whole(tmp_path):
+    """ELECTRA's causal LM ends in two modules: the decoder's states are then its logits (no
+    separate head), with the same row losses as the one padded pass."""
+    from transformers import ElectraConfig, ElectraForCausalLM
+
+    cfg = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, is_decoder=True,
+                        add_cross_attention=True)  # fmt: skip
+    torch.manual_seed(0)
+    decoder = TSDAEDecoder(ElectraForCausalLM(cfg).double(), tokenizer=None).eval()
+    assert decoder._head is None
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 10, 2, 0]])
+    tgt = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    memory = torch.randn(3, 16, dtype=torch.float64)
+    with torch.no_grad():
+        got = reconstruction_row_losses(decoder, memory, tgt, buckets=2)
+        torch.testing.assert_close(got, _padded_reference(decoder, memory, tgt))

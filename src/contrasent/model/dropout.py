@@ -39,6 +39,7 @@ measured here), or without fast bf16, the attention stays as given.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -175,7 +176,7 @@ def _switch_attention(module: nn.Module, on: bool) -> int:
     old, new = ("sdpa", ATTENTION) if on else (ATTENTION, "sdpa")
     if on and not _registered():
         return 0
-    configs = {id(c): c for m in module.modules() if (c := getattr(m, "config", None)) is not None}
+    configs = {id(c): c for m in _modules(module) if (c := getattr(m, "config", None)) is not None}
     switched = 0
     for config in configs.values():
         if getattr(config, "_attn_implementation", None) == old:
@@ -189,12 +190,25 @@ def use_fast_dropout(module: nn.Module, on: bool = True) -> int:
     :class:`FastDropout` of the same ``p`` and switch ``sdpa`` attention to
     :func:`fast_attention`, in place (``on=False``: the reverse, for resuming a run that drew
     torch's masks); returns how many modules and configs changed. Dropout has no parameters or
-    buffers: state dicts, saving and export are unchanged."""
+    buffers: state dicts, saving and export are unchanged. Modules a module runs but does not
+    register (its ``held_modules()``: TSDAE's tied decoder) are switched with it."""
     old, new = (nn.Dropout, FastDropout) if on else (FastDropout, nn.Dropout)
     swapped = 0
-    for parent in module.modules():
+    for parent in list(_modules(module)):
         for name, child in list(parent.named_children()):
             if type(child) is old and child.p > 0:
                 setattr(parent, name, new(child.p))
                 swapped += 1
     return swapped + _switch_attention(module, on)
+
+
+def _modules(module: nn.Module) -> Iterator[nn.Module]:
+    """``module.modules()`` and, for each module with a ``held_modules()`` method, the modules
+    of what it returns (models it runs without registering them, e.g. so that a state dict
+    does not hold another module's parameters twice)."""
+    for m in module.modules():
+        yield m
+        held = getattr(m, "held_modules", None)
+        if callable(held):
+            for h in held():
+                yield from _modules(h)

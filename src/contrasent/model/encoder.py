@@ -40,7 +40,12 @@ from contrasent.model.loading import (
     resolve_precision,
     unused_inputs,
 )
-from contrasent.model.passes import in_length_buckets, pool, relative_bias_from
+from contrasent.model.passes import (
+    in_length_buckets,
+    padded_position_ids,
+    pool,
+    relative_bias_from,
+)
 from contrasent.model.pooling import (
     HIDDEN_STATE_POOLINGS,
     POOLINGS,
@@ -275,8 +280,7 @@ class Encoder(nn.Module):
         ids = features["input_ids"]
         padding_idx = getattr(self.embedding_layer(), "padding_idx", None)
         if padding_idx is not None:  # RoBERTa, XLM-R, MPNet: padding_idx + 1 + index, pads stay
-            real = ids.ne(padding_idx).int()
-            return (torch.cumsum(real, dim=1) * real).long() + padding_idx
+            return padded_position_ids(ids, padding_idx)
         return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
 
     def _embed(

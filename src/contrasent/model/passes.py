@@ -19,6 +19,7 @@ __all__ = [
     "BUCKET_MIN_SAVING",
     "in_length_buckets",
     "length_buckets",
+    "padded_position_ids",
     "pool",
     "relative_bias_from",
     "rows_of",
@@ -140,6 +141,14 @@ def in_length_buckets(
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
     return torch.cat(outs)[inverse]
+
+
+def padded_position_ids(ids: Tensor, padding_idx: int) -> Tensor:
+    """RoBERTa-style position ids of ``ids [B, T]`` (pure): ``padding_idx + 1`` upward over the
+    real tokens, ``padding_idx`` for pads (a pad id inside a text included), as those models
+    count them from the ids (from ``inputs_embeds`` they would count every column)."""
+    real = ids.ne(padding_idx).int()
+    return (torch.cumsum(real, dim=1) * real).long() + padding_idx
 
 
 def rows_of(value: Any, index: Tensor, width: int, longest: int) -> Any:

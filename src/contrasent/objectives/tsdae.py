@@ -185,7 +185,8 @@ class TSDAE(Objective):
         targets, truncated = tokenize_targets(
             self.decoder.tokenizer, view.targets, self.max_target_length, self.lowercase
         )
-        rows = reconstruction_row_losses(self.decoder, sentence, targets)  # the ORIGINALS
+        buckets = getattr(encoder, "length_buckets", 1)  # as the encoder's passes run
+        rows = reconstruction_row_losses(self.decoder, sentence, targets, buckets)  # ORIGINALS
         return _with_column(rows, truncated)
 
     def loss(self, outputs: dict[str, Tensor], batch: SentenceBatch) -> Parts:

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrasent.core.errors import UserError
+from contrasent.model.encoder import SHARED_LOOKUP_TYPES
+from contrasent.model.passes import length_buckets, padded_position_ids, rows_of
 from contrasent.objectives.functional import fp32
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 class TSDAEDecoder(nn.Module):
@@ -72,6 +73,11 @@ class TSDAEDecoder(nn.Module):
         """The transformers causal LM (tied parameters are the encoder's)."""
         return self._model
 
+    def held_modules(self) -> list[nn.Module]:
+        """The tied HF decoder, which runs here unregistered (``train.fast_dropout`` switches
+        its dropout as it does the registered modules')."""
+        return [self._model] if self.tied else []
+
     def tie(self, encoder_model: nn.Module) -> None:
         """Point every tied decoder parameter (and its aliases, e.g. the LM head's weight) at the
         encoder's current parameter object. Idempotent; cheap when already tied."""
@@ -103,17 +109,46 @@ class TSDAEDecoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, memory: Tensor) -> Tensor:
         """Logits for decoder inputs ``[B, T]`` attending to ``memory [B, 1, H]``."""
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.head(self.states(features, memory[:, 0]))
+
+    def inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
+        """The decoder's inputs for ``input_ids [B, T]``: the word embeddings looked up (with
+        RoBERTa-style position ids made explicit) for the model types whose lookup is tested
+        to be shared (``SHARED_LOOKUP_TYPES``), so that length buckets take their rows of one
+        lookup (its backward writes a dense [vocab, H] gradient per call); else the ids."""
         self._sync(input_ids.device)
-        ones = torch.ones(memory.shape[:2], dtype=attention_mask.dtype, device=memory.device)
-        out = self._model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=ones,
-            use_cache=False,
-            return_dict=True,
-        )
-        return out.logits
+        if getattr(self._model.config, "model_type", None) not in SHARED_LOOKUP_TYPES:
+            return {"input_ids": input_ids}
+        out = {"inputs_embeds": self._model.get_input_embeddings()(input_ids)}
+        padding_idx = getattr(self._model.base_model.embeddings, "padding_idx", None)
+        if padding_idx is not None:
+            out["position_ids"] = padded_position_ids(input_ids, padding_idx)
+        return out
+
+    def states(self, features: dict[str, Tensor], memory: Tensor) -> Tensor:
+        """What :meth:`head` turns into logits, ``[B, T, H]``, for ``features`` (an
+        ``attention_mask`` and :meth:`inputs`) attending to ``memory [B, H]``: the body's last
+        token states; the logits themselves for a model whose head is not one module."""
+        mask = features["attention_mask"]
+        self._sync(mask.device)
+        ones = torch.ones(len(memory), 1, dtype=mask.dtype, device=memory.device)
+        kw = dict(encoder_hidden_states=memory[:, None], encoder_attention_mask=ones)
+        model = self._model if self._head is None else self._model.base_model
+        out = model(**features, **kw, use_cache=False, return_dict=True)
+        return out.logits if self._head is None else out.last_hidden_state
+
+    def head(self, states: Tensor) -> Tensor:
+        """Logits ``[..., V]`` of token states (the LM head: BERT's ``cls``, RoBERTa's
+        ``lm_head``), so that it may run on the real tokens alone."""
+        return states if self._head is None else self._head(states)
+
+    @property
+    def _head(self) -> nn.Module | None:
+        """The causal LM's one module besides its body (None where it has several, ELECTRA)."""
+        body = self._model.base_model
+        rest = [m for m in self._model.children() if m is not body]
+        return rest[0] if len(rest) == 1 else None
 
 
 # -------------------------------------------------------------------- checks
@@ -315,26 +350,46 @@ def shift_targets(
 
 
 def reconstruction_row_losses(
-    decoder: TSDAEDecoder, sentence_embeddings: Tensor, target_features: dict[str, Tensor]
+    decoder: TSDAEDecoder,
+    sentence_embeddings: Tensor,
+    target_features: dict[str, Tensor],
+    buckets: int = 1,
 ) -> Tensor:
     """``[rows, 2]``: per sentence, the sum of its token cross-entropies and its token count,
     reconstructing the targets from ``sentence_embeddings [B, H]`` (the memory ``[B, 1, H]``).
     Row ``i`` depends on sentence ``i`` alone, so rows may be computed in any chunks and summed
-    (normalised by the global token count over processes and gradient-cache chunks)."""
-    ids = target_features["input_ids"].to(sentence_embeddings.device)
-    mask = target_features["attention_mask"].to(sentence_embeddings.device)
-    dec_ids, dec_mask, labels, label_mask = shift_targets(ids, mask)
-    logits = decoder(dec_ids, dec_mask, sentence_embeddings.unsqueeze(1))
-    # ignore_index rather than boolean indexing: no host-device sync per step; float32 (or
-    # float64) even under autocast
+    (normalised by the global token count over processes and gradient-cache chunks).
+
+    The decoder and its LM head ([H, vocab] per token: for MiniLM more than the 6 layers) are
+    most of a TSDAE step, so padding is kept out of both: ``buckets`` > 1
+    (``train.length_buckets``) runs the decoder over rows of similar target length, each pass
+    padded only to its own longest (targets are right-padded and the decoder causal: trimming
+    trailing pads changes no real token's state), and the LM head and cross-entropy run once,
+    on the real label positions of all rows."""
+    device = sentence_embeddings.device
+    ids = target_features["input_ids"].to(device)
+    mask = target_features["attention_mask"].to(device)
+    dec_ids, dec_mask, labels, label_mask = shift_targets(ids, mask)  # [B, T - 1] each
+    width, lengths = label_mask.shape[1], label_mask.sum(dim=1)
+    if buckets > 1:
+        parts = length_buckets(lengths.tolist(), buckets)
+    else:
+        parts = [(list(range(len(ids))), int(lengths.max()) if len(ids) else 0)]
+    features = {"attention_mask": dec_mask, **decoder.inputs(dec_ids)}
+    states, gold, owner = [], [], []
+    for rows, longest in parts:
+        index = torch.as_tensor(rows, device=device)
+        part = {k: rows_of(v, index, width, longest) for k, v in features.items()}
+        keep = rows_of(label_mask, index, width, longest)  # [b, t]
+        states.append(decoder.states(part, sentence_embeddings.index_select(0, index))[keep])
+        gold.append(rows_of(labels, index, width, longest)[keep])
+        owner.append(index[:, None].expand_as(keep)[keep])
+    logits = decoder.head(torch.cat(states))  # [real labels, V]
+    # float32 (or float64) even under autocast
     with torch.autocast(logits.device.type, enabled=False):
-        ce = F.cross_entropy(
-            fp32(logits).flatten(0, 1),
-            labels.masked_fill(~label_mask, IGNORE_INDEX).flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(labels.shape)
-    return torch.stack([ce.sum(1), label_mask.sum(1).to(ce.dtype)], dim=1)
+        ce = F.cross_entropy(fp32(logits), torch.cat(gold), reduction="none")
+    sums = ce.new_zeros(len(ids)).index_add(0, torch.cat(owner), ce)
+    return torch.stack([sums, lengths.to(ce.dtype)], dim=1)
 
 
 def reconstruction_loss(

@@ -109,8 +109,9 @@ class OptimConfig:
             (the resume, gradient-cache and multi-process equivalences hold with it; the
             README says which recipe figures were measured with it); 1: off (one pass padded
             to the batch's longest).
-            Applies to the encoder's sentence passes (not an MLM pass, DeCLUTR's masked anchors
-            included, nor TSDAE's decoder, nor embedding-level augmentations); a pass is only
+            Applies to the encoder's sentence passes and TSDAE's decoder (over target lengths;
+            its LM head then runs once, on the real tokens), not to an MLM pass (DeCLUTR's
+            masked anchors included) nor to embedding-level augmentations; a pass is only
             split where that removes >= 3% of its token slots. The word embeddings of all rows
             are looked up once before the split (BERT, RoBERTa, XLM-R, DistilBERT, MPNet: the
             lookup's backward writes a dense [vocab, hidden] gradient per call). On CPU
