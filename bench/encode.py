@@ -296,8 +296,9 @@ def main() -> None:
     lengths = [len(x) for x in tok(sents, truncation=True, max_length=256)["input_ids"]]
     flops = transformer_flops(lengths, AutoConfig.from_pretrained(args.model))
     load0 = os.getloadavg()[0]
-    from throughput import machine_line
+    from throughput import keep_freed_memory, machine_line
 
+    keep_freed_memory()  # as the CLI does, for every side of this process alike
     if args.device == "cuda":
         args.no_onnx = True  # the ONNX sides are CPU sides
     peaks = {p: matmul_peak(args.threads, p) for p in ("fp32", "bf16")}

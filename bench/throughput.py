@@ -221,12 +221,23 @@ def matmul_peak(
 
 
 def machine_line() -> str:
-    """The CPU (or GPU), its bf16 matmul level (AMX / AVX512-BF16 / none) and the threads."""
-    from contrasent.core.hardware import cpu_bf16_level, cpu_model, read_cpuinfo
+    """The CPU (or GPU), its bf16 matmul level (AMX / AVX512-BF16 / none), the threads and
+    how malloc treats freed memory (the same for both sides of a run: one process)."""
+    from contrasent.core import hardware
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    kept = "keeps freed memory" if hardware._kept_memory else "glibc's default"
     return (
-        f"device: {gpu or cpu_model(read_cpuinfo())}; CPU bf16 matmuls: {cpu_bf16_level()}; "
-        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads "
-        f"{torch.get_num_threads()}"
+        f"device: {gpu or hardware.cpu_model(hardware.read_cpuinfo())}; CPU bf16 matmuls: "
+        f"{hardware.cpu_bf16_level()}; torch {torch.__version__} "
+        f"({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}; "
+        f"malloc {kept} (both sides)"
     )
+
+
+def keep_freed_memory() -> bool:
+    """What the CLI does first (``contrasent.core.hardware.keep_freed_memory``), here for both
+    sides of a benchmark alike; ``CONTRASENT_MALLOC=system`` keeps glibc's default."""
+    from contrasent.core.hardware import keep_freed_memory as keep
+
+    return keep()

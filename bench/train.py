@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     import torch
 
-    from throughput import PassCounter, matmul_peak
+    from throughput import PassCounter, keep_freed_memory, matmul_peak
 
+    keep_freed_memory()  # as the CLI does, for both sides of this process alike
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model = args.model or default_model()

@@ -201,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("CONTRASENT_LOG", "INFO"), format="%(message)s")
-    from contrasent.core.hardware import passive_openmp
+    from contrasent.core.hardware import keep_freed_memory, passive_openmp
 
     passive_openmp()  # before anything imports torch (OpenMP reads it then)
+    keep_freed_memory()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
         return 0
