@@ -106,6 +106,7 @@ def test_the_tied_tsdae_decoder_held_unregistered_is_switched_too(tiny_bert_dir)
     objective switches its dropout and attention, and back."""
     from contrasent.model.dropout import ATTENTION
     from contrasent.objectives import build_objective
+    from contrasent.objectives.tsdae_parts import reconstruction_row_losses, tokenize_targets
 
     enc = Encoder.from_pretrained(str(tiny_bert_dir), pooling="cls_before_pooler")
     obj = build_objective("tsdae", enc)
@@ -113,8 +114,17 @@ def test_the_tied_tsdae_decoder_held_unregistered_is_switched_too(tiny_bert_dir)
     assert not any(m is model for m in obj.modules())  # held, not registered
     n_dropout = sum(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
     assert n_dropout > 0
+    assert not model.training  # loaded in eval mode
     assert use_fast_dropout(obj) == n_dropout + 1  # + its attention switch
     assert not any(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
+    assert not any(m.training for m in model.modules())  # the swapped modules kept the mode
+    obj.eval()  # so evaluation draws no dropout, before any training step or after
+    texts = ["a man plays a guitar on the stage", "the cat sleeps"]
+    targets, _ = tokenize_targets(obj.decoder.tokenizer, texts, 16)
+    memory = torch.randn(2, enc.hidden_size)
+    with torch.no_grad():
+        a, b = (reconstruction_row_losses(obj.decoder, memory, targets) for _ in range(2))
+    assert torch.equal(a, b)
     assert model.config._attn_implementation == ATTENTION
     assert use_fast_dropout(obj, on=False) == n_dropout + 1
     assert model.config._attn_implementation == "sdpa"

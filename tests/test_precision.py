@@ -200,6 +200,7 @@ def test_version_and_env_name_the_bf16_level(capsys, monkeypatch):
         torch.set_num_threads(threads)
     level = "avx512_bf16" if torch.backends.mkldnn.is_available() else "none"
     assert f"bf16 matmuls: {level}" in out and "threads: 1 of" in out and "(--threads;" in out
+    assert ("malloc: keeps freed memory" in out) == hardware._kept_memory
     assert main(["env", "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip() == "contrasent env: error: --threads must be >= 1, got 0"
 

@@ -197,7 +197,9 @@ def use_fast_dropout(module: nn.Module, on: bool = True) -> int:
     for parent in list(_modules(module)):
         for name, child in list(parent.named_children()):
             if type(child) is old and child.p > 0:
-                setattr(parent, name, new(child.p))
+                # the mode too: a model held outside the module tree (TSDAE's tied decoder) is
+                # only put in train/eval mode as a whole when its own flag differs
+                setattr(parent, name, new(child.p).train(child.training))
                 swapped += 1
     return swapped + _switch_attention(module, on)
 

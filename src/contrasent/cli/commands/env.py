@@ -38,6 +38,8 @@ def run_env(args: EnvArgs) -> None:
     print(f"threads: {found.threads} of {found.usable_cpus} usable ({found.threads_from}; "
           f"1-minute load {found.load:.1f}; OpenMP wait "
           f"{'passive' if found.passive else 'active'})")  # fmt: skip
+    kept = "keeps freed memory" if found.kept_memory else "glibc's default (or yours)"
+    print(f"malloc: {kept}")
     print(" ".join(f"{k}: {v};" for k, v in facts.items()).rstrip(";"))
     if args.measure:
         peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
