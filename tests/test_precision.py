@@ -96,10 +96,14 @@ def test_threads_given_win_over_the_environment_and_the_default(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(hardware, "_kept_memory", False)  # a CLI test in this process may set it
     assert (hardware.machine().threads, hardware.machine().threads_from) == (1, "default")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # waiting threads sleep: all CPUs
     assert (hardware.machine().threads, hardware.machine().threads_from) == (2, "default")
     assert hardware.machine().line().endswith("(load 4.2; default; OpenMP wait passive)")
+    monkeypatch.setattr(hardware, "_kept_memory", True)
+    assert hardware.machine().line().endswith("OpenMP wait passive; malloc keeps freed memory)")
+    monkeypatch.setattr(hardware, "_kept_memory", False)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert hardware.machine().threads == 2

@@ -384,6 +384,8 @@ def reconstruction_row_losses(
         states.append(decoder.states(part, sentence_embeddings.index_select(0, index))[keep])
         gold.append(rows_of(labels, index, width, longest)[keep])
         owner.append(index[:, None].expand_as(keep)[keep])
+    # (picking the real labels by a mask syncs with a GPU once per pass, as splitting the rows
+    # by length does; the head on padding cost more)
     logits = decoder.head(torch.cat(states))  # [real labels, V]
     # float32 (or float64) even under autocast
     with torch.autocast(logits.device.type, enabled=False):
