@@ -151,9 +151,11 @@ def keep_freed_memory(environ: dict[str, str] | None = None, mallopt=None) -> bo
     ):
         return False
     if mallopt is None:
+        if not sys.platform.startswith("linux"):  # glibc's: macOS's and Windows' differ
+            return False
         import ctypes
 
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # musl: a stub that refuses
         if mallopt is None:
             return False
     ok = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
