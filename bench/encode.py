@@ -296,7 +296,8 @@ def main() -> None:
     lengths = [len(x) for x in tok(sents, truncation=True, max_length=256)["input_ids"]]
     flops = transformer_flops(lengths, AutoConfig.from_pretrained(args.model))
     load0 = os.getloadavg()[0]
-    from throughput import keep_freed_memory, machine_line
+    from contrasent.core.hardware import keep_freed_memory
+    from throughput import machine_line
 
     keep_freed_memory()  # as the CLI does, for every side of this process alike
     if args.device == "cuda":

@@ -233,11 +233,3 @@ def machine_line() -> str:
         f"({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}; "
         f"malloc {kept} (both sides)"
     )
-
-
-def keep_freed_memory() -> bool:
-    """What the CLI does first (``contrasent.core.hardware.keep_freed_memory``), here for both
-    sides of a benchmark alike; ``CONTRASENT_MALLOC=system`` keeps glibc's default."""
-    from contrasent.core.hardware import keep_freed_memory as keep
-
-    return keep()

@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     import torch
 
-    from throughput import PassCounter, keep_freed_memory, matmul_peak
+    from contrasent.core.hardware import keep_freed_memory
+    from throughput import PassCounter, matmul_peak
 
     keep_freed_memory()  # as the CLI does, for both sides of this process alike
     if args.threads:

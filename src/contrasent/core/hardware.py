@@ -136,7 +136,7 @@ def keep_freed_memory(environ: dict[str, str] | None = None, mallopt=None) -> bo
     the [vocab, H] embedding gradient, activations); glibc serves every block above its mmap
     threshold (at most 32 MB) with a fresh mapping, zero-filled page by page on first touch,
     every step, and returns a freed heap top that the next step grows again. Measured on this
-    project's CPU (MiniLM, 1 thread): a bf16 TSDAE step 1.21 -> 0.96 s, a bf16 unsup SimCSE
+    project's CPU (MiniLM, 1 thread): a bf16 TSDAE step 1.23 -> 1.03 s, a bf16 unsup SimCSE
     step 0.52 -> 0.50 s. The cost: the process keeps its peak heap. Left alone where the user
     chose: ``CONTRASENT_MALLOC=system``, any glibc malloc variable (:data:`MALLOC_SETTINGS`),
     an LD_PRELOADed allocator (jemalloc, tcmalloc, mimalloc); and on a C library without

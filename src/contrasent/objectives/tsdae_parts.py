@@ -134,9 +134,10 @@ class TSDAEDecoder(nn.Module):
         self._sync(mask.device)
         ones = torch.ones(len(memory), 1, dtype=mask.dtype, device=memory.device)
         kw = dict(encoder_hidden_states=memory[:, None], encoder_attention_mask=ones)
-        model = self._model if self._head is None else self._model.base_model
+        whole = self._head is None
+        model = self._model if whole else self._model.base_model
         out = model(**features, **kw, use_cache=False, return_dict=True)
-        return out.logits if self._head is None else out.last_hidden_state
+        return out.logits if whole else out.last_hidden_state
 
     def head(self, states: Tensor) -> Tensor:
         """Logits ``[..., V]`` of token states (the LM head: BERT's ``cls``, RoBERTa's
