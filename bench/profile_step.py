@@ -138,18 +138,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from throughput import PassCounter, matmul_peak
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.model = args.model or bench.default_model()
+    bench.prepare(args)
     args.clock = args.profile_clock
+    args.methods = bench.runnable_methods(args.methods, args.model)
     files = bench.data_files(Path(args.data_root))
-    peak = bench.peak_gflops(args.model, matmul_peak, args.clock)
+    peak = bench.peak_gflops(args.model, matmul_peak, args.clock, args.precision)
     print(
         f"model {args.model}\nbatch {args.batch_size}, max_seq_length {args.max_seq_length}, "
         f"{args.precision}, torch threads {torch.get_num_threads()}, load "
         f"{os.getloadavg()[0]:.2f}, {args.clock} clock, median over steps "
         f"{args.warmup_steps + 1}..{args.steps}\nour speed options: "
-        f"{bench.our_options(args) or 'none'}\nmatmul peak {peak:.1f} GFLOP/s\n"
+        f"{bench.our_options(args) or 'none'}\nmatmul peak ({args.precision}) {peak:.1f} GFLOP/s\n"
     )
     head = " ".join(f"{s:>9s}" for s in (*SECTIONS, "total"))
     print(f"{'ms/step':10s} {head} {'pad':>6s} {'GFLOP/s':>8s} {'%peak':>6s}")

@@ -332,19 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     import torch
 
-    from contrasent.core.hardware import keep_freed_memory
     from throughput import PassCounter, matmul_peak
 
-    keep_freed_memory()  # as the CLI does, for both sides of this process alike
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.model = args.model or default_model()
+    prepare(args)
     args.clock = args.clock or ("wall" if torch.cuda.is_available() else "cpu")
-    if args.precision == "auto":
-        from contrasent.core.hardware import auto_half_precision
-
-        args.precision = auto_half_precision(torch.cuda.is_available()) or "fp32"
-        print(f"precision auto -> {args.precision}", flush=True)
+    args.methods = runnable_methods(args.methods, args.model)
+    if not args.methods:
+        sys.exit("no method left to run")
     files = data_files(Path(args.data_root))
     datasets = {m: st_dataset(m, files[m]) for m in args.methods}
     runs: dict[tuple[str, str], list[Run]] = {(m, s): [] for m in args.methods for s in SIDES}
@@ -368,6 +362,41 @@ def main(argv: list[str] | None = None) -> None:
             for p in precisions:  # the peak drifts with the load
                 peaks[p].append(peak_gflops(args.model, matmul_peak, args.clock, p))
     report(args, runs, {p: statistics.median(v) for p, v in peaks.items()})
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """What every run of this process shares: memory kept as the CLI keeps it (both sides of the
+    process alike), the threads, the model, ``auto`` precision resolved as the library does."""
+    import torch
+
+    from contrasent.core.hardware import auto_half_precision, keep_freed_memory
+
+    keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.model = args.model or default_model()
+    if args.precision == "auto":
+        args.precision = auto_half_precision(torch.cuda.is_available()) or "fp32"
+        print(f"precision auto -> {args.precision}", flush=True)
+
+
+def runnable_methods(methods: list[str], model: str) -> list[str]:
+    """``methods`` less TSDAE where the model cannot be its decoder (MPNet, DistilBERT: no
+    causal-LM class with cross-attention; both sides refuse it), said in one line, so that a
+    run over every method (bench/gpu.sh) still gives the other rows."""
+    if "tsdae" not in methods:
+        return methods
+    from transformers import AutoConfig
+
+    from contrasent.core.errors import UserError
+    from contrasent.objectives.tsdae_parts import check_decoder_architecture
+
+    try:
+        check_decoder_architecture(AutoConfig.from_pretrained(model), model)
+    except UserError as err:
+        print(f"tsdae left out: {err}", flush=True)
+        return [m for m in methods if m != "tsdae"]
+    return methods
 
 
 def peak_gflops(model: str, matmul_peak, clock: str, precision: str = "fp32") -> float:
